@@ -1,0 +1,46 @@
+# courier's tasks. `just dev` runs the stack, `just test` runs every test; both bring up
+# Postgres+PostGIS and Valkey themselves (see ops/services-up).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export DATABASE_URL := env_var_or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/courier")
+export VALKEY_URL := env_var_or_default("VALKEY_URL", "redis://127.0.0.1:6380")
+export LOG_FORMAT := env_var_or_default("LOG_FORMAT", "pretty")
+# apalis-postgres checks its SQL against offline data; never against a live DATABASE_URL.
+export SQLX_OFFLINE := "true"
+
+# List the tasks.
+default:
+    @just --list
+
+# Start Postgres+PostGIS and Valkey if they are not answering (installs them when missing).
+services-up:
+    ops/services-up
+
+# Stop the private Postgres and Valkey that services-up started.
+services-down:
+    ops/services-down
+
+# Apply migrations (courier's and apalis's) to DATABASE_URL.
+migrate: services-up
+    cargo run --quiet -- migrate
+
+# Run the whole stack in one process (API + workers) in development mode.
+dev: services-up
+    cargo run -- --dev run --migrate-on-start
+
+# Run every test (unit and integration) against real Postgres and Valkey.
+test *ARGS: services-up
+    ops/drop-test-databases
+    COURIER_TEST_DATABASE_URL="${COURIER_TEST_DATABASE_URL:-$DATABASE_URL}" \
+    COURIER_TEST_VALKEY_URL="${COURIER_TEST_VALKEY_URL:-$VALKEY_URL}" \
+    cargo test --locked {{ARGS}}
+
+# Formatting and clippy, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --locked --all-targets -- -D warnings
+
+# Mint a development token, e.g. `just token operator 1`.
+token ROLE SUBJECT:
+    cargo run --quiet -- --dev token issue --role {{ROLE}} --subject {{SUBJECT}}

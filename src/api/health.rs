@@ -1,0 +1,102 @@
+//! Liveness, readiness and metrics: the endpoints orchestrators and Prometheus call.
+//!
+//! `/healthz` says the process is alive and never touches a dependency. `/readyz` checks
+//! Postgres and Valkey concurrently, each bounded by a timeout, and answers 503 naming the ones
+//! that failed; it recovers by itself when they return. `/metrics` renders the process-wide
+//! Prometheus recorder.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::AppState;
+use crate::api::middleware::current_request_id;
+use crate::telemetry::{SERVICE_NAME, VERSION, metrics_handle};
+
+/// Longest one readiness check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Routes of this group.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok", "service": SERVICE_NAME, "version": VERSION }))
+        .into_response()
+}
+
+/// Outcome of one dependency check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Check {
+    Ok,
+    Unreachable,
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let postgres = async {
+        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db);
+        match tokio::time::timeout(CHECK_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Check::Ok,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: postgres check failed");
+                Check::Unreachable
+            }
+            Err(_) => {
+                tracing::warn!("readiness: postgres check timed out");
+                Check::Unreachable
+            }
+        }
+    };
+    let valkey = async {
+        match tokio::time::timeout(CHECK_TIMEOUT, state.valkey.ping()).await {
+            Ok(Ok(())) => Check::Ok,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: valkey check failed");
+                Check::Unreachable
+            }
+            Err(_) => {
+                tracing::warn!("readiness: valkey check timed out");
+                Check::Unreachable
+            }
+        }
+    };
+    let (postgres, valkey) = tokio::join!(postgres, valkey);
+    let checks = json!({ "postgres": postgres, "valkey": valkey });
+    let failed: Vec<&str> = [("postgres", postgres), ("valkey", valkey)]
+        .into_iter()
+        .filter(|(_, check)| *check != Check::Ok)
+        .map(|(name, _)| name)
+        .collect();
+    if failed.is_empty() {
+        return axum::Json(json!({ "status": "ready", "checks": checks })).into_response();
+    }
+    let body = json!({
+        "status": "unavailable",
+        "checks": checks,
+        "error": {
+            "code": "not_ready",
+            "message": format!("not ready: {} unreachable", failed.join(" and ")),
+        },
+        "request_id": current_request_id(),
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+        .into_response()
+}

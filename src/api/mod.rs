@@ -1,0 +1,77 @@
+//! The HTTP API: one router per resource group, merged here into one [`Router`].
+//!
+//! Layers, outermost first: [`middleware::observe`] (request id, access log, latency metric,
+//! request timeout, and a guarantee that every error body has our JSON shape), panic capture,
+//! and the body size limit. Everything under `/v1` additionally sits behind
+//! [`crate::auth::require_auth`].
+
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::{StatusCode, Uri};
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::{self, TokenKeys};
+use crate::config::HttpSettings;
+use crate::error::ApiError;
+use crate::valkey::Valkey;
+
+/// What every handler can reach: the data stores and the token keys.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub db: PgPool,
+    pub valkey: Valkey,
+    pub tokens: TokenKeys,
+}
+
+impl FromRef<AppState> for TokenKeys {
+    fn from_ref(state: &AppState) -> Self {
+        state.tokens.clone()
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState, http: &HttpSettings) -> Router {
+    // Install the metrics recorder before the first request, so no measurement is dropped.
+    crate::telemetry::metrics_handle();
+    let v1 = Router::new()
+        .merge(users::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_auth,
+        ));
+    Router::new()
+        .merge(health::router())
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(middleware::record_route))
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(middleware::ObserveSettings {
+                request_timeout: http.request_timeout,
+            }),
+            middleware::observe,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this method is not allowed on this route",
+    )
+}

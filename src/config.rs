@@ -1,0 +1,335 @@
+//! Every setting courier reads, as clap arguments that each fall back to an environment variable,
+//! and the validated [`Config`] built from them.
+//!
+//! Settings are parsed once, here: the rest of the code receives typed values (URLs that parsed,
+//! a secret of a safe length, durations) and never re-reads the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// The development signing secret used when `--dev` is given without `COURIER_JWT_SECRET`.
+/// Tokens signed with it are worthless outside a developer's machine, which is the point.
+pub const DEV_JWT_SECRET: &str = "courier-development-secret-never-use-in-production";
+
+/// The shortest signing secret accepted: HS256 keys shorter than the hash output are weak.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Settings shared by every subcommand: where the data stores are and how to log.
+#[derive(Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Postgres connection URL (PostGIS must be available in the server).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/courier",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Largest number of Postgres connections this process opens.
+    #[arg(
+        long,
+        env = "COURIER_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// Valkey connection URL (`redis://` or `rediss://`).
+    #[arg(
+        long,
+        env = "VALKEY_URL",
+        default_value = "redis://127.0.0.1:6380",
+        global = true
+    )]
+    pub valkey_url: String,
+
+    /// Prefix of every Valkey key this process writes, so tenants and tests never collide.
+    #[arg(
+        long,
+        env = "COURIER_KEY_PREFIX",
+        default_value = "courier:",
+        global = true
+    )]
+    pub key_prefix: String,
+
+    /// HS256 signing secret for bearer tokens (at least 32 bytes). Required unless `--dev`.
+    #[arg(
+        long,
+        env = "COURIER_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Development mode: allows a built-in signing secret. Never set this in production.
+    #[arg(long, env = "COURIER_DEV", global = true)]
+    pub dev: bool,
+
+    /// Log level or filter (e.g. `info`, `courier=debug,sqlx=warn`); `RUST_LOG` wins if set.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log format: one JSON object per line, or human-readable text.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Settings of the HTTP server (`serve` and `run`).
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "COURIER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "COURIER_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest a request may take before it is answered with 503 `timeout`, e.g. `30s`.
+    #[arg(long, env = "COURIER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// Settings of process lifetime shared by `serve`, `worker` and `run`.
+#[derive(Args, Clone, Debug)]
+pub struct LifecycleArgs {
+    /// How long in-flight requests and jobs may take to finish after SIGINT/SIGTERM, e.g. `20s`.
+    #[arg(long, env = "COURIER_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Apply database migrations before starting.
+    #[arg(long, env = "COURIER_MIGRATE_ON_START")]
+    pub migrate_on_start: bool,
+}
+
+/// A configuration error: what is wrong, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL is not a valid postgres URL: {0}")]
+    DatabaseUrl(String),
+    #[error("VALKEY_URL is not a valid redis/valkey URL: {0}")]
+    ValkeyUrl(String),
+    #[error(
+        "no token signing secret: set COURIER_JWT_SECRET (at least {MIN_JWT_SECRET_BYTES} bytes), or pass --dev on a development machine"
+    )]
+    MissingJwtSecret,
+    #[error("COURIER_JWT_SECRET is too short: {0} bytes, at least {MIN_JWT_SECRET_BYTES} required")]
+    ShortJwtSecret(usize),
+    #[error("COURIER_KEY_PREFIX must be 1 to 64 printable characters without spaces")]
+    KeyPrefix,
+    #[error("COURIER_DB_MAX_CONNECTIONS must be between 1 and 1000")]
+    DbMaxConnections,
+    #[error("COURIER_MAX_BODY_BYTES must be between 1 KiB and 64 MiB")]
+    MaxBodyBytes,
+}
+
+/// Where Postgres is and how many connections to open.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// Where Valkey is and which key prefix this process owns.
+#[derive(Clone, Debug)]
+pub struct ValkeySettings {
+    pub url: String,
+    pub key_prefix: String,
+}
+
+/// The token signing secret. Its `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct JwtSecret(Vec<u8>);
+
+impl JwtSecret {
+    /// The secret's bytes, for building signing keys.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtSecret(..)")
+    }
+}
+
+/// HTTP server settings, validated.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Validated settings of one courier process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database: DatabaseSettings,
+    pub valkey: ValkeySettings,
+    pub jwt_secret: JwtSecret,
+    pub dev: bool,
+}
+
+impl Config {
+    /// Validates the common arguments into a [`Config`].
+    pub fn from_args(args: &CommonArgs) -> Result<Self, ConfigError> {
+        url::Url::parse(&args.database_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "postgres" | "postgresql"))
+            .ok_or_else(|| ConfigError::DatabaseUrl(redact_url(&args.database_url)))?;
+        url::Url::parse(&args.valkey_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "valkey" | "valkeys"))
+            .ok_or_else(|| ConfigError::ValkeyUrl(redact_url(&args.valkey_url)))?;
+        if !(1..=1000).contains(&args.db_max_connections) {
+            return Err(ConfigError::DbMaxConnections);
+        }
+        validate_key_prefix(&args.key_prefix)?;
+        let jwt_secret = jwt_secret(args.jwt_secret.as_deref(), args.dev)?;
+        Ok(Self {
+            database: DatabaseSettings {
+                url: args.database_url.clone(),
+                max_connections: args.db_max_connections,
+            },
+            valkey: ValkeySettings {
+                url: args.valkey_url.clone(),
+                key_prefix: args.key_prefix.clone(),
+            },
+            jwt_secret,
+            dev: args.dev,
+        })
+    }
+}
+
+impl HttpSettings {
+    /// Validates the HTTP arguments.
+    pub fn from_args(args: &HttpArgs) -> Result<Self, ConfigError> {
+        if !(1024..=64 * 1024 * 1024).contains(&args.max_body_bytes) {
+            return Err(ConfigError::MaxBodyBytes);
+        }
+        Ok(Self {
+            listen: args.listen,
+            max_body_bytes: args.max_body_bytes,
+            request_timeout: args.request_timeout,
+        })
+    }
+}
+
+/// Picks the signing secret: the configured one if long enough, the development one only in
+/// development mode, otherwise an error.
+pub fn jwt_secret(configured: Option<&str>, dev: bool) -> Result<JwtSecret, ConfigError> {
+    match configured.filter(|s| !s.is_empty()) {
+        Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => {
+            Err(ConfigError::ShortJwtSecret(secret.len()))
+        }
+        Some(secret) => Ok(JwtSecret(secret.as_bytes().to_vec())),
+        None if dev => Ok(JwtSecret(DEV_JWT_SECRET.as_bytes().to_vec())),
+        None => Err(ConfigError::MissingJwtSecret),
+    }
+}
+
+impl JwtSecret {
+    /// A secret from raw bytes, for tests and tools that generate their own.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, ConfigError> {
+        if bytes.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::ShortJwtSecret(bytes.len()));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+fn validate_key_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&prefix.len()) && prefix.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::KeyPrefix)
+    }
+}
+
+/// The URL with any password replaced by `***`, safe to print in errors and logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Setting a password only fails for URLs that cannot have one, and this one has one.
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_required_outside_dev_mode() {
+        assert!(matches!(
+            jwt_secret(None, false),
+            Err(ConfigError::MissingJwtSecret)
+        ));
+        assert!(matches!(
+            jwt_secret(Some(""), false),
+            Err(ConfigError::MissingJwtSecret)
+        ));
+    }
+
+    #[test]
+    fn dev_mode_falls_back_to_the_dev_secret_but_a_configured_one_wins() {
+        let dev = jwt_secret(None, true).expect("dev secret");
+        assert_eq!(dev.expose(), DEV_JWT_SECRET.as_bytes());
+        let own = "x".repeat(40);
+        let chosen = jwt_secret(Some(&own), true).expect("configured secret");
+        assert_eq!(chosen.expose(), own.as_bytes());
+    }
+
+    #[test]
+    fn short_secrets_are_rejected_even_in_dev_mode() {
+        assert!(matches!(
+            jwt_secret(Some("short"), true),
+            Err(ConfigError::ShortJwtSecret(5))
+        ));
+    }
+
+    #[test]
+    fn secret_debug_output_hides_the_secret() {
+        let secret = JwtSecret::from_bytes(b"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t".to_vec())
+            .expect("long enough");
+        assert_eq!(format!("{secret:?}"), "JwtSecret(..)");
+    }
+
+    #[test]
+    fn key_prefix_rules() {
+        assert!(validate_key_prefix("courier:").is_ok());
+        assert!(validate_key_prefix("").is_err());
+        assert!(validate_key_prefix("has space").is_err());
+        assert!(validate_key_prefix(&"p".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/courier"),
+            "postgres://app:***@db:5432/courier"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6380"),
+            "redis://127.0.0.1:6380"
+        );
+        assert_eq!(redact_url("not a url"), "<unparseable URL>");
+    }
+}

@@ -1,0 +1,31 @@
+//! courier: the backend of a food-delivery marketplace.
+//!
+//! Orders are durable workflows whose state lives in Postgres and whose steps run as apalis jobs
+//! persisted in Postgres; driver locations live in Valkey. This crate is both the library the
+//! binary and the integration tests build on and the `courier` command itself.
+//!
+//! Module map:
+//! - [`config`]: every setting, parsed and validated once from flags and environment.
+//! - [`startup`]: builds the HTTP application ([`startup::Application`]) and the worker process.
+//! - [`api`]: the HTTP surface, one router per resource group, merged in one place.
+//! - [`auth`]: signed bearer tokens, roles and the principal extractor.
+//! - [`error`]: the one API error type and its JSON shape.
+//! - [`store`]: the Postgres pool, migrations and SQL queries.
+//! - [`valkey`]: the Valkey connection and key namespacing.
+//! - [`jobs`]: apalis workers and their registry.
+//! - [`workflows`]: the order workflow (state machine and transitions).
+//! - [`telemetry`]: structured logs and Prometheus metrics.
+//! - [`shutdown`]: signal handling and the shutdown token shared by background tasks.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod valkey;
+pub mod workflows;

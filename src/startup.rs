@@ -1,0 +1,158 @@
+//! Building and running the processes: the HTTP [`Application`] and the worker.
+//!
+//! [`Application::build`] binds its listener first (port 0 picks a free port, which the tests
+//! use) and then serves until told to stop. Connections to Postgres and Valkey are lazy, so the
+//! process starts even when a dependency is down and `/readyz` says which one.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::TokenKeys;
+use crate::config::{Config, HttpSettings};
+use crate::shutdown::{self, CancellationToken};
+use crate::valkey::Valkey;
+use crate::{jobs, store};
+
+impl AppState {
+    /// Connects (lazily) to the configured data stores.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            db: store::pool(&config.database).context("invalid DATABASE_URL")?,
+            valkey: Valkey::new(&config.valkey).context("invalid VALKEY_URL")?,
+            tokens: TokenKeys::new(&config.jwt_secret),
+        })
+    }
+}
+
+/// The HTTP API, bound to its port and ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    router: axum::Router,
+}
+
+impl Application {
+    /// Binds the listener and builds the router.
+    pub async fn build(state: AppState, http: &HttpSettings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", http.listen))?;
+        let local_addr = listener.local_addr()?;
+        let router = api::router(state.clone(), http);
+        Ok(Self {
+            listener,
+            local_addr,
+            state,
+            router,
+        })
+    }
+
+    /// The address actually bound (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// The state handlers share.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `token` is cancelled, then stops accepting and waits for in-flight
+    /// requests to finish.
+    pub async fn run_until_stopped(self, token: CancellationToken) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr, "HTTP API listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    }
+}
+
+/// Which parts a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// The HTTP API only (`courier serve`).
+    Api,
+    /// Job workers and cron only (`courier worker`).
+    Worker,
+    /// Both (`courier run`).
+    All,
+}
+
+/// Runs the chosen parts until SIGINT/SIGTERM, then drains each for at most `drain`.
+pub async fn run_process(
+    config: &Config,
+    http: Option<&HttpSettings>,
+    parts: Parts,
+    migrate_on_start: bool,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    if config.dev {
+        tracing::warn!("development mode: never run with --dev/COURIER_DEV in production");
+    }
+    let state = AppState::from_config(config)?;
+    if migrate_on_start {
+        store::ensure_database(&config.database).await?;
+        store::migrate(&state.db).await?;
+        tracing::info!("migrations applied");
+    }
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+
+    let api = async {
+        match (parts, http) {
+            (Parts::Api | Parts::All, Some(http)) => {
+                let app = Application::build(state.clone(), http).await?;
+                let served = shutdown::run_with_drain(
+                    "http",
+                    app.run_until_stopped(token.clone()),
+                    &token,
+                    drain,
+                )
+                .await;
+                if let Some(result) = served {
+                    result?;
+                }
+                Ok(())
+            }
+            (Parts::Api | Parts::All, None) => {
+                anyhow::bail!("HTTP settings are required to serve the API")
+            }
+            (Parts::Worker, _) => Ok(()),
+        }
+    };
+    let worker = async {
+        if parts == Parts::Api {
+            return Ok(());
+        }
+        // The monitor bounds its own drain; the outer bound is a backstop a little longer.
+        let backstop = drain + Duration::from_secs(1);
+        match shutdown::run_with_drain("worker", jobs::run(token.clone(), drain), &token, backstop)
+            .await
+        {
+            Some(result) => result,
+            None => Ok(()),
+        }
+    };
+    // Whichever part fails first stops the other too.
+    let cancel_on_error = |result: anyhow::Result<()>| {
+        if result.is_err() {
+            token.cancel();
+        }
+        result
+    };
+    let (api, worker) = tokio::join!(async { cancel_on_error(api.await) }, async {
+        cancel_on_error(worker.await)
+    });
+    api.and(worker)
+}

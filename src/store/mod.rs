@@ -1,0 +1,116 @@
+//! Postgres: the connection pool, migrations, and the SQL queries of each resource
+//! (one file per resource group).
+//!
+//! Our migrations live in `migrations/` and keep their history in `public._sqlx_migrations`;
+//! apalis's own migrations keep theirs in the `apalis` schema. [`migrate`] runs both, then makes
+//! sure today's and tomorrow's `driver_locations` partitions exist. Running it twice is a no-op.
+
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::DatabaseSettings;
+
+/// Longest a request waits for a pooled connection before failing with 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Days of `driver_locations` partitions created at migrate time: today and tomorrow.
+const PARTITION_DAYS_AT_MIGRATE: i32 = 2;
+
+/// Our embedded migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool for the configured database. Connections are opened on first use, so a process
+/// starts (and reports not-ready) while Postgres is down.
+pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(&settings.url)?
+        .application_name("courier")
+        .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// Creates the configured database if it does not exist yet (connecting to the server's
+/// `postgres` database to do so). Returns whether it was created.
+pub async fn ensure_database(settings: &DatabaseSettings) -> Result<bool, sqlx::Error> {
+    let target = PgConnectOptions::from_str(&settings.url)?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = target.database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if exists {
+        admin.close().await?;
+        return Ok(false);
+    }
+    let created = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {}",
+        quote_ident(&name)
+    )))
+    .execute(&mut admin)
+    .await;
+    admin.close().await?;
+    match created {
+        Ok(_) => Ok(true),
+        // Another process created it between our check and our CREATE: that is fine.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies our migrations and apalis's, and creates today's and tomorrow's location partitions.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run(pool).await.map_err(MigrateError::Courier)?;
+    apalis_postgres::PostgresStorage::<()>::setup(pool)
+        .await
+        .map_err(|e| MigrateError::Apalis(e.to_string()))?;
+    ensure_location_partitions(pool, PARTITION_DAYS_AT_MIGRATE).await?;
+    Ok(())
+}
+
+/// Creates the `driver_locations` partitions of `days` UTC days starting today; returns their
+/// names. Idempotent.
+pub async fn ensure_location_partitions(
+    pool: &PgPool,
+    days: i32,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT courier_ensure_location_partitions($1)")
+        .bind(days)
+        .fetch_all(pool)
+        .await
+}
+
+/// A migration failure, naming whose migrations failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("courier migrations failed: {0}")]
+    Courier(#[source] sqlx::migrate::MigrateError),
+    #[error("apalis migrations failed: {0}")]
+    Apalis(String),
+    #[error("creating location partitions failed: {0}")]
+    Partitions(#[from] sqlx::Error),
+}
+
+/// Quotes an SQL identifier (for the few statements that cannot take bind parameters).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn identifiers_are_quoted_and_escaped() {
+        assert_eq!(quote_ident("courier"), "\"courier\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

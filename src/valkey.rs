@@ -1,0 +1,84 @@
+//! The Valkey connection and key namespacing.
+//!
+//! One multiplexed connection per process ([`redis::aio::ConnectionManager`]): commands from
+//! all tasks are pipelined over it, and it reconnects by itself when Valkey comes back, so
+//! readiness recovers without a restart. The connection is made lazily, so a process starts
+//! (and reports not-ready) while Valkey is down. Every key goes through [`Valkey::key`], which
+//! puts the configured prefix in front: tenants and parallel tests never see each other's keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::ValkeySettings;
+
+/// Longest a single Valkey command may wait for its answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A handle to Valkey: cheap to clone, shared by every task of the process.
+#[derive(Clone)]
+pub struct Valkey {
+    connection: ConnectionManager,
+    prefix: Arc<str>,
+}
+
+impl std::fmt::Debug for Valkey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Valkey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Valkey {
+    /// A handle for the configured server and prefix. Does not connect yet.
+    pub fn new(settings: &ValkeySettings) -> redis::RedisResult<Self> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            prefix: Arc::from(settings.key_prefix.as_str()),
+        })
+    }
+
+    /// The full key for `suffix` under this process's prefix.
+    pub fn key(&self, suffix: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + suffix.len());
+        key.push_str(&self.prefix);
+        key.push_str(suffix);
+        key
+    }
+
+    /// The prefix every key of this process starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection to run commands on (a clone of the shared multiplexed one).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Round trip to the server, bounded by the response timeout.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection();
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "unexpected PING reply",
+                pong,
+            )))
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Test harness: every test gets a fresh database and its own Valkey key prefix, and the app
+//! built in process on port 0, so tests run in parallel and never see each other's data.
+//!
+//! Databases are cheap: the migrations run once per test run into a template database (named by
+//! a hash of the migrations, built under an advisory lock so parallel test processes agree), and
+//! each test's database is `CREATE DATABASE … TEMPLATE` of it. `just test` drops leftovers of
+//! earlier runs before it starts.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use courier::api::AppState;
+use courier::auth::{Principal, Role, TokenKeys};
+use courier::config::{Config, DatabaseSettings, HttpSettings, JwtSecret, ValkeySettings};
+use courier::shutdown::CancellationToken;
+use courier::startup::Application;
+use courier::store;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+/// Prefix of every database the tests create; `just test` drops leftovers by it.
+pub const TEST_DB_PREFIX: &str = "courier_test_";
+
+/// The signing secret of test tokens.
+pub const TEST_SECRET: &[u8] = b"integration-test-secret-integration-test-secret";
+
+/// Request-body limit of the test app (small, so the oversized-body test stays cheap).
+pub const TEST_MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The Postgres server the tests use (its database part is ignored).
+pub fn server_url() -> String {
+    std::env::var("COURIER_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/courier".to_owned())
+}
+
+/// The Valkey server the tests use.
+pub fn valkey_url() -> String {
+    std::env::var("COURIER_TEST_VALKEY_URL")
+        .or_else(|_| std::env::var("VALKEY_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:6380".to_owned())
+}
+
+fn connect_options(database: &str) -> PgConnectOptions {
+    PgConnectOptions::from_str(&server_url())
+        .expect("COURIER_TEST_DATABASE_URL is a valid postgres URL")
+        .database(database)
+        .log_statements(log::LevelFilter::Trace)
+}
+
+/// URL of `database` on the test server.
+pub fn database_url(database: &str) -> String {
+    let mut url = url::Url::parse(&server_url()).expect("valid URL");
+    url.set_path(database);
+    url.to_string()
+}
+
+/// Name of the template database for the current migrations.
+fn template_name() -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for migration in store::MIGRATOR.iter() {
+        for byte in migration
+            .checksum
+            .iter()
+            .copied()
+            .chain(migration.version.to_le_bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("courier_template_{hash:016x}")
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// Creates (once per run, and only if missing) the migrated template database.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = template_name();
+            let mut admin = PgConnection::connect_with(&connect_options("postgres"))
+                .await
+                .expect("test Postgres reachable (run `just services-up`)");
+            // Serialise template builds across test processes.
+            sqlx::query("SELECT pg_advisory_lock(4242001)")
+                .execute(&mut admin)
+                .await
+                .expect("advisory lock");
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut admin)
+                    .await
+                    .expect("query pg_database");
+            if !exists {
+                let building = format!("{name}_building");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {building} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("drop stale template");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {building}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create template");
+                let pool = PgPool::connect_with(connect_options(&building))
+                    .await
+                    .expect("connect to template");
+                store::migrate(&pool).await.expect("migrations apply");
+                pool.close().await;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER DATABASE {building} RENAME TO {name}"
+                )))
+                .execute(&mut admin)
+                .await
+                .expect("publish template");
+            }
+            sqlx::query("SELECT pg_advisory_unlock(4242001)")
+                .execute(&mut admin)
+                .await
+                .expect("advisory unlock");
+            admin.close().await.ok();
+            name
+        })
+        .await
+}
+
+/// Creates a fresh, migrated database and returns its name.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect_with(&connect_options("postgres"))
+        .await
+        .expect("test Postgres reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {template}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create test database from template");
+    admin.close().await.ok();
+    name
+}
+
+/// A running app and handles to what it talks to.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: PgPool,
+    pub db_name: String,
+    pub state: AppState,
+    pub keys: TokenKeys,
+    stop: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How to build a test app; the defaults are a healthy app on the test servers.
+#[derive(Debug, Clone)]
+pub struct TestAppOptions {
+    pub valkey_url: String,
+    /// Overrides the database URL (e.g. a dead port) instead of a fresh database.
+    pub database_url: Option<String>,
+}
+
+impl Default for TestAppOptions {
+    fn default() -> Self {
+        Self {
+            valkey_url: valkey_url(),
+            database_url: None,
+        }
+    }
+}
+
+/// Spawns the app on a fresh database with a fresh key prefix.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestAppOptions::default()).await
+}
+
+/// Spawns the app with `options`.
+pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
+    let (db_name, database_url) = match options.database_url {
+        Some(url) => ("(none)".to_owned(), url),
+        None => {
+            let name = fresh_database().await;
+            let url = database_url(&name);
+            (name, url)
+        }
+    };
+    let config = Config {
+        database: DatabaseSettings {
+            url: database_url,
+            max_connections: 10,
+        },
+        valkey: ValkeySettings {
+            url: options.valkey_url,
+            key_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
+        },
+        jwt_secret: JwtSecret::from_bytes(TEST_SECRET.to_vec()).expect("long enough"),
+        dev: false,
+    };
+    let state = AppState::from_config(&config).expect("valid config");
+    let http = HttpSettings {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        max_body_bytes: TEST_MAX_BODY_BYTES,
+        request_timeout: Duration::from_secs(10),
+    };
+    let app = Application::build(state.clone(), &http)
+        .await
+        .expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client builds"),
+        db: state.db.clone(),
+        db_name,
+        keys: state.tokens.clone(),
+        state,
+        stop,
+    }
+}
+
+impl TestApp {
+    /// A valid token for `role` acting as `subject`.
+    pub fn token(&self, role: Role, subject: i64) -> String {
+        self.keys
+            .issue(
+                Principal { role, subject },
+                chrono::Utc::now().timestamp(),
+                Duration::from_secs(600),
+            )
+            .expect("token issued")
+    }
+
+    /// `GET path` with a bearer token for (role, subject).
+    pub async fn get_as(&self, path: &str, role: Role, subject: i64) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(self.token(role, subject))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `POST path` with a JSON body and a bearer token for (role, subject).
+    pub async fn post_as(
+        &self,
+        path: &str,
+        role: Role,
+        subject: i64,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(self.token(role, subject))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A request builder for `method path` without credentials.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+    }
+}
+
+/// Asserts `response` is an error in our shape with `status` and `code`; returns its body.
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type {content_type}"
+    );
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "x-request-id missing"
+    );
+    let body: serde_json::Value = response.json().await.expect("JSON body");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "message missing: {body}"
+    );
+    assert!(body["request_id"].is_string(), "request_id missing: {body}");
+    body
+}
+
+/// A TCP port on which nothing listens.
+pub fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    port
+}

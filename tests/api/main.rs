@@ -1,0 +1,10 @@
+//! The integration tests: one binary, one module per area. Each test spawns its own app on a
+//! fresh database and key prefix (see [`helpers`]), against the real Postgres and Valkey that
+//! `just test` brings up.
+
+mod auth;
+mod errors;
+mod health;
+mod helpers;
+mod isolation;
+mod schema;
