@@ -1,4 +1,4 @@
-//! The command line: `serve`, `worker`, `run`, `migrate` and `token issue`.
+//! The command line: `serve`, `worker`, `run`, `migrate`, `seed` and `token issue`.
 //!
 //! Every flag also reads an environment variable (see the README's configuration table).
 //! Errors are printed as one line and turn into a non-zero exit code.
@@ -48,6 +48,30 @@ pub enum Command {
     },
     /// Create the database if missing and apply all migrations (courier's and apalis's).
     Migrate,
+    /// Fill an empty database with a synthetic city (restaurants, menus, drivers, customers).
+    Seed {
+        /// Seed of the generator: the same seed gives the same city.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Latitude of the city centre.
+        #[arg(long, default_value_t = 40.7128, allow_negative_numbers = true)]
+        center_lat: f64,
+        /// Longitude of the city centre.
+        #[arg(long, default_value_t = -74.0060, allow_negative_numbers = true)]
+        center_lon: f64,
+        /// Side of the square city, in km.
+        #[arg(long, default_value_t = 30.0)]
+        size_km: f64,
+        /// Number of restaurants.
+        #[arg(long, default_value_t = 300)]
+        restaurants: usize,
+        /// Number of drivers.
+        #[arg(long, default_value_t = 500)]
+        drivers: usize,
+        /// Number of customers.
+        #[arg(long, default_value_t = 1000)]
+        customers: usize,
+    },
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
@@ -128,6 +152,42 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 database = redact_url(&config.database.url),
                 created_database = created,
                 "migrations applied"
+            );
+            Ok(())
+        }
+        Command::Seed {
+            seed,
+            center_lat,
+            center_lon,
+            size_km,
+            restaurants,
+            drivers,
+            customers,
+        } => {
+            if crate::geo::Point::new(center_lat, center_lon).is_none()
+                || !(0.1..=500.0).contains(&size_km)
+            {
+                anyhow::bail!(
+                    "the centre must be valid coordinates and --size-km between 0.1 and 500"
+                );
+            }
+            if restaurants > 100_000 || drivers > 1_000_000 || customers > 1_000_000 {
+                anyhow::bail!("at most 100,000 restaurants and 1,000,000 drivers or customers");
+            }
+            let pool = store::pool(&config.database)?;
+            let plan = crate::seed::SeedPlan {
+                seed,
+                center_lat,
+                center_lon,
+                size_km,
+                restaurants,
+                drivers,
+                customers,
+            };
+            let seeded = crate::seed::seed(&pool, &plan).await?;
+            println!(
+                "seeded {} restaurants, {} menu items, {} drivers, {} customers",
+                seeded.restaurants, seeded.menu_items, seeded.drivers, seeded.customers
             );
             Ok(())
         }

@@ -12,17 +12,23 @@
 //! - [`error`]: the one API error type and its JSON shape.
 //! - [`store`]: the Postgres pool, migrations and SQL queries.
 //! - [`valkey`]: the Valkey connection and key namespacing.
+//! - [`cache`]: cache-aside on Valkey (restaurants, nearby searches).
+//! - [`geo`]: coordinates, distances and cache cells (pure).
 //! - [`jobs`]: apalis workers and their registry.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
+//! - [`seed`]: the synthetic city of `courier seed`.
 //! - [`shutdown`]: signal handling and the shutdown token shared by background tasks.
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod geo;
 pub mod jobs;
+pub mod seed;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

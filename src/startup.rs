@@ -72,9 +72,13 @@ impl Application {
     /// requests to finish.
     pub async fn run_until_stopped(self, token: CancellationToken) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr, "HTTP API listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
     }
 }
 
@@ -137,8 +141,19 @@ pub async fn run_process(
         }
         // The monitor bounds its own drain; the outer bound is a backstop a little longer.
         let backstop = drain + Duration::from_secs(1);
-        match shutdown::run_with_drain("worker", jobs::run(token.clone(), drain), &token, backstop)
-            .await
+        match shutdown::run_with_drain(
+            "worker",
+            jobs::run(
+                jobs::JobContext {
+                    db: state.db.clone(),
+                },
+                token.clone(),
+                drain,
+            ),
+            &token,
+            backstop,
+        )
+        .await
         {
             Some(result) => result,
             None => Ok(()),

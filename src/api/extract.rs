@@ -115,3 +115,27 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
         format!("the query string is invalid: {}", rejection.body_text()),
     )
 }
+
+/// Where a request came from (peer address and user agent), for the audit log.
+#[derive(Debug, Clone)]
+pub struct ClientMeta(pub crate::workflows::transition::RequestMeta);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(300).collect());
+        Ok(ClientMeta(crate::workflows::transition::RequestMeta {
+            ip,
+            user_agent,
+        }))
+    }
+}

@@ -8,6 +8,8 @@
 pub mod extract;
 pub mod health;
 pub mod middleware;
+pub mod orders;
+pub mod restaurants;
 pub mod users;
 
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
     crate::telemetry::metrics_handle();
     let v1 = Router::new()
         .merge(users::router())
+        .merge(restaurants::router())
+        .merge(orders::router())
         .layer(axum::middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_auth,

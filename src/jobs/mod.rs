@@ -1,36 +1,217 @@
-//! Background jobs: apalis workers on Postgres storage, one file per job kind, and the
-//! registry that builds the worker process's [`Monitor`].
+//! Background jobs: apalis 1.0 workers on Postgres storage (`apalis.jobs`), one file per job
+//! kind, the [`enqueue`] API the workflow uses, and the [`Monitor`] that runs the workers.
 //!
-//! Jobs are enqueued by the workflow in the same transaction as the state change that causes
-//! them (`apalis_postgres::queries::push_tasks` on the transaction), so a crash can neither lose
-//! a job nor run one for a change that rolled back. The registry is empty until the workflow
-//! issues add job kinds; the worker process already runs it and drains it on shutdown.
+//! # Enqueueing
+//! [`enqueue`] writes the job row with `apalis_postgres::queries::push_tasks` on the caller's
+//! connection — in practice the transaction of the state change that causes the job — so a job
+//! exists if and only if its cause committed.
+//!
+//! # apalis 1.0's sharp edges, and what we do about them
+//! - **Queue names are explicit** ([`Job::QUEUE`]); apalis's default is the Rust type name,
+//!   which would orphan every stored job on a rename.
+//! - **Task ids are ULIDs**: we never set an id, so `push_tasks` generates a ULID (any other id
+//!   format poisons the queue's fetch).
+//! - **Polling**: plain storage polls every 30 s. Workers use `.with_pubsub()` (NOTIFY wakes
+//!   them for immediate inserts) **and** `.poll_with_interval(1 s)`, because NOTIFY does not fire
+//!   for delayed tasks or retries.
+//! - **Retries**: `RetryAfterError`/`DeferredError` retry in a hot loop ignoring max_attempts,
+//!   and database-level retries (a plain `Err`) have no backoff. Handlers therefore return a
+//!   plain error only for transient failures, bounded by an explicit [`Job::MAX_ATTEMPTS`]; a
+//!   job that needs backoff enqueues a new delayed task and returns `Ok`; permanent failures
+//!   return `AbortError` (the row becomes `Killed`). [`JobError`] says which.
+//! - **Timeouts**: a tower `.timeout()` or a caught panic leaves the row `Running` and it can
+//!   re-run past max_attempts, so each handler bounds itself with [`bounded`]
+//!   (`tokio::time::timeout` → a transient error).
+//! - **Worker crashes**: any backend error ends a worker, so workers run under a [`Monitor`]
+//!   that restarts them, with a shutdown timeout. Worker names are unique per process (queue,
+//!   host, pid and an instance number): apalis rescues a crashed worker's `Running` jobs only
+//!   when no live worker holds its name. A dead worker's jobs go back to `Pending` once it has
+//!   missed [`MISSED_HEARTBEATS`] heartbeats of [`HEARTBEAT_INTERVAL`] (30 s).
+//! - **At-least-once delivery**: every handler locks the order row (or relies on the
+//!   transition executor's optimistic lock) and does nothing if the order has moved on.
 
+pub mod capture_payment;
+pub mod confirm_timeout;
+pub mod match_driver;
+pub mod request_review;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use apalis::prelude::Monitor;
+use apalis::prelude::{AbortError, BackendExt, BoxDynError, Monitor, TaskBuilder, WorkerBuilder};
+use apalis_postgres::{Config as StorageConfig, PostgresStorage};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
 
 use crate::shutdown::CancellationToken;
 
-/// Builds the monitor with every registered worker.
-pub fn monitor(drain: Duration) -> Monitor {
-    Monitor::new().shutdown_timeout(drain)
+/// How often a worker tells Postgres it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Missed heartbeats after which a worker counts as dead and its running jobs are re-queued.
+pub const MISSED_HEARTBEATS: usize = 3;
+/// The fallback poll interval (NOTIFY covers immediate inserts).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest one job run may take before it counts as a transient failure.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A kind of job: its arguments (stored as JSON in `apalis.jobs.job`) and its queue.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// The queue (`apalis.jobs.job_type`); never change it for an existing kind.
+    const QUEUE: &'static str;
+    /// How often a transient failure is retried before the job is left `Failed`.
+    const MAX_ATTEMPTS: usize;
+}
+
+/// Why a job could not be enqueued. The caller's transaction must then roll back.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("could not encode job arguments: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("could not insert the job row: {0}")]
+    Insert(#[from] apalis_postgres::Error),
+}
+
+/// Inserts `job` to run after `delay`, on `conn` (normally the caller's open transaction).
+pub async fn enqueue<J: Job>(
+    conn: &mut PgConnection,
+    job: &J,
+    delay: Duration,
+) -> Result<(), EnqueueError> {
+    let task = TaskBuilder::new(serde_json::to_vec(job)?)
+        .max_attempts(J::MAX_ATTEMPTS)
+        .run_after(delay)
+        .build();
+    apalis_postgres::queries::push_tasks(conn, J::QUEUE, vec![task]).await?;
+    Ok(())
+}
+
+/// What went wrong in a job, and so what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Transient (database unavailable, timeout): apalis retries, up to the kind's max attempts.
+    #[error("transient failure: {0:#}")]
+    Retry(anyhow::Error),
+    /// Permanent: retrying cannot help; the job row becomes `Killed`.
+    #[error("permanent failure: {0:#}")]
+    Abort(anyhow::Error),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(error: sqlx::Error) -> Self {
+        JobError::Retry(error.into())
+    }
+}
+
+impl JobError {
+    /// The error apalis acts on.
+    fn into_apalis(self) -> BoxDynError {
+        match self {
+            JobError::Retry(e) => e.into(),
+            JobError::Abort(e) => Box::new(AbortError::new(Box::<
+                dyn std::error::Error + Send + Sync,
+            >::from(format!("{e:#}")))),
+        }
+    }
+}
+
+/// Runs a handler body bounded by [`JOB_TIMEOUT`], logging failures, and converts the outcome
+/// into what apalis expects.
+pub async fn bounded<F>(queue: &'static str, body: F) -> Result<(), BoxDynError>
+where
+    F: Future<Output = Result<(), JobError>>,
+{
+    let outcome = match tokio::time::timeout(JOB_TIMEOUT, body).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(JobError::Retry(anyhow::anyhow!(
+            "timed out after {JOB_TIMEOUT:?}"
+        ))),
+    };
+    let label = match &outcome {
+        Ok(()) => "ok",
+        Err(JobError::Retry(_)) => "retry",
+        Err(JobError::Abort(_)) => "abort",
+    };
+    metrics::counter!("jobs_processed_total", "queue" => queue, "outcome" => label).increment(1);
+    outcome.map_err(|error| {
+        tracing::warn!(queue, error = %error, "job failed");
+        error.into_apalis()
+    })
+}
+
+/// What every job handler can reach.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    pub db: PgPool,
+}
+
+/// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
+/// several monitors in one process).
+fn worker_name(queue: &str) -> String {
+    static INSTANCE: AtomicUsize = AtomicUsize::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
+    format!("{queue}@{host}:{}:{instance}", std::process::id())
+}
+
+/// Builds the monitor with one worker per job kind, restarting workers that fail.
+pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
+    macro_rules! register {
+        ($monitor:expr, $kind:ty, $handler:path) => {{
+            let ctx = ctx.clone();
+            $monitor.register(move |_restarts| {
+                // Pubsub wake-ups plus a 1 s poll (NOTIFY misses delayed tasks and retries),
+                // and our heartbeat settings.
+                let config = StorageConfig::default()
+                    .queue(<$kind as Job>::QUEUE)
+                    .heartbeat_interval(HEARTBEAT_INTERVAL)
+                    .missed_heartbeats(MISSED_HEARTBEATS);
+                let storage = PostgresStorage::<$kind>::new(&ctx.db)
+                    .with_config(config)
+                    .with_pubsub()
+                    .poll_with_interval(POLL_INTERVAL);
+                WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
+                    .backend(storage)
+                    .data(ctx.clone())
+                    .build($handler)
+            })
+        }};
+    }
+    let monitor = Monitor::new()
+        .shutdown_timeout(drain)
+        .should_restart(|worker, error| {
+            tracing::error!(worker = worker.name(), error = %error, "job worker failed; restarting");
+            true
+        });
+    let monitor = register!(
+        monitor,
+        confirm_timeout::ConfirmTimeout,
+        confirm_timeout::run
+    );
+    let monitor = register!(monitor, match_driver::MatchDriver, match_driver::run);
+    let monitor = register!(
+        monitor,
+        capture_payment::CapturePayment,
+        capture_payment::run
+    );
+    register!(monitor, request_review::RequestReview, request_review::run)
 }
 
 /// Runs the job workers until `token` is cancelled, then lets running jobs finish within the
 /// monitor's drain time.
-pub async fn run(token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
-    let monitor = monitor(drain);
+pub async fn run(ctx: JobContext, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+    let monitor = monitor(ctx, drain);
     tracing::info!("job workers started");
-    let signal = token.clone();
     monitor
         .run_with_signal(async move {
-            signal.cancelled().await;
+            token.cancelled().await;
             Ok(())
         })
         .await?;
-    // A monitor with no workers returns at once; the process still runs until told to stop.
-    token.cancelled().await;
     tracing::info!("job workers stopped");
     Ok(())
 }

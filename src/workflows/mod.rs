@@ -1,8 +1,16 @@
 //! The order workflow: an order's life as a state machine whose state lives in Postgres.
 //!
-//! This module owns the order states and (as the orders issue lands) the transitions between
-//! them, who may take each, and the jobs each transition enqueues in its own transaction.
+//! - [`status`]: the states.
+//! - [`machine`]: the transition table and who may take each action (pure).
+//! - [`pricing`]: totals and the delivery fee (pure).
+//! - [`transition`]: the executor that applies an action in one transaction with its audit
+//!   row, outbox event and follow-up jobs.
+//! - [`place`]: order creation with prices from the menu and idempotency in Postgres.
 
+pub mod machine;
+pub mod place;
+pub mod pricing;
 pub mod status;
+pub mod transition;
 
 pub use status::OrderStatus;

@@ -319,3 +319,221 @@ pub fn dead_port() -> u16 {
     drop(listener);
     port
 }
+
+/// Inserts a user with `role` and returns its id.
+pub async fn insert_user(db: &PgPool, role: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO users (role, name, email) VALUES ($1, 'Test ' || $1, $2) RETURNING id",
+    )
+    .bind(role)
+    .bind(format!(
+        "{role}-{}@example.com",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .fetch_one(db)
+    .await
+    .expect("insert user")
+}
+
+/// Inserts an open restaurant at (lat, lon) delivering within 8 km; returns its id.
+pub async fn insert_restaurant(db: &PgPool, name: &str, cuisine: &str, lat: f64, lon: f64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO restaurants (name, cuisine_type, location, rating, prep_time_minutes)
+         VALUES ($1, $2, ST_SetSRID(ST_MakePoint($4, $3), 4326)::geography, 4.5, 20) RETURNING id",
+    )
+    .bind(name)
+    .bind(cuisine)
+    .bind(lat)
+    .bind(lon)
+    .fetch_one(db)
+    .await
+    .expect("insert restaurant")
+}
+
+/// Inserts an available menu item; returns its id.
+pub async fn insert_item(db: &PgPool, restaurant_id: i64, name: &str, price_cents: i64) -> i64 {
+    sqlx::query_scalar("INSERT INTO menu_items (restaurant_id, name, price_cents, category) VALUES ($1, $2, $3, 'Mains') RETURNING id")
+        .bind(restaurant_id)
+        .bind(name)
+        .bind(price_cents)
+        .fetch_one(db)
+        .await
+        .expect("insert menu item")
+}
+
+/// Inserts a driver (with its user); returns the driver id.
+pub async fn insert_driver(db: &PgPool) -> i64 {
+    let user = insert_user(db, "driver").await;
+    sqlx::query_scalar("INSERT INTO drivers (user_id, vehicle_type, is_active) VALUES ($1, 'bicycle', TRUE) RETURNING id")
+        .bind(user)
+        .fetch_one(db)
+        .await
+        .expect("insert driver")
+}
+
+/// A restaurant in Manhattan with two dishes, and a customer: the usual cast of an order test.
+#[derive(Debug, Clone, Copy)]
+pub struct Cast {
+    pub restaurant: i64,
+    pub burger: i64,
+    pub fries: i64,
+    pub customer: i64,
+}
+
+/// Restaurant position of [`Cast`].
+pub const RESTAURANT_AT: (f64, f64) = (40.7128, -74.0060);
+
+/// Creates a [`Cast`].
+pub async fn cast(db: &PgPool) -> Cast {
+    let restaurant = insert_restaurant(
+        db,
+        "Burger Barn",
+        "burgers",
+        RESTAURANT_AT.0,
+        RESTAURANT_AT.1,
+    )
+    .await;
+    Cast {
+        restaurant,
+        burger: insert_item(db, restaurant, "Burger", 1_250).await,
+        fries: insert_item(db, restaurant, "Fries", 399).await,
+        customer: insert_user(db, "customer").await,
+    }
+}
+
+/// A valid order body for `cast`, delivering about 1.1 km north of the restaurant.
+pub fn order_body(cast: &Cast) -> serde_json::Value {
+    serde_json::json!({
+        "restaurant_id": cast.restaurant,
+        "items": [
+            {"menu_item_id": cast.burger, "quantity": 2, "special_instructions": "no onions"},
+            {"menu_item_id": cast.fries, "quantity": 1}
+        ],
+        "delivery_address": {"lat": RESTAURANT_AT.0 + 0.01, "lon": RESTAURANT_AT.1, "line1": "1 Test Street", "city": "New York"}
+    })
+}
+
+impl TestApp {
+    /// `POST /v1/orders` as `customer` with `key`.
+    pub async fn place_order(
+        &self,
+        customer: i64,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/orders", self.address))
+            .bearer_auth(self.token(Role::Customer, customer))
+            .header("x-idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Places an order for `cast` and returns its id.
+    pub async fn placed_order(&self, cast: &Cast) -> i64 {
+        let response = self
+            .place_order(
+                cast.customer,
+                &uuid::Uuid::new_v4().to_string(),
+                &order_body(cast),
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 201);
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["id"].as_i64().expect("order id")
+    }
+
+    /// `POST /v1/orders/{id}/{action}` as (role, subject) with an empty body.
+    pub async fn act(
+        &self,
+        order: i64,
+        action: &str,
+        role: Role,
+        subject: i64,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/orders/{order}/{action}", self.address))
+            .bearer_auth(self.token(role, subject))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The order's current status, read from the database.
+    pub async fn status_of(&self, order: i64) -> String {
+        sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(order)
+            .fetch_one(&self.db)
+            .await
+            .expect("order exists")
+    }
+
+    /// How many job rows of `queue` mention `order` in their arguments.
+    pub async fn jobs_for(&self, queue: &str, order: i64) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM apalis.jobs
+             WHERE job_type = $1 AND (convert_from(job, 'UTF8')::jsonb ->> 'order_id')::bigint = $2",
+        )
+        .bind(queue)
+        .bind(order)
+        .fetch_one(&self.db)
+        .await
+        .expect("count jobs")
+    }
+
+    /// Audit rows of `order` whose metadata names `action`.
+    pub async fn audit_rows(&self, order: i64, action: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM audit_logs WHERE entity_type = 'order' AND entity_id = $1 AND metadata ->> 'action' = $2",
+        )
+        .bind(order)
+        .bind(action)
+        .fetch_one(&self.db)
+        .await
+        .expect("count audit rows")
+    }
+
+    /// Runs the job workers in process on this app's database until the guard is dropped.
+    pub fn spawn_workers(&self) -> WorkerGuard {
+        let stop = CancellationToken::new();
+        let ctx = courier::jobs::JobContext {
+            db: self.db.clone(),
+        };
+        tokio::spawn(courier::jobs::run(
+            ctx,
+            stop.clone(),
+            Duration::from_secs(2),
+        ));
+        WorkerGuard(stop)
+    }
+}
+
+/// Stops in-process workers when dropped.
+#[derive(Debug)]
+pub struct WorkerGuard(CancellationToken);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns true or `within` passes; returns the last result.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

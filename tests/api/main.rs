@@ -7,4 +7,8 @@ mod errors;
 mod health;
 mod helpers;
 mod isolation;
+mod jobs;
+mod orders;
+mod restaurants;
 mod schema;
+mod workflow;

@@ -1,0 +1,442 @@
+//! `/v1/orders`: placing orders (customers, with `X-Idempotency-Key`), reading them (each
+//! principal sees its own), and the workflow's actions, each applied by the transition
+//! executor.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::api::extract::{ApiJson, ApiPath, ApiQuery, ClientMeta};
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::geo::Point;
+use crate::store::orders::{self, ListFilter, OrderView};
+use crate::workflows::OrderStatus;
+use crate::workflows::machine::{Action, Actor, Parties, Refusal};
+use crate::workflows::place::{
+    self, CartLine, DeliveryAddress, MAX_IDEMPOTENCY_KEY_LEN, MAX_LINES, MAX_QUANTITY, NewOrder,
+    PlaceError,
+};
+use crate::workflows::transition::{self, TransitionError, TransitionRequest};
+
+/// The idempotency header of `POST /v1/orders`.
+pub const IDEMPOTENCY_HEADER: &str = "x-idempotency-key";
+/// Set on a response replayed for a repeated idempotency key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+const MAX_TEXT_CHARS: usize = 200;
+const MAX_INSTRUCTIONS_CHARS: usize = 500;
+const MAX_REASON_CHARS: usize = 500;
+const DEFAULT_LIST_LIMIT: i64 = 20;
+const MAX_LIST_LIMIT: i64 = 100;
+
+/// Routes of this group.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orders", post(create).get(list))
+        .route("/orders/{id}", get(show))
+        .route("/orders/{id}/confirm", post(confirm))
+        .route("/orders/{id}/start-preparing", post(start_preparing))
+        .route("/orders/{id}/ready", post(ready))
+        .route("/orders/{id}/pickup", post(pickup))
+        .route("/orders/{id}/deliver", post(deliver))
+        .route("/orders/{id}/cancel", post(cancel))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    restaurant_id: i64,
+    items: Vec<ItemBody>,
+    delivery_address: AddressBody,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    menu_item_id: i64,
+    quantity: i64,
+    special_instructions: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressBody {
+    lat: f64,
+    lon: f64,
+    line1: String,
+    line2: Option<String>,
+    city: Option<String>,
+    postal_code: Option<String>,
+    instructions: Option<String>,
+}
+
+fn optional_text(
+    value: Option<String>,
+    max: usize,
+    field: &str,
+) -> Result<Option<String>, ApiError> {
+    let value = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("{field} must be at most {max} characters"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Parses the body once into a [`NewOrder`], naming the first problem.
+fn validate(body: CreateBody) -> Result<NewOrder, ApiError> {
+    if body.restaurant_id <= 0 {
+        return Err(ApiError::unprocessable(
+            "unknown_restaurant",
+            format!("restaurant {} does not exist", body.restaurant_id),
+        ));
+    }
+    if body.items.is_empty() {
+        return Err(ApiError::unprocessable(
+            "empty_cart",
+            "an order needs at least one item",
+        ));
+    }
+    if body.items.len() > MAX_LINES {
+        return Err(ApiError::unprocessable(
+            "too_many_items",
+            format!("an order has at most {MAX_LINES} lines"),
+        ));
+    }
+    let mut items = Vec::with_capacity(body.items.len());
+    for item in body.items {
+        let quantity = i32::try_from(item.quantity)
+            .ok()
+            .filter(|q| (1..=MAX_QUANTITY).contains(q))
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "invalid_quantity",
+                    format!(
+                        "quantity must be 1 to {MAX_QUANTITY}, got {}",
+                        item.quantity
+                    ),
+                )
+            })?;
+        items.push(CartLine {
+            menu_item_id: item.menu_item_id,
+            quantity,
+            special_instructions: optional_text(
+                item.special_instructions,
+                MAX_INSTRUCTIONS_CHARS,
+                "special_instructions",
+            )?,
+        });
+    }
+    let a = body.delivery_address;
+    let point = Point::new(a.lat, a.lon).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid_coordinates",
+            "delivery_address.lat must be in [-90, 90] and lon in [-180, 180]",
+        )
+    })?;
+    let line1 = a.line1.trim().to_owned();
+    if line1.is_empty() || line1.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::unprocessable(
+            "invalid_address",
+            format!("delivery_address.line1 must be 1 to {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    Ok(NewOrder {
+        restaurant_id: body.restaurant_id,
+        items,
+        delivery_address: DeliveryAddress {
+            lat: point.lat,
+            lon: point.lon,
+            line1,
+            line2: optional_text(a.line2, MAX_TEXT_CHARS, "delivery_address.line2")?,
+            city: optional_text(a.city, MAX_TEXT_CHARS, "delivery_address.city")?,
+            postal_code: optional_text(a.postal_code, 20, "delivery_address.postal_code")?,
+            instructions: optional_text(
+                a.instructions,
+                MAX_INSTRUCTIONS_CHARS,
+                "delivery_address.instructions",
+            )?,
+        },
+    })
+}
+
+/// The idempotency key: present, 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let raw = headers.get(IDEMPOTENCY_HEADER).ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_idempotency_key",
+            "POST /v1/orders requires an X-Idempotency-Key header",
+        )
+    })?;
+    raw.to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("X-Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            )
+        })
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(error: PlaceError) -> Self {
+        let message = error.to_string();
+        match error {
+            PlaceError::UnknownRestaurant(_) => {
+                ApiError::unprocessable("unknown_restaurant", message)
+            }
+            PlaceError::RestaurantClosed(_) => ApiError::conflict("restaurant_closed", message),
+            PlaceError::UnknownItem(_) => ApiError::unprocessable("unknown_menu_item", message),
+            PlaceError::ItemOfAnotherRestaurant(_) => {
+                ApiError::unprocessable("item_not_on_menu", message)
+            }
+            PlaceError::ItemUnavailable(_) => ApiError::conflict("item_unavailable", message),
+            PlaceError::OutOfDeliveryRange { .. } => {
+                ApiError::unprocessable("out_of_delivery_range", message)
+            }
+            PlaceError::TotalTooLarge => ApiError::unprocessable("total_too_large", message),
+            PlaceError::IdempotencyKeyReused => {
+                ApiError::unprocessable("idempotency_key_reused", message)
+            }
+            PlaceError::Enqueue(e) => jobs_unavailable(e),
+            PlaceError::Database(e) => e.into(),
+        }
+    }
+}
+
+fn jobs_unavailable(detail: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(
+        "jobs_unavailable",
+        "the order workflow is unavailable; nothing was changed; retry shortly",
+    )
+    .with_internal(detail)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: ClientMeta,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    principal.require_role(&[Role::Customer])?;
+    let key = idempotency_key(&headers)?;
+    let order = validate(body)?;
+    let placed = place::place(&state.db, principal.subject, &key, &order, &meta.0).await?;
+    let mut response = (StatusCode::CREATED, Json(placed.body)).into_response();
+    if placed.replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(error: TransitionError) -> Self {
+        match error {
+            TransitionError::NotFound | TransitionError::Refused(Refusal::NotVisible) => {
+                ApiError::not_found("no such order")
+            }
+            TransitionError::Refused(refusal @ Refusal::Forbidden { .. }) => {
+                ApiError::forbidden(refusal.to_string())
+            }
+            TransitionError::Refused(Refusal::InvalidTransition {
+                status,
+                action,
+                allowed,
+            }) => {
+                let allowed: Vec<&str> = allowed.iter().map(|a| a.as_str()).collect();
+                let allowed = if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                };
+                ApiError::conflict(
+                    "invalid_transition",
+                    format!(
+                        "cannot {action} an order that is {status}; actions allowed to you now: {allowed}"
+                    ),
+                )
+            }
+            TransitionError::Conflict => ApiError::conflict(
+                "conflict",
+                "the order was changed by someone else; reload it and retry",
+            ),
+            TransitionError::Enqueue(e) => jobs_unavailable(e),
+            TransitionError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// Optional body of a transition: why (cancellations).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    reason: Option<String>,
+}
+
+/// `If-Match: <version>`: the version the client saw.
+fn expected_version(headers: &HeaderMap) -> Result<Option<i32>, ApiError> {
+    headers
+        .get("if-match")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .map(|s| s.trim().trim_matches('"'))
+                .and_then(|s| s.parse::<i32>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_if_match",
+                        "If-Match must be the order's version number",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// Applies `action` as `principal` and answers with the order as it now is.
+async fn apply(
+    state: &AppState,
+    principal: Principal,
+    meta: ClientMeta,
+    headers: &HeaderMap,
+    id: i64,
+    action: Action,
+    body: &Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let body: TransitionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TransitionBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            } else {
+                ApiError::unprocessable(
+                    "invalid_body",
+                    format!("the body does not have the expected fields and types: {e}"),
+                )
+            }
+        })?
+    };
+    let reason = optional_text(body.reason, MAX_REASON_CHARS, "reason")?;
+    let request = TransitionRequest {
+        order_id: id,
+        action,
+        actor: Actor::from(principal),
+        meta: meta.0,
+        reason,
+        expected_version: expected_version(headers)?,
+    };
+    transition::execute(&state.db, &request).await?;
+    let mut conn = state.db.acquire().await?;
+    let view = orders::fetch_view(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such order"))?;
+    Ok(Json(view))
+}
+
+macro_rules! transition_handler {
+    ($name:ident, $action:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            principal: Principal,
+            meta: ClientMeta,
+            headers: HeaderMap,
+            ApiPath(id): ApiPath<i64>,
+            body: Bytes,
+        ) -> Result<Json<OrderView>, ApiError> {
+            apply(&state, principal, meta, &headers, id, $action, &body).await
+        }
+    };
+}
+
+transition_handler!(confirm, Action::Confirm);
+transition_handler!(start_preparing, Action::StartPreparing);
+transition_handler!(ready, Action::MarkReady);
+transition_handler!(pickup, Action::PickUp);
+transition_handler!(deliver, Action::Deliver);
+transition_handler!(cancel, Action::Cancel);
+
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<OrderView>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let view = orders::fetch_view(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such order"))?;
+    let parties = Parties {
+        customer_id: view.customer_id,
+        restaurant_id: view.restaurant_id,
+        driver_id: view.driver_id,
+    };
+    if !parties.visible_to(Actor::from(principal)) {
+        return Err(ApiError::not_found("no such order"));
+    }
+    Ok(Json(view))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListBody {
+    orders: Vec<OrderView>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListBody>, ApiError> {
+    let status = q
+        .status
+        .map(|s| {
+            s.to_ascii_uppercase()
+                .parse::<OrderStatus>()
+                .map(|s| s.as_str().to_owned())
+                .map_err(|e| ApiError::unprocessable("invalid_status", e.to_string()))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIST_LIMIT}"),
+        ));
+    }
+    let filter = ListFilter {
+        status,
+        before_id: q.before,
+        limit,
+    };
+    let mut conn = state.db.acquire().await?;
+    let orders = orders::list(&mut conn, Actor::from(principal), &filter).await?;
+    let next_before = (orders.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| orders.last().map(|o| o.id))
+        .flatten();
+    Ok(Json(ListBody {
+        orders,
+        next_before,
+    }))
+}

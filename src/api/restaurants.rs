@@ -1,0 +1,444 @@
+//! `/v1/restaurants`: the nearby search, a restaurant with its menu, and the restaurant's own
+//! menu and opening controls.
+//!
+//! Reads are cache-aside in Valkey (the spec's step 8): a restaurant with its menu for 5
+//! minutes, nearby searches for 2 minutes per grid cell — the cell's candidates are cached and
+//! each request computes its own exact distances from them, so customers a few metres apart
+//! share an entry and still get correct distances. Every write invalidates what it changed in
+//! the same request. A restaurant principal (subject = restaurant id) may only touch its own
+//! restaurant; operators may touch any.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::api::AppState;
+use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::auth::{Principal, Role};
+use crate::cache;
+use crate::error::ApiError;
+use crate::geo::{self, Point};
+use crate::store::restaurants::{
+    self, MenuItem, MenuItemFields, NearbyRestaurant, RestaurantWithMenu,
+};
+
+/// Default and largest search radius, in km.
+const DEFAULT_RADIUS_KM: f64 = 5.0;
+const MAX_RADIUS_KM: f64 = 50.0;
+/// Default and largest number of results.
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+const MAX_NAME_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 2_000;
+const MAX_CATEGORY_CHARS: usize = 50;
+/// Highest menu price: $10,000.
+const MAX_PRICE_CENTS: i64 = 1_000_000;
+
+/// Routes of this group.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/restaurants", get(nearby))
+        .route("/restaurants/{id}", get(show))
+        .route("/restaurants/{id}/open", post(open))
+        .route("/restaurants/{id}/close", post(close))
+        .route("/restaurants/{id}/menu-items", post(create_item))
+        .route(
+            "/restaurants/{id}/menu-items/{item_id}",
+            patch(update_item).delete(delete_item),
+        )
+}
+
+/// Query of `GET /v1/restaurants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NearbyQuery {
+    lat: f64,
+    lon: f64,
+    radius_km: Option<f64>,
+    cuisine: Option<String>,
+    open: Option<bool>,
+    limit: Option<usize>,
+}
+
+/// One result of the nearby search.
+#[derive(Debug, Serialize)]
+struct NearbyResult {
+    #[serde(flatten)]
+    restaurant: NearbyRestaurant,
+    distance_m: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct NearbyBody {
+    restaurants: Vec<NearbyResult>,
+}
+
+fn cache_header(response: &mut Response, hit: bool) {
+    response.headers_mut().insert(
+        "x-cache",
+        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+    );
+}
+
+async fn nearby(
+    State(state): State<AppState>,
+    _principal: Principal,
+    ApiQuery(q): ApiQuery<NearbyQuery>,
+) -> Result<Response, ApiError> {
+    let point = Point::new(q.lat, q.lon).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid_coordinates",
+            "lat must be in [-90, 90] and lon in [-180, 180]",
+        )
+    })?;
+    let radius_km = q.radius_km.unwrap_or(DEFAULT_RADIUS_KM);
+    if !(radius_km.is_finite() && radius_km > 0.0 && radius_km <= MAX_RADIUS_KM) {
+        return Err(ApiError::unprocessable(
+            "invalid_radius",
+            format!("radius_km must be greater than 0 and at most {MAX_RADIUS_KM}"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let cuisine = q
+        .cuisine
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    if cuisine.is_some_and(|c| c.chars().count() > MAX_CATEGORY_CHARS) {
+        return Err(ApiError::unprocessable(
+            "invalid_cuisine",
+            "cuisine is at most 50 characters",
+        ));
+    }
+    let radius_m = radius_km * 1_000.0;
+
+    let cell = geo::cell_of(point);
+    let generation = cache::nearby_generation(&state.valkey).await;
+    let key = state.valkey.key(&format!(
+        "cache:nearby:{generation}:{}:{}:{}:{}",
+        cell.0,
+        cell.1,
+        radius_m.round(),
+        cuisine.map(str::to_lowercase).unwrap_or_default()
+    ));
+    let (candidates, hit) = match cache::get::<Vec<NearbyRestaurant>>(&state.valkey, &key).await {
+        Some(candidates) => (candidates, true),
+        None => {
+            let center = geo::cell_center(cell);
+            let candidates = restaurants::within(
+                &state.db,
+                center,
+                radius_m + geo::CELL_HALF_DIAGONAL_M,
+                cuisine,
+            )
+            .await?;
+            cache::put(&state.valkey, &key, &candidates, cache::NEARBY_TTL).await;
+            (candidates, false)
+        }
+    };
+    let mut results: Vec<NearbyResult> = candidates
+        .into_iter()
+        .filter(|r| q.open.is_none_or(|open| r.is_open == open))
+        .filter_map(|restaurant| {
+            let distance_m = geo::haversine_m(
+                point,
+                Point {
+                    lat: restaurant.lat,
+                    lon: restaurant.lon,
+                },
+            );
+            (distance_m <= radius_m).then_some(NearbyResult {
+                restaurant,
+                distance_m,
+            })
+        })
+        .collect();
+    results.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m));
+    results.truncate(limit);
+    let mut response = Json(NearbyBody {
+        restaurants: results,
+    })
+    .into_response();
+    cache_header(&mut response, hit);
+    Ok(response)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    _principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    let key = cache::restaurant_key(&state.valkey, id);
+    if let Some(cached) = cache::get::<RestaurantWithMenu>(&state.valkey, &key).await {
+        let mut response = Json(cached).into_response();
+        cache_header(&mut response, true);
+        return Ok(response);
+    }
+    let restaurant = restaurants::with_menu(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("restaurant {id} does not exist")))?;
+    cache::put(&state.valkey, &key, &restaurant, cache::RESTAURANT_TTL).await;
+    let mut response = Json(restaurant).into_response();
+    cache_header(&mut response, false);
+    Ok(response)
+}
+
+/// Operators may manage any restaurant; a restaurant principal only its own.
+fn require_owner(principal: &Principal, restaurant_id: i64) -> Result<(), ApiError> {
+    principal.require_role(&[Role::Restaurant, Role::Operator])?;
+    if principal.role == Role::Restaurant && principal.subject != restaurant_id {
+        return Err(ApiError::forbidden(
+            "a restaurant may only manage its own menu and hours",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct OpenBody {
+    id: i64,
+    is_open: bool,
+}
+
+async fn set_open(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+    open: bool,
+) -> Result<Json<OpenBody>, ApiError> {
+    require_owner(principal, id)?;
+    if !restaurants::set_open(&state.db, id, open).await? {
+        return Err(ApiError::not_found(format!(
+            "restaurant {id} does not exist"
+        )));
+    }
+    cache::invalidate(&state.valkey, &[cache::restaurant_key(&state.valkey, id)]).await;
+    cache::bump_nearby_generation(&state.valkey).await;
+    tracing::info!(restaurant_id = id, open, "restaurant hours changed");
+    Ok(Json(OpenBody { id, is_open: open }))
+}
+
+async fn open(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<OpenBody>, ApiError> {
+    set_open(&state, &principal, id, true).await
+}
+
+async fn close(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<OpenBody>, ApiError> {
+    set_open(&state, &principal, id, false).await
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Body of `POST` (all required fields) and `PATCH` (any subset) on menu items.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    description: Option<Option<String>>,
+    price_cents: Option<i64>,
+    #[serde(default, deserialize_with = "double_option")]
+    category: Option<Option<String>>,
+    is_available: Option<bool>,
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::unprocessable("invalid_field", message)
+}
+
+/// Validates and trims the fields present in `body`.
+fn validate_item(body: ItemBody) -> Result<MenuItemFields, ApiError> {
+    let name = match body.name {
+        Some(name) => {
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+                return Err(invalid(format!(
+                    "name must be 1 to {MAX_NAME_CHARS} characters"
+                )));
+            }
+            Some(name)
+        }
+        None => None,
+    };
+    let clean = |value: Option<Option<String>>,
+                 max: usize,
+                 field: &str|
+     -> Result<Option<Option<String>>, ApiError> {
+        match value {
+            Some(Some(text)) => {
+                let text = text.trim().to_owned();
+                if text.chars().count() > max {
+                    return Err(invalid(format!("{field} must be at most {max} characters")));
+                }
+                Ok(Some((!text.is_empty()).then_some(text)))
+            }
+            other => Ok(other),
+        }
+    };
+    let description = clean(body.description, MAX_DESCRIPTION_CHARS, "description")?;
+    let category = clean(body.category, MAX_CATEGORY_CHARS, "category")?;
+    if body
+        .price_cents
+        .is_some_and(|p| !(0..=MAX_PRICE_CENTS).contains(&p))
+    {
+        return Err(invalid(format!(
+            "price_cents must be 0 to {MAX_PRICE_CENTS}"
+        )));
+    }
+    Ok(MenuItemFields {
+        name,
+        description,
+        price_cents: body.price_cents,
+        category,
+        is_available: body.is_available,
+    })
+}
+
+async fn invalidate_restaurant(state: &AppState, restaurant_id: i64) {
+    cache::invalidate(
+        &state.valkey,
+        &[cache::restaurant_key(&state.valkey, restaurant_id)],
+    )
+    .await;
+}
+
+async fn create_item(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<ItemBody>,
+) -> Result<(StatusCode, Json<MenuItem>), ApiError> {
+    require_owner(&principal, id)?;
+    let fields = validate_item(body)?;
+    if fields.name.is_none() || fields.price_cents.is_none() {
+        return Err(invalid("name and price_cents are required".to_owned()));
+    }
+    if !restaurants::exists(&state.db, id).await? {
+        return Err(ApiError::not_found(format!(
+            "restaurant {id} does not exist"
+        )));
+    }
+    let item = restaurants::insert_item(&state.db, id, &fields).await?;
+    invalidate_restaurant(&state, id).await;
+    tracing::info!(restaurant_id = id, item_id = item.id, "menu item created");
+    Ok((StatusCode::CREATED, Json(item)))
+}
+
+async fn update_item(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((id, item_id)): ApiPath<(i64, i64)>,
+    ApiJson(body): ApiJson<ItemBody>,
+) -> Result<Json<MenuItem>, ApiError> {
+    require_owner(&principal, id)?;
+    let fields = validate_item(body)?;
+    let item = restaurants::update_item(&state.db, id, item_id, &fields)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("restaurant {id} has no menu item {item_id}"))
+        })?;
+    invalidate_restaurant(&state, id).await;
+    tracing::info!(restaurant_id = id, item_id, "menu item updated");
+    Ok(Json(item))
+}
+
+async fn delete_item(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((id, item_id)): ApiPath<(i64, i64)>,
+) -> Result<StatusCode, ApiError> {
+    require_owner(&principal, id)?;
+    if !restaurants::delete_item(&state.db, id, item_id).await? {
+        return Err(ApiError::not_found(format!(
+            "restaurant {id} has no menu item {item_id}"
+        )));
+    }
+    invalidate_restaurant(&state, id).await;
+    tracing::info!(restaurant_id = id, item_id, "menu item deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: serde_json::Value) -> ItemBody {
+        serde_json::from_value(json).expect("parses")
+    }
+
+    #[test]
+    fn absent_null_and_present_fields_are_distinguished() {
+        let absent = validate_item(body(serde_json::json!({}))).expect("valid");
+        assert_eq!(absent.description, None);
+        let cleared = validate_item(body(serde_json::json!({"description": null}))).expect("valid");
+        assert_eq!(cleared.description, Some(None));
+        let set =
+            validate_item(body(serde_json::json!({"description": "  crispy "}))).expect("valid");
+        assert_eq!(set.description, Some(Some("crispy".to_owned())));
+    }
+
+    #[test]
+    fn bad_fields_are_rejected() {
+        for json in [
+            serde_json::json!({"name": "  "}),
+            serde_json::json!({"name": "x".repeat(201)}),
+            serde_json::json!({"price_cents": -1}),
+            serde_json::json!({"price_cents": MAX_PRICE_CENTS + 1}),
+            serde_json::json!({"category": "c".repeat(51)}),
+        ] {
+            assert_eq!(
+                validate_item(body(json)).expect_err("invalid").code(),
+                "invalid_field"
+            );
+        }
+    }
+
+    #[test]
+    fn restaurants_manage_only_their_own() {
+        let own = Principal {
+            role: Role::Restaurant,
+            subject: 4,
+        };
+        assert!(require_owner(&own, 4).is_ok());
+        assert_eq!(
+            require_owner(&own, 5).expect_err("other").code(),
+            "forbidden"
+        );
+        let operator = Principal {
+            role: Role::Operator,
+            subject: 1,
+        };
+        assert!(require_owner(&operator, 5).is_ok());
+        let customer = Principal {
+            role: Role::Customer,
+            subject: 4,
+        };
+        assert_eq!(
+            require_owner(&customer, 4).expect_err("customer").code(),
+            "forbidden"
+        );
+    }
+}

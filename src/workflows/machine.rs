@@ -1,0 +1,484 @@
+//! The order state machine as data: which action moves an order from which state to which, and
+//! who may take it. Pure functions, no I/O; the transition executor
+//! ([`crate::workflows::transition`]) applies the decision in Postgres.
+//!
+//! The table is the spec's step 7 plus the rules of the orders issue:
+//! - the restaurant confirms, starts preparing and marks ready (its own orders only);
+//! - the assigned driver picks up and delivers (so pick-up needs an assigned driver);
+//! - the customer cancels its own order while it is PLACED or CONFIRMED;
+//! - an operator cancels in any non-terminal state;
+//! - the system cancels an order the restaurant never confirmed, and auto-completes delivered
+//!   orders; COMPLETED and CANCELLED are terminal.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Principal, Role};
+use crate::workflows::OrderStatus;
+
+/// Something that can be done to an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Confirm,
+    StartPreparing,
+    MarkReady,
+    PickUp,
+    Deliver,
+    Cancel,
+    AutoComplete,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 7] = [
+        Action::Confirm,
+        Action::StartPreparing,
+        Action::MarkReady,
+        Action::PickUp,
+        Action::Deliver,
+        Action::Cancel,
+        Action::AutoComplete,
+    ];
+
+    /// The action's name in events, audit rows and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Confirm => "confirm",
+            Action::StartPreparing => "start_preparing",
+            Action::MarkReady => "mark_ready",
+            Action::PickUp => "pick_up",
+            Action::Deliver => "deliver",
+            Action::Cancel => "cancel",
+            Action::AutoComplete => "auto_complete",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown action `{s}`"))
+    }
+}
+
+/// Who takes an action: a principal of the API, or courier itself (jobs and cron).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Actor {
+    Customer(i64),
+    Restaurant(i64),
+    Driver(i64),
+    Operator(i64),
+    System,
+}
+
+impl Actor {
+    /// The actor's type as stored in `audit_logs.actor_type` and events.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Actor::Customer(_) => "customer",
+            Actor::Restaurant(_) => "restaurant",
+            Actor::Driver(_) => "driver",
+            Actor::Operator(_) => "operator",
+            Actor::System => "system",
+        }
+    }
+
+    /// The actor's id, if it has one.
+    pub fn id(self) -> Option<i64> {
+        match self {
+            Actor::Customer(id)
+            | Actor::Restaurant(id)
+            | Actor::Driver(id)
+            | Actor::Operator(id) => Some(id),
+            Actor::System => None,
+        }
+    }
+
+    fn class(self) -> ActorClass {
+        match self {
+            Actor::Customer(_) => ActorClass::Customer,
+            Actor::Restaurant(_) => ActorClass::Restaurant,
+            Actor::Driver(_) => ActorClass::Driver,
+            Actor::Operator(_) => ActorClass::Operator,
+            Actor::System => ActorClass::System,
+        }
+    }
+}
+
+impl From<Principal> for Actor {
+    fn from(p: Principal) -> Self {
+        match p.role {
+            Role::Customer => Actor::Customer(p.subject),
+            Role::Restaurant => Actor::Restaurant(p.subject),
+            Role::Driver => Actor::Driver(p.subject),
+            Role::Operator => Actor::Operator(p.subject),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ActorClass {
+    Customer,
+    Restaurant,
+    Driver,
+    Operator,
+    System,
+}
+
+use ActorClass as A;
+use OrderStatus as S;
+
+/// One allowed transition: `from` --`action` by any of `by`--> `to`.
+#[derive(Debug)]
+struct Rule {
+    from: OrderStatus,
+    action: Action,
+    to: OrderStatus,
+    by: &'static [ActorClass],
+}
+
+const RULES: &[Rule] = &[
+    Rule {
+        from: S::Placed,
+        action: Action::Confirm,
+        to: S::Confirmed,
+        by: &[A::Restaurant],
+    },
+    Rule {
+        from: S::Placed,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Customer, A::Operator, A::System],
+    },
+    Rule {
+        from: S::Confirmed,
+        action: Action::StartPreparing,
+        to: S::Preparing,
+        by: &[A::Restaurant],
+    },
+    Rule {
+        from: S::Confirmed,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Customer, A::Operator],
+    },
+    Rule {
+        from: S::Preparing,
+        action: Action::MarkReady,
+        to: S::ReadyForPickup,
+        by: &[A::Restaurant],
+    },
+    Rule {
+        from: S::Preparing,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Operator],
+    },
+    Rule {
+        from: S::ReadyForPickup,
+        action: Action::PickUp,
+        to: S::PickedUp,
+        by: &[A::Driver],
+    },
+    Rule {
+        from: S::ReadyForPickup,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Operator],
+    },
+    Rule {
+        from: S::PickedUp,
+        action: Action::Deliver,
+        to: S::Delivered,
+        by: &[A::Driver],
+    },
+    Rule {
+        from: S::PickedUp,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Operator],
+    },
+    Rule {
+        from: S::Delivered,
+        action: Action::AutoComplete,
+        to: S::Completed,
+        by: &[A::System],
+    },
+    Rule {
+        from: S::Delivered,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Operator],
+    },
+];
+
+/// The parties of an order, for ownership checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parties {
+    pub customer_id: i64,
+    pub restaurant_id: i64,
+    pub driver_id: Option<i64>,
+}
+
+impl Parties {
+    /// Whether `actor` may see this order at all (operators and the system see every order).
+    pub fn visible_to(&self, actor: Actor) -> bool {
+        match actor {
+            Actor::Customer(id) => id == self.customer_id,
+            Actor::Restaurant(id) => id == self.restaurant_id,
+            Actor::Driver(id) => self.driver_id == Some(id),
+            Actor::Operator(_) | Actor::System => true,
+        }
+    }
+}
+
+/// Why an action cannot be taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The actor has no business with this order (answered as "not found" to the API).
+    #[error("no such order")]
+    NotVisible,
+    /// The actor's kind may never take this action.
+    #[error("a {actor} may not {action} an order")]
+    Forbidden { actor: &'static str, action: Action },
+    /// The action is not allowed in the order's current state (for this actor).
+    #[error("cannot {action} an order that is {status}")]
+    InvalidTransition {
+        status: OrderStatus,
+        action: Action,
+        allowed: Vec<Action>,
+    },
+}
+
+/// The actions `actor` may take on an order in `status`.
+pub fn allowed_actions(status: OrderStatus, actor: Actor) -> Vec<Action> {
+    RULES
+        .iter()
+        .filter(|r| r.from == status && r.by.contains(&actor.class()))
+        .map(|r| r.action)
+        .collect()
+}
+
+/// Decides the next state of an order in `status` with `parties` when `actor` takes `action`.
+pub fn decide(
+    status: OrderStatus,
+    parties: &Parties,
+    action: Action,
+    actor: Actor,
+) -> Result<OrderStatus, Refusal> {
+    if !parties.visible_to(actor) {
+        // Drivers see an order only once assigned to it, so pick-up and delivery always have
+        // an assigned driver (the `orders_picked_up_has_driver` constraint says so too).
+        return Err(Refusal::NotVisible);
+    }
+    let class = actor.class();
+    if !RULES
+        .iter()
+        .any(|r| r.action == action && r.by.contains(&class))
+    {
+        return Err(Refusal::Forbidden {
+            actor: actor.kind(),
+            action,
+        });
+    }
+    RULES
+        .iter()
+        .find(|r| r.from == status && r.action == action && r.by.contains(&class))
+        .map(|r| r.to)
+        .ok_or_else(|| Refusal::InvalidTransition {
+            status,
+            action,
+            allowed: allowed_actions(status, actor),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CUSTOMER: i64 = 10;
+    const RESTAURANT: i64 = 20;
+    const DRIVER: i64 = 30;
+
+    fn parties(driver: Option<i64>) -> Parties {
+        Parties {
+            customer_id: CUSTOMER,
+            restaurant_id: RESTAURANT,
+            driver_id: driver,
+        }
+    }
+
+    /// The expected outcome of every (state, action, actor) triple, written out independently
+    /// of the rule table.
+    fn expected(
+        status: OrderStatus,
+        action: Action,
+        actor: Actor,
+    ) -> Result<OrderStatus, &'static str> {
+        use Action::*;
+        let kind = actor.kind();
+        let may_ever = match action {
+            Confirm | StartPreparing | MarkReady => kind == "restaurant",
+            PickUp | Deliver => kind == "driver",
+            Cancel => matches!(kind, "customer" | "operator" | "system"),
+            AutoComplete => kind == "system",
+        };
+        if !may_ever {
+            return Err("forbidden");
+        }
+        let next = match (status, action) {
+            (S::Placed, Confirm) => S::Confirmed,
+            (S::Confirmed, StartPreparing) => S::Preparing,
+            (S::Preparing, MarkReady) => S::ReadyForPickup,
+            (S::ReadyForPickup, PickUp) => S::PickedUp,
+            (S::PickedUp, Deliver) => S::Delivered,
+            (S::Delivered, AutoComplete) => S::Completed,
+            (s, Cancel) if !s.is_terminal() => {
+                let ok = match kind {
+                    "operator" => true,
+                    "customer" => matches!(s, S::Placed | S::Confirmed),
+                    "system" => s == S::Placed,
+                    _ => false,
+                };
+                if !ok {
+                    return Err("invalid");
+                }
+                S::Cancelled
+            }
+            _ => return Err("invalid"),
+        };
+        Ok(next)
+    }
+
+    #[test]
+    fn every_state_action_and_actor_combination() {
+        let actors = [
+            Actor::Customer(CUSTOMER),
+            Actor::Restaurant(RESTAURANT),
+            Actor::Driver(DRIVER),
+            Actor::Operator(1),
+            Actor::System,
+        ];
+        let mut checked = 0;
+        for status in OrderStatus::ALL {
+            for action in Action::ALL {
+                for actor in actors {
+                    let got = decide(status, &parties(Some(DRIVER)), action, actor);
+                    match (expected(status, action, actor), &got) {
+                        (Ok(want), Ok(next)) => {
+                            assert_eq!(*next, want, "{status} {action} {actor:?}")
+                        }
+                        (Err("forbidden"), Err(Refusal::Forbidden { .. })) => {}
+                        (Err("invalid"), Err(Refusal::InvalidTransition { allowed, .. })) => {
+                            assert_eq!(*allowed, allowed_actions(status, actor));
+                            assert!(!allowed.contains(&action));
+                        }
+                        (want, got) => {
+                            panic!("{status} {action} {actor:?}: want {want:?}, got {got:?}")
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 8 * 7 * 5);
+    }
+
+    #[test]
+    fn terminal_states_allow_nothing() {
+        for status in [S::Completed, S::Cancelled] {
+            for actor in [Actor::Operator(1), Actor::System, Actor::Customer(CUSTOMER)] {
+                assert!(allowed_actions(status, actor).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn strangers_do_not_see_the_order() {
+        let p = parties(Some(DRIVER));
+        for actor in [
+            Actor::Customer(CUSTOMER + 1),
+            Actor::Restaurant(RESTAURANT + 1),
+            Actor::Driver(DRIVER + 1),
+        ] {
+            assert_eq!(
+                decide(S::Placed, &p, Action::Cancel, actor),
+                Err(Refusal::NotVisible)
+            );
+        }
+        // An unassigned order is invisible to every driver.
+        assert_eq!(
+            decide(
+                S::ReadyForPickup,
+                &parties(None),
+                Action::PickUp,
+                Actor::Driver(DRIVER)
+            ),
+            Err(Refusal::NotVisible)
+        );
+    }
+
+    #[test]
+    fn pick_up_requires_an_assigned_driver() {
+        assert_eq!(
+            decide(
+                S::ReadyForPickup,
+                &parties(None),
+                Action::PickUp,
+                Actor::Operator(1)
+            ),
+            Err(Refusal::Forbidden {
+                actor: "operator",
+                action: Action::PickUp
+            })
+        );
+        assert_eq!(
+            decide(
+                S::ReadyForPickup,
+                &parties(Some(DRIVER)),
+                Action::PickUp,
+                Actor::Driver(DRIVER)
+            ),
+            Ok(S::PickedUp)
+        );
+    }
+
+    #[test]
+    fn customer_cancel_after_confirmation_names_what_is_allowed() {
+        let refusal = decide(
+            S::Preparing,
+            &parties(None),
+            Action::Cancel,
+            Actor::Customer(CUSTOMER),
+        )
+        .expect_err("too late to cancel");
+        assert_eq!(
+            refusal,
+            Refusal::InvalidTransition {
+                status: S::Preparing,
+                action: Action::Cancel,
+                allowed: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn action_names_round_trip() {
+        for action in Action::ALL {
+            assert_eq!(action.as_str().parse::<Action>(), Ok(action));
+        }
+    }
+}

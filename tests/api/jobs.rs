@@ -1,0 +1,188 @@
+//! The job layer on real apalis workers: jobs run, re-runs are no-ops, and a worker process
+//! killed in the middle of a job does not lose it or run it twice.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use courier::auth::Role;
+use courier::jobs::Job;
+use courier::jobs::confirm_timeout::{self, ConfirmTimeout};
+
+use crate::helpers::{TestApp, cast, database_url, eventually, spawn_app, valkey_url};
+
+async fn enqueue_now(app: &TestApp, order_id: i64) {
+    let mut conn = app.db.acquire().await.expect("connection");
+    courier::jobs::enqueue(&mut conn, &ConfirmTimeout { order_id }, Duration::ZERO)
+        .await
+        .expect("enqueue");
+}
+
+async fn job_statuses(app: &TestApp, queue: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE job_type = $1 ORDER BY id")
+        .bind(queue)
+        .fetch_all(&app.db)
+        .await
+        .expect("statuses")
+}
+
+#[tokio::test]
+async fn an_unconfirmed_order_is_cancelled_by_its_timeout_job() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let id = app.placed_order(&cast).await;
+    let _workers = app.spawn_workers();
+    enqueue_now(&app, id).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            app.status_of(id).await == "CANCELLED"
+        })
+        .await,
+        "the timeout job never ran"
+    );
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT cancel_reason FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .expect("reason");
+    assert_eq!(reason.as_deref(), Some(confirm_timeout::REASON));
+    let actor: String = sqlx::query_scalar(
+        "SELECT actor_type FROM audit_logs WHERE entity_id = $1 AND metadata ->> 'action' = 'cancel'",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .expect("one cancel row");
+    assert_eq!(actor, "system");
+}
+
+#[tokio::test]
+async fn a_timeout_job_for_a_confirmed_order_is_a_no_op() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let id = app.placed_order(&cast).await;
+    assert_eq!(
+        app.act(id, "confirm", Role::Restaurant, cast.restaurant)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let _workers = app.spawn_workers();
+    enqueue_now(&app, id).await;
+    // Wait for the job we enqueued (the one placed with the order is 10 minutes out).
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            job_statuses(&app, ConfirmTimeout::QUEUE)
+                .await
+                .iter()
+                .any(|s| s == "Done")
+        })
+        .await,
+        "the job never finished"
+    );
+    assert_eq!(app.status_of(id).await, "CONFIRMED");
+    assert_eq!(app.audit_rows(id, "cancel").await, 0);
+}
+
+/// A `courier worker` process on the test's database.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn start(app: &TestApp) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["--dev", "worker"])
+            .env("DATABASE_URL", database_url(&app.db_name))
+            .env("VALKEY_URL", valkey_url())
+            .env("COURIER_KEY_PREFIX", format!("test:{}:", app.db_name))
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("courier worker starts");
+        Self(child)
+    }
+
+    /// SIGKILL: no drain, no goodbye — a crash.
+    fn kill(mut self) {
+        self.0.kill().expect("kill");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let id = app.placed_order(&cast).await;
+
+    // Hold the order's row lock so the job blocks in the middle of its transaction.
+    let mut blocker = app.db.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock order");
+
+    let first = WorkerProcess::start(&app);
+    enqueue_now(&app, id).await;
+    let running = eventually(Duration::from_secs(30), || async {
+        job_statuses(&app, ConfirmTimeout::QUEUE)
+            .await
+            .iter()
+            .any(|s| s == "Running")
+    })
+    .await;
+    assert!(running, "the first worker never picked the job up");
+    // Let it get into the blocked UPDATE, then crash it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill();
+    blocker.rollback().await.expect("release the order");
+
+    // Another worker (in process) rescues the job once the dead one misses its heartbeats.
+    let _second = app.spawn_workers();
+    let rescued = eventually(Duration::from_secs(90), || async {
+        app.status_of(id).await == "CANCELLED"
+    })
+    .await;
+    assert!(
+        rescued,
+        "the job was not rescued; statuses: {:?}",
+        job_statuses(&app, ConfirmTimeout::QUEUE).await
+    );
+    assert_eq!(
+        app.audit_rows(id, "cancel").await,
+        1,
+        "the cancel happened exactly once"
+    );
+    let version: i32 = sqlx::query_scalar("SELECT version FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .expect("version");
+    assert_eq!(version, 2);
+    // The job is acknowledged just after its transaction commits.
+    let done = eventually(Duration::from_secs(10), || async {
+        job_statuses(&app, ConfirmTimeout::QUEUE)
+            .await
+            .iter()
+            .any(|s| s == "Done")
+    })
+    .await;
+    assert!(done, "the rescued job was not marked done");
+    let attempts: i32 = sqlx::query_scalar(
+        "SELECT attempts FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
+    )
+    .bind(ConfirmTimeout::QUEUE)
+    .fetch_one(&app.db)
+    .await
+    .expect("the rescued job");
+    assert!(attempts >= 1, "a rescued job counts the lost attempt");
+}
