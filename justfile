@@ -35,7 +35,7 @@ test *ARGS: services-up
     COURIER_TEST_DATABASE_URL="${COURIER_TEST_DATABASE_URL:-$DATABASE_URL}" \
     COURIER_TEST_VALKEY_URL="${COURIER_TEST_VALKEY_URL:-$VALKEY_URL}" \
     VALKEY_SERVER="$(ops/valkey-bin)" \
-    cargo test --locked {{ARGS}}
+    cargo test --locked --all-targets {{ARGS}}
 
 # Formatting and clippy, as CI runs them.
 lint:

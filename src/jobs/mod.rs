@@ -1,5 +1,6 @@
 //! Background jobs: apalis 1.0 workers on Postgres storage (`apalis.jobs`), one file per job
-//! kind, the [`enqueue`] API the workflow uses, and the [`Monitor`] that runs the workers.
+//! kind, the [`enqueue`] API the workflow uses, the [`Monitor`] that runs the workers, and
+//! the process's periodic [`housekeeping`].
 //!
 //! # Enqueueing
 //! [`enqueue`] writes the job row with `apalis_postgres::queries::push_tasks` on the caller's
@@ -32,6 +33,7 @@
 
 pub mod capture_payment;
 pub mod confirm_timeout;
+pub mod housekeeping;
 pub mod match_driver;
 pub mod request_review;
 
@@ -204,14 +206,20 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
 /// Runs the job workers until `token` is cancelled, then lets running jobs finish within the
 /// monitor's drain time.
 pub async fn run(ctx: JobContext, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+    let housekeeping = tokio::spawn(housekeeping::run(ctx.db.clone(), token.clone()));
     let monitor = monitor(ctx, drain);
     tracing::info!("job workers started");
-    monitor
+    let signal = token.clone();
+    let outcome = monitor
         .run_with_signal(async move {
-            token.cancelled().await;
+            signal.cancelled().await;
             Ok(())
         })
-        .await?;
+        .await;
+    // The monitor only returns on shutdown or failure; either way housekeeping stops too.
+    token.cancel();
+    housekeeping.await?;
+    outcome?;
     tracing::info!("job workers stopped");
     Ok(())
 }

@@ -186,3 +186,34 @@ async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once()
     .expect("the rescued job");
     assert!(attempts >= 1, "a rescued job counts the lost attempt");
 }
+
+#[tokio::test]
+async fn the_worker_process_purges_expired_idempotency_keys() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    for key in ["stale", "fresh"] {
+        let placed = app
+            .place_order(cast.customer, key, &crate::helpers::order_body(&cast))
+            .await;
+        assert_eq!(placed.status().as_u16(), 201);
+    }
+    sqlx::query("UPDATE order_idempotency_keys SET expires_at = now() - INTERVAL '1 minute' WHERE idempotency_key = 'stale'")
+        .execute(&app.db)
+        .await
+        .expect("expire one key");
+    let _workers = app.spawn_workers();
+    let keys = || async {
+        sqlx::query_scalar::<_, String>("SELECT idempotency_key FROM order_idempotency_keys")
+            .fetch_all(&app.db)
+            .await
+            .expect("keys")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            keys().await == ["fresh"]
+        })
+        .await,
+        "keys left: {:?}",
+        keys().await
+    );
+}
