@@ -14,6 +14,7 @@
 //! - [`valkey`]: the Valkey connection and key namespacing.
 //! - [`cache`]: cache-aside on Valkey (restaurants, nearby searches).
 //! - [`geo`]: coordinates, distances and cache cells (pure).
+//! - [`location`]: driver positions in Valkey, nearby search, expiry, history.
 //! - [`jobs`]: apalis workers and their registry.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod geo;
 pub mod jobs;
+pub mod location;
 pub mod seed;
 pub mod shutdown;
 pub mod startup;

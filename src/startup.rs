@@ -13,18 +13,54 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
 use crate::config::{Config, HttpSettings};
+use crate::location::history::{self, HistoryTask};
+use crate::location::{LocationService, sweeper};
 use crate::shutdown::{self, CancellationToken};
 use crate::valkey::Valkey;
 use crate::{jobs, store};
 
 impl AppState {
-    /// Connects (lazily) to the configured data stores.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        Ok(Self {
-            db: store::pool(&config.database).context("invalid DATABASE_URL")?,
-            valkey: Valkey::new(&config.valkey).context("invalid VALKEY_URL")?,
+    /// Connects (lazily) to the configured data stores and starts the background tasks the
+    /// state needs (location history writer, driver sweeper), owned by the returned guard.
+    pub fn from_config(config: &Config) -> anyhow::Result<(Self, Background)> {
+        let db = store::pool(&config.database).context("invalid DATABASE_URL")?;
+        let valkey = Valkey::new(&config.valkey).context("invalid VALKEY_URL")?;
+        let (history_sender, history) = history::spawn(db.clone());
+        let location = LocationService::new(valkey.clone(), db.clone(), history_sender);
+        let sweeper_stop = CancellationToken::new();
+        let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));
+        let state = Self {
+            db,
+            valkey,
             tokens: TokenKeys::new(&config.jwt_secret),
-        })
+            location,
+        };
+        Ok((
+            state,
+            Background {
+                history,
+                sweeper_stop,
+                sweeper,
+            },
+        ))
+    }
+}
+
+/// Background tasks owned by a process: stop them with [`Background::shutdown`] once nothing
+/// produces work for them any more (after the HTTP server drained).
+#[derive(Debug)]
+pub struct Background {
+    history: HistoryTask,
+    sweeper_stop: CancellationToken,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Stops the sweeper and flushes the location history.
+    pub async fn shutdown(self) {
+        self.sweeper_stop.cancel();
+        let _ = self.sweeper.await;
+        self.history.shutdown().await;
     }
 }
 
@@ -104,7 +140,7 @@ pub async fn run_process(
     if config.dev {
         tracing::warn!("development mode: never run with --dev/COURIER_DEV in production");
     }
-    let state = AppState::from_config(config)?;
+    let (state, background) = AppState::from_config(config)?;
     if migrate_on_start {
         store::ensure_database(&config.database).await?;
         store::migrate(&state.db).await?;
@@ -169,5 +205,7 @@ pub async fn run_process(
     let (api, worker) = tokio::join!(async { cancel_on_error(api.await) }, async {
         cancel_on_error(worker.await)
     });
+    // Requests have drained: nothing produces history any more, so flush it.
+    background.shutdown().await;
     api.and(worker)
 }

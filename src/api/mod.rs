@@ -5,6 +5,7 @@
 //! and the body size limit. Everything under `/v1` additionally sits behind
 //! [`crate::auth::require_auth`].
 
+pub mod drivers;
 pub mod extract;
 pub mod health;
 pub mod middleware;
@@ -23,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::auth::{self, TokenKeys};
 use crate::config::HttpSettings;
 use crate::error::ApiError;
+use crate::location::LocationService;
 use crate::valkey::Valkey;
 
 /// What every handler can reach: the data stores and the token keys.
@@ -31,6 +33,7 @@ pub struct AppState {
     pub db: PgPool,
     pub valkey: Valkey,
     pub tokens: TokenKeys,
+    pub location: LocationService,
 }
 
 impl FromRef<AppState> for TokenKeys {
@@ -45,6 +48,7 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
     crate::telemetry::metrics_handle();
     let v1 = Router::new()
         .merge(users::router())
+        .merge(drivers::router())
         .merge(restaurants::router())
         .merge(orders::router())
         .layer(axum::middleware::from_fn_with_state(

@@ -13,7 +13,7 @@ use courier::api::AppState;
 use courier::auth::{Principal, Role, TokenKeys};
 use courier::config::{Config, DatabaseSettings, HttpSettings, JwtSecret, ValkeySettings};
 use courier::shutdown::CancellationToken;
-use courier::startup::Application;
+use courier::startup::{Application, Background};
 use courier::store;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -25,8 +25,8 @@ pub const TEST_DB_PREFIX: &str = "courier_test_";
 /// The signing secret of test tokens.
 pub const TEST_SECRET: &[u8] = b"integration-test-secret-integration-test-secret";
 
-/// Request-body limit of the test app (small, so the oversized-body test stays cheap).
-pub const TEST_MAX_BODY_BYTES: usize = 16 * 1024;
+/// Request-body limit of the test app (the production default).
+pub const TEST_MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The Postgres server the tests use (its database part is ignored).
 pub fn server_url() -> String {
@@ -155,6 +155,7 @@ pub struct TestApp {
     pub state: AppState,
     pub keys: TokenKeys,
     stop: CancellationToken,
+    background: Option<Background>,
 }
 
 impl Drop for TestApp {
@@ -207,7 +208,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         jwt_secret: JwtSecret::from_bytes(TEST_SECRET.to_vec()).expect("long enough"),
         dev: false,
     };
-    let state = AppState::from_config(&config).expect("valid config");
+    let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         max_body_bytes: TEST_MAX_BODY_BYTES,
@@ -230,10 +231,20 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         keys: state.tokens.clone(),
         state,
         stop,
+        background: Some(background),
     }
 }
 
 impl TestApp {
+    /// Stops the HTTP server and the background tasks as a process shutdown does (flushing
+    /// the location history).
+    pub async fn shutdown(&mut self) {
+        self.stop.cancel();
+        if let Some(background) = self.background.take() {
+            background.shutdown().await;
+        }
+    }
+
     /// A valid token for `role` acting as `subject`.
     pub fn token(&self, role: Role, subject: i64) -> String {
         self.keys

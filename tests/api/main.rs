@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod isolation;
 mod jobs;
+mod locations;
 mod orders;
 mod restaurants;
 mod schema;

@@ -1,0 +1,336 @@
+//! `/v1/drivers`: location reports (one, or a batch of up to 1,000), online/offline status, and
+//! the operators' nearby-available-drivers view. The work is in [`crate::location`].
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::AppState;
+use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::geo::Point;
+use crate::location::update::{Invalid, LocationUpdate, RawUpdate};
+use crate::location::{Ingested, NearbyDriver};
+
+/// Most reports in one batch.
+pub const MAX_BATCH: usize = 1_000;
+const DEFAULT_RADIUS_KM: f64 = 5.0;
+const MAX_RADIUS_KM: f64 = 20.0;
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+
+/// Routes of this group.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/drivers/{id}/location", post(report))
+        .route("/drivers/locations:batch", post(report_batch))
+        .route("/drivers/{id}/status", post(set_status))
+        .route("/drivers/nearby", get(nearby))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::unprocessable(invalid.code, invalid.message)
+    }
+}
+
+/// A driver acts only for itself.
+fn require_self(principal: &Principal, driver_id: i64) -> Result<(), ApiError> {
+    principal.require_role(&[Role::Driver])?;
+    if principal.subject != driver_id {
+        return Err(ApiError::forbidden(
+            "a driver may only report its own location",
+        ));
+    }
+    Ok(())
+}
+
+async fn require_known(state: &AppState, driver_id: i64) -> Result<(), ApiError> {
+    if state.location.driver_exists(driver_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "driver {driver_id} does not exist"
+        )))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ReportBody {
+    driver_id: i64,
+    result: Ingested,
+}
+
+async fn report(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(raw): ApiJson<RawUpdate>,
+) -> Result<Json<ReportBody>, ApiError> {
+    require_self(&principal, id)?;
+    let update = raw.validate(id, now_ms())?;
+    require_known(&state, id).await?;
+    let outcome = state.location.ingest(&[update]).await?;
+    let result = outcome
+        .first()
+        .copied()
+        .ok_or_else(|| ApiError::internal("ingest returned no outcome"))?;
+    Ok(Json(ReportBody {
+        driver_id: id,
+        result,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    updates: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemError {
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Ingested>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResponse {
+    accepted: usize,
+    stale: usize,
+    rejected: usize,
+    results: Vec<ItemResult>,
+}
+
+fn item_error(
+    index: usize,
+    driver_id: Option<i64>,
+    code: &'static str,
+    message: String,
+) -> ItemResult {
+    ItemResult {
+        index,
+        driver_id,
+        result: None,
+        error: Some(ItemError { code, message }),
+    }
+}
+
+/// Checks one batch item; `Err` is its per-item result.
+async fn check_item(
+    state: &AppState,
+    principal: &Principal,
+    index: usize,
+    value: serde_json::Value,
+    now: i64,
+) -> Result<LocationUpdate, ItemResult> {
+    // An item is a report plus its `driver_id`; the report's own type refuses unknown fields.
+    let body_error = |e: String| {
+        item_error(
+            index,
+            None,
+            "invalid_body",
+            format!("the update does not have the expected fields and types: {e}"),
+        )
+    };
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err(body_error("expected an object".to_owned()));
+    };
+    let id = fields
+        .remove("driver_id")
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| body_error("driver_id must be an integer".to_owned()))?;
+    let raw: RawUpdate = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| body_error(e.to_string()))?;
+    if principal.role == Role::Driver && principal.subject != id {
+        return Err(item_error(
+            index,
+            Some(id),
+            "forbidden",
+            "a driver may only report its own location".to_owned(),
+        ));
+    }
+    let update = raw
+        .validate(id, now)
+        .map_err(|e| item_error(index, Some(id), e.code, e.message))?;
+    match state.location.driver_exists(id).await {
+        Ok(true) => Ok(update),
+        Ok(false) => Err(item_error(
+            index,
+            Some(id),
+            "not_found",
+            format!("driver {id} does not exist"),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "driver lookup failed in a batch");
+            Err(item_error(
+                index,
+                Some(id),
+                "unavailable",
+                "the driver could not be checked; retry".to_owned(),
+            ))
+        }
+    }
+}
+
+/// Each item is validated on its own; valid ones are applied in one pipelined round trip.
+async fn report_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    principal.require_role(&[Role::Driver, Role::Operator])?;
+    if body.updates.is_empty() || body.updates.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable(
+            "invalid_batch",
+            format!("a batch holds 1 to {MAX_BATCH} updates"),
+        ));
+    }
+    let now = now_ms();
+    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(body.updates.len());
+    let mut valid = Vec::new();
+    let mut valid_index = Vec::new();
+    for (index, value) in body.updates.into_iter().enumerate() {
+        match check_item(&state, &principal, index, value, now).await {
+            Ok(update) => {
+                valid_index.push(index);
+                valid.push(update);
+                results.push(None);
+            }
+            Err(result) => results.push(Some(result)),
+        }
+    }
+    let outcomes = state.location.ingest(&valid).await?;
+    for ((index, update), outcome) in valid_index.into_iter().zip(&valid).zip(outcomes) {
+        results[index] = Some(ItemResult {
+            index,
+            driver_id: Some(update.driver_id),
+            result: Some(outcome),
+            error: None,
+        });
+    }
+    let results: Vec<ItemResult> = results.into_iter().flatten().collect();
+    let stale = results
+        .iter()
+        .filter(|r| r.result == Some(Ingested::Stale))
+        .count();
+    let rejected = results.iter().filter(|r| r.error.is_some()).count();
+    Ok(Json(BatchResponse {
+        accepted: results.len() - stale - rejected,
+        stale,
+        rejected,
+        results,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: DriverStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DriverStatus {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusResponse {
+    driver_id: i64,
+    status: DriverStatus,
+    /// Whether matching can find the driver right now (online with a fresh position).
+    searchable: bool,
+}
+
+async fn set_status(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<StatusBody>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    if principal.role != Role::Operator {
+        require_self(&principal, id)?;
+    }
+    let online = body.status == DriverStatus::Online;
+    let updated =
+        sqlx::query("UPDATE drivers SET is_active = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(online)
+            .execute(&state.db)
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!("driver {id} does not exist")));
+    }
+    let searchable = state.location.set_online(id, online).await?;
+    tracing::info!(driver_id = id, online, "driver status changed");
+    Ok(Json(StatusResponse {
+        driver_id: id,
+        status: body.status,
+        searchable,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NearbyQuery {
+    lat: f64,
+    lon: f64,
+    radius_km: Option<f64>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct NearbyResponse {
+    drivers: Vec<NearbyDriver>,
+}
+
+async fn nearby(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(q): ApiQuery<NearbyQuery>,
+) -> Result<Json<NearbyResponse>, ApiError> {
+    principal.require_role(&[Role::Operator])?;
+    let at = Point::new(q.lat, q.lon).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid_coordinates",
+            "lat must be in [-90, 90] and lon in [-180, 180]",
+        )
+    })?;
+    let radius_km = q.radius_km.unwrap_or(DEFAULT_RADIUS_KM);
+    if !(radius_km.is_finite() && radius_km > 0.0 && radius_km <= MAX_RADIUS_KM) {
+        return Err(ApiError::unprocessable(
+            "invalid_radius",
+            format!("radius_km must be greater than 0 and at most {MAX_RADIUS_KM}"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let drivers = state
+        .location
+        .find_nearby_drivers(at, radius_km, limit)
+        .await?;
+    Ok(Json(NearbyResponse { drivers }))
+}

@@ -1,0 +1,193 @@
+//! The history writer: every accepted fix goes to the day-partitioned `driver_locations`
+//! table, in batches, off the request path.
+//!
+//! Requests hand rows to a bounded channel ([`HistorySender::record`] never waits). One task
+//! collects them and writes a multi-row `INSERT … SELECT FROM UNNEST` when [`BATCH_ROWS`] rows
+//! are waiting or [`FLUSH_EVERY`] has passed. When the buffer is full (Postgres too slow or
+//! down), new rows are dropped — counted in `location_history_dropped_total` and logged at most
+//! once a second — rather than slowing ingest or growing without bound. A failed insert is
+//! retried once (after creating missing day partitions); rows still not written are counted as
+//! dropped. [`HistoryTask::shutdown`] stops accepting, drains the buffer and flushes it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::location::update::LocationUpdate;
+use crate::shutdown::CancellationToken;
+
+/// Rows written per insert, at most.
+pub const BATCH_ROWS: usize = 1_000;
+/// Longest a row waits before its batch is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// Rows the buffer holds before new ones are dropped.
+pub const BUFFER_ROWS: usize = 100_000;
+
+/// One row of `driver_locations`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HistoryRow {
+    pub driver_id: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub heading: Option<f32>,
+    pub speed_mps: Option<f32>,
+    pub accuracy_m: Option<f32>,
+    pub recorded_at_ms: i64,
+}
+
+impl From<&LocationUpdate> for HistoryRow {
+    fn from(u: &LocationUpdate) -> Self {
+        Self {
+            driver_id: u.driver_id,
+            lat: u.point.lat,
+            lon: u.point.lon,
+            heading: u.heading,
+            speed_mps: u.speed_mps,
+            accuracy_m: u.accuracy_m,
+            recorded_at_ms: u.recorded_at_ms,
+        }
+    }
+}
+
+/// The handle requests use. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HistorySender {
+    tx: mpsc::Sender<HistoryRow>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    dropped: AtomicU64,
+    last_drop_log_s: AtomicU64,
+}
+
+impl HistorySender {
+    /// Queues a row; drops (and counts) it when the buffer is full or closed.
+    pub fn record(&self, row: HistoryRow) {
+        if self.tx.try_send(row).is_err() {
+            self.stats.drop_rows(1, "history buffer full or closed");
+        }
+    }
+}
+
+impl Stats {
+    fn drop_rows(&self, n: u64, why: &str) {
+        metrics::counter!("location_history_dropped_total").increment(n);
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        let now_s = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        if self.last_drop_log_s.swap(now_s, Ordering::Relaxed) != now_s {
+            tracing::warn!(dropped_total = total, why, "location history rows dropped");
+        }
+    }
+}
+
+/// The writer task; shut it down to flush.
+#[derive(Debug)]
+pub struct HistoryTask {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl HistoryTask {
+    /// Stops the writer after writing every row queued so far.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Err(error) = self.handle.await {
+            tracing::error!(error = %error, "location history writer panicked");
+        }
+    }
+}
+
+/// Starts the writer on `db`.
+pub fn spawn(db: PgPool) -> (HistorySender, HistoryTask) {
+    let (tx, rx) = mpsc::channel(BUFFER_ROWS);
+    let stats = Arc::new(Stats::default());
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(run(db, rx, stop.clone(), stats.clone()));
+    (HistorySender { tx, stats }, HistoryTask { stop, handle })
+}
+
+async fn run(
+    db: PgPool,
+    mut rx: mpsc::Receiver<HistoryRow>,
+    stop: CancellationToken,
+    stats: Arc<Stats>,
+) {
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut ticks = tokio::time::interval(FLUSH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            received = rx.recv_many(&mut batch, BATCH_ROWS) => {
+                if received == 0 {
+                    break;
+                }
+                if batch.len() >= BATCH_ROWS {
+                    write(&db, &mut batch, &stats).await;
+                }
+            }
+            _ = ticks.tick() => write(&db, &mut batch, &stats).await,
+        }
+    }
+    // Drain what is queued, then flush.
+    rx.close();
+    while rx.recv_many(&mut batch, BATCH_ROWS).await > 0 {
+        if batch.len() >= BATCH_ROWS {
+            write(&db, &mut batch, &stats).await;
+        }
+    }
+    write(&db, &mut batch, &stats).await;
+    tracing::info!("location history flushed");
+}
+
+/// Writes and empties `batch`, retrying once after making sure the day partitions exist.
+async fn write(db: &PgPool, batch: &mut Vec<HistoryRow>, stats: &Stats) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut result = insert(db, batch).await;
+    if let Err(error) = &result {
+        tracing::warn!(error = %error, rows = batch.len(), "writing location history failed; retrying");
+        // A fix for a day without a partition fails the whole batch: create yesterday's to
+        // tomorrow's (idempotent) and try again.
+        let _ = sqlx::query("SELECT courier_create_location_partition((now() AT TIME ZONE 'UTC')::date + d) FROM generate_series(-1, 1) AS d")
+            .execute(db)
+            .await;
+        result = insert(db, batch).await;
+    }
+    match result {
+        Ok(()) => metrics::counter!("location_history_written_total").increment(batch.len() as u64),
+        Err(error) => {
+            tracing::error!(error = %error, rows = batch.len(), "location history batch lost");
+            stats.drop_rows(batch.len() as u64, "insert failed");
+        }
+    }
+    batch.clear();
+}
+
+async fn insert(db: &PgPool, batch: &[HistoryRow]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO driver_locations (driver_id, location, heading, speed_mps, accuracy_m, recorded_at)
+         SELECT driver_id, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, heading, speed, accuracy,
+                to_timestamp(recorded_ms / 1000.0)
+         FROM UNNEST($1::bigint[], $2::float8[], $3::float8[], $4::real[], $5::real[], $6::real[], $7::bigint[])
+              AS t(driver_id, lat, lon, heading, speed, accuracy, recorded_ms)",
+    )
+    .bind(batch.iter().map(|r| r.driver_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|r| r.lat).collect::<Vec<_>>())
+    .bind(batch.iter().map(|r| r.lon).collect::<Vec<_>>())
+    .bind(batch.iter().map(|r| r.heading).collect::<Vec<_>>())
+    .bind(batch.iter().map(|r| r.speed_mps).collect::<Vec<_>>())
+    .bind(batch.iter().map(|r| r.accuracy_m).collect::<Vec<_>>())
+    .bind(batch.iter().map(|r| r.recorded_at_ms).collect::<Vec<_>>())
+    .execute(db)
+    .await
+    .map(|_| ())
+}

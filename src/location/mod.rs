@@ -1,0 +1,415 @@
+//! The location service: where drivers are, who is available near a point, and the history of
+//! every accepted fix.
+//!
+//! # Data in Valkey
+//! All keys of a market share one hash tag (`loc:{default}:…`), so every operation is a single
+//! Lua script on one slot — one round trip, atomic, and unchanged on Valkey Cluster; a second
+//! market would be a second tag, and markets spread across a cluster.
+//! - `avail` — GEO set of **available** drivers only (online, seen within 30 s, fewer than 2
+//!   active orders). Offline or loaded drivers are not in it, so searches never wade through them.
+//! - `seen` — sorted set driver → last receipt time (ms); the sweeper removes drivers silent for
+//!   30 s from `avail` and `seen`, and searches also check it, so a driver whose phone died is
+//!   never offered an order even between sweeps.
+//! - `d:{id}` — hash lat, lon, recorded_at, updated_at with the spec's 30 s TTL.
+//! - `online` — set of drivers who said they are online; `load` — hash driver → active orders;
+//!   `tracking` — hash driver → the order whose customer watches them (live tracking).
+//!
+//! # Out-of-order reports
+//! Phones deliver late. A report older than the driver's last accepted one is ignored (and said
+//! so, not an error); the comparison and the write are one script, so concurrent reports from
+//! one driver cannot interleave.
+//!
+//! # Searching a dense city
+//! A naive `GEOSEARCH … BYRADIUS 5 km` over 100K drivers in one 30×30 km city sorts the ~8,700
+//! members inside 5 km on every query (about 11 ms on this machine). Two things bound the work:
+//! only available drivers are in the set, and a search starts with a 1 km ring and widens
+//! (1 → 2.5 → 5 → 10 km, then the requested radius) only when the ring holds fewer than the
+//! wanted drivers — a dense centre is answered from a few hundred members, a sparse suburb
+//! still finds drivers far away.
+//!
+//! # History
+//! Accepted fixes go to the day-partitioned `driver_locations` table through
+//! [`history::HistoryWriter`]: batched multi-row inserts, never on the request path, a bounded
+//! buffer whose overflow is counted and logged, and a flush on shutdown.
+
+pub mod history;
+pub mod scripts;
+pub mod sweeper;
+pub mod update;
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::geo::Point;
+use crate::location::history::{HistoryRow, HistorySender};
+use crate::location::update::LocationUpdate;
+use crate::valkey::Valkey;
+
+/// The spec's TTL of a driver's position: silent longer, and the driver is gone.
+pub const FRESHNESS: Duration = Duration::from_secs(30);
+/// A driver with this many active orders is not available.
+pub const MAX_ACTIVE_ORDERS: u32 = 2;
+/// Search rings, in km; the requested radius caps them.
+pub const RINGS_KM: [f64; 4] = [1.0, 2.5, 5.0, 10.0];
+/// Name of the spec's geo-query latency histogram.
+pub const GEO_QUERY_DURATION: &str = "geo_query_duration_seconds";
+/// The spec's buckets for it.
+pub const GEO_BUCKETS: [f64; 6] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+/// What happened to one report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ingested {
+    /// Stored; the driver is searchable.
+    Available,
+    /// Stored; the driver is offline or fully loaded, so not searchable.
+    Unavailable,
+    /// Older than the driver's last report: ignored.
+    Stale,
+}
+
+/// An available driver near a point.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NearbyDriver {
+    pub driver_id: i64,
+    pub distance_m: f64,
+    pub lat: f64,
+    pub lon: f64,
+    pub active_orders: u32,
+}
+
+/// The location service. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LocationService {
+    valkey: Valkey,
+    db: PgPool,
+    history: HistorySender,
+    known_drivers: Arc<RwLock<HashSet<i64>>>,
+    scripts: Arc<Scripts>,
+}
+
+#[derive(Debug)]
+struct Scripts {
+    ingest: redis::Script,
+    set_status: redis::Script,
+    sweep: redis::Script,
+    nearby: redis::Script,
+}
+
+/// The keys of one market.
+#[derive(Debug)]
+struct Keys {
+    avail: String,
+    seen: String,
+    online: String,
+    load: String,
+    tracking: String,
+    driver_prefix: String,
+    channel_prefix: String,
+}
+
+impl Keys {
+    fn new(valkey: &Valkey) -> Self {
+        let tag = "loc:{default}:";
+        Self {
+            avail: valkey.key(&format!("{tag}avail")),
+            seen: valkey.key(&format!("{tag}seen")),
+            online: valkey.key(&format!("{tag}online")),
+            load: valkey.key(&format!("{tag}load")),
+            tracking: valkey.key(&format!("{tag}tracking")),
+            driver_prefix: valkey.key(&format!("{tag}d:")),
+            channel_prefix: valkey.key("order:"),
+        }
+    }
+
+    fn driver(&self, id: i64) -> String {
+        format!("{}{id}", self.driver_prefix)
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn freshness_ms() -> i64 {
+    i64::try_from(FRESHNESS.as_millis()).unwrap_or(30_000)
+}
+
+impl LocationService {
+    /// A service on `valkey` and `db` whose history goes to `history`.
+    pub fn new(valkey: Valkey, db: PgPool, history: HistorySender) -> Self {
+        Self {
+            valkey,
+            db,
+            history,
+            known_drivers: Arc::new(RwLock::new(HashSet::new())),
+            scripts: Arc::new(Scripts {
+                ingest: redis::Script::new(scripts::INGEST),
+                set_status: redis::Script::new(scripts::SET_STATUS),
+                sweep: redis::Script::new(scripts::SWEEP),
+                nearby: redis::Script::new(scripts::NEARBY),
+            }),
+        }
+    }
+
+    fn keys(&self) -> Keys {
+        Keys::new(&self.valkey)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.valkey.connection()
+    }
+
+    /// Whether a driver with this id exists. Known ids are remembered in process (drivers are
+    /// never deleted), so the hot path does not touch Postgres.
+    pub async fn driver_exists(&self, id: i64) -> Result<bool, sqlx::Error> {
+        if self
+            .known_drivers
+            .read()
+            .is_ok_and(|known| known.contains(&id))
+        {
+            return Ok(true);
+        }
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM drivers WHERE id = $1)")
+                .bind(id)
+                .fetch_one(&self.db)
+                .await?;
+        if exists && let Ok(mut known) = self.known_drivers.write() {
+            known.insert(id);
+        }
+        Ok(exists)
+    }
+
+    /// Applies validated reports in one pipelined round trip; one outcome per report, in order.
+    /// Accepted reports are queued for history.
+    pub async fn ingest(&self, updates: &[LocationUpdate]) -> redis::RedisResult<Vec<Ingested>> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys();
+        let now = now_ms();
+        let ttl = freshness_ms();
+        let build = |pipe: &mut redis::Pipeline| {
+            for u in updates {
+                pipe.cmd("EVALSHA")
+                    .arg(self.scripts.ingest.get_hash())
+                    .arg(6)
+                    .arg(keys.driver(u.driver_id))
+                    .arg(&keys.seen)
+                    .arg(&keys.avail)
+                    .arg(&keys.online)
+                    .arg(&keys.load)
+                    .arg(&keys.tracking)
+                    .arg(u.driver_id)
+                    .arg(u.point.lat)
+                    .arg(u.point.lon)
+                    .arg(u.recorded_at_ms)
+                    .arg(now)
+                    .arg(ttl)
+                    .arg(&keys.channel_prefix);
+            }
+        };
+        let codes: Vec<i64> = self.run_pipeline(&self.scripts.ingest, build).await?;
+        let outcomes: Vec<Ingested> = codes
+            .into_iter()
+            .map(|code| match code {
+                0 => Ingested::Stale,
+                1 => Ingested::Available,
+                _ => Ingested::Unavailable,
+            })
+            .collect();
+        for (update, outcome) in updates.iter().zip(&outcomes) {
+            if *outcome != Ingested::Stale {
+                self.history.record(HistoryRow::from(update));
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Runs a pipeline of `EVALSHA`s of `script`; if Valkey lost its scripts (a restart), loads
+    /// the script and retries once.
+    async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        build: impl Fn(&mut redis::Pipeline),
+    ) -> redis::RedisResult<Vec<T>> {
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        build(&mut pipe);
+        match pipe.query_async::<Vec<T>>(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sets a driver online (searchable again at its last fresh position) or offline (gone
+    /// from searches at once). Returns whether the driver is now searchable.
+    pub async fn set_online(&self, driver_id: i64, online: bool) -> redis::RedisResult<bool> {
+        let keys = self.keys();
+        let mut conn = self.conn();
+        let searchable: i64 = self
+            .scripts
+            .set_status
+            .key(&keys.online)
+            .key(&keys.avail)
+            .key(keys.driver(driver_id))
+            .key(&keys.load)
+            .arg(driver_id)
+            .arg(if online { "1" } else { "0" })
+            .arg(now_ms() - freshness_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(searchable == 1)
+    }
+
+    /// Removes drivers silent for longer than [`FRESHNESS`] from the searchable structures;
+    /// returns how many. Safe to run from several processes at once.
+    pub async fn sweep(&self) -> redis::RedisResult<u64> {
+        const BATCH: u64 = 1_000;
+        let keys = self.keys();
+        let mut conn = self.conn();
+        let cutoff = now_ms() - freshness_ms();
+        let mut removed = 0;
+        loop {
+            let n: u64 = self
+                .scripts
+                .sweep
+                .key(&keys.seen)
+                .key(&keys.avail)
+                .arg(cutoff)
+                .arg(BATCH)
+                .invoke_async(&mut conn)
+                .await?;
+            removed += n;
+            if n < BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// How many drivers have reported within [`FRESHNESS`].
+    pub async fn active_count(&self) -> redis::RedisResult<u64> {
+        let keys = self.keys();
+        let mut conn = self.conn();
+        redis::cmd("ZCOUNT")
+            .arg(&keys.seen)
+            .arg(now_ms() - freshness_ms())
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Up to `limit` available drivers within `radius_km` of `at`, nearest first, searching
+    /// in widening rings (see the module docs).
+    pub async fn find_nearby_drivers(
+        &self,
+        at: Point,
+        radius_km: f64,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<NearbyDriver>> {
+        let keys = self.keys();
+        let mut conn = self.conn();
+        let cutoff = now_ms() - freshness_ms();
+        let rings = RINGS_KM
+            .iter()
+            .copied()
+            .filter(|r| *r < radius_km)
+            .chain(std::iter::once(radius_km));
+        let mut found = Vec::new();
+        for ring in rings {
+            let started = Instant::now();
+            let flat: Vec<String> = self
+                .scripts
+                .nearby
+                .key(&keys.avail)
+                .key(&keys.seen)
+                .key(&keys.load)
+                .arg(at.lon)
+                .arg(at.lat)
+                .arg(ring)
+                .arg(limit)
+                .arg(cutoff)
+                .invoke_async(&mut conn)
+                .await?;
+            metrics::histogram!(GEO_QUERY_DURATION).record(started.elapsed().as_secs_f64());
+            found = parse_nearby(&flat);
+            if found.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records which order a driver carries, so its reports reach that order's live channel
+    /// (`None` stops it), and its number of active orders.
+    pub async fn set_assignment(
+        &self,
+        driver_id: i64,
+        tracking_order: Option<i64>,
+        active_orders: u32,
+    ) -> redis::RedisResult<()> {
+        let keys = self.keys();
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match tracking_order {
+            Some(order) => pipe.hset(&keys.tracking, driver_id, order).ignore(),
+            None => pipe.hdel(&keys.tracking, driver_id).ignore(),
+        };
+        pipe.hset(&keys.load, driver_id, active_orders).ignore();
+        if active_orders >= MAX_ACTIVE_ORDERS {
+            pipe.zrem(&keys.avail, driver_id).ignore();
+        }
+        pipe.query_async(&mut conn).await
+    }
+
+    /// The channel on which an order's driver positions are published.
+    pub fn tracking_channel(&self, order_id: i64) -> String {
+        format!("{}{order_id}:location", self.keys().channel_prefix)
+    }
+}
+
+/// Parses the flat reply of [`scripts::NEARBY`].
+fn parse_nearby(flat: &[String]) -> Vec<NearbyDriver> {
+    flat.chunks_exact(5)
+        .filter_map(|row| {
+            Some(NearbyDriver {
+                driver_id: row[0].parse().ok()?,
+                distance_m: row[1].parse::<f64>().ok()? * 1_000.0,
+                lon: row[2].parse().ok()?,
+                lat: row[3].parse().ok()?,
+                active_orders: row[4].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearby_replies_parse_in_rows_of_five() {
+        let flat: Vec<String> = [
+            "7", "0.5", "-74.0", "40.7", "1", "9", "1.25", "-74.01", "40.71", "0",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let parsed = parse_nearby(&flat);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].driver_id, 7);
+        assert_eq!(parsed[0].distance_m, 500.0);
+        assert_eq!(parsed[1].active_orders, 0);
+        assert_eq!(parsed[1].lat, 40.71);
+    }
+}

@@ -1,0 +1,36 @@
+//! The expiry sweeper: every [`SWEEP_EVERY`], drivers silent for longer than the freshness
+//! window leave the searchable set, and the `drivers_active` gauge (the spec's metric) is set
+//! to the number of drivers seen within it. The sweep is one idempotent script per batch, so
+//! every server process may run it at once without harm.
+
+use std::time::Duration;
+
+use crate::location::LocationService;
+use crate::shutdown::CancellationToken;
+
+/// How often the sweeper runs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the sweeper until `token` is cancelled.
+pub async fn run(service: LocationService, token: CancellationToken) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match service.sweep().await {
+            Ok(removed) if removed > 0 => {
+                tracing::info!(removed, "stale drivers removed from search")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "driver sweep failed"),
+        }
+        match service.active_count().await {
+            // Counts are far below 2^53, so the gauge's f64 is exact.
+            Ok(active) => metrics::gauge!("drivers_active").set(active as f64),
+            Err(error) => tracing::warn!(error = %error, "counting active drivers failed"),
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! Driver locations: validation, ownership, out-of-order reports, online/offline, expiry,
+//! history batching and its flush on shutdown, live tracking, and nearby-search correctness
+//! against a brute-force distance computation.
+
+use std::time::Duration;
+
+use courier::auth::Role;
+use courier::geo::{Point, haversine_m};
+
+use crate::helpers::{TestApp, assert_error, insert_driver, spawn_app, valkey_url};
+
+const CENTER: (f64, f64) = (40.7128, -74.0060);
+
+async fn report(app: &TestApp, driver: i64, body: serde_json::Value) -> reqwest::Response {
+    app.post_as(
+        &format!("/v1/drivers/{driver}/location"),
+        Role::Driver,
+        driver,
+        &body,
+    )
+    .await
+}
+
+async fn go_online(app: &TestApp, driver: i64) {
+    let response = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/status"),
+            Role::Driver,
+            driver,
+            &serde_json::json!({"status": "online"}),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+async fn nearby_ids(app: &TestApp, lat: f64, lon: f64, radius_km: f64, limit: usize) -> Vec<i64> {
+    let response = app
+        .get_as(
+            &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km={radius_km}&limit={limit}"),
+            Role::Operator,
+            1,
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["drivers"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| d["driver_id"].as_i64().expect("id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_reports_get_precise_codes() {
+    let app = spawn_app().await;
+    let driver = insert_driver(&app.db).await;
+    let future = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc3339();
+    for (body, status, code) in [
+        (
+            serde_json::json!({"lat": 91, "lon": 0}),
+            422,
+            "invalid_coordinates",
+        ),
+        (
+            serde_json::json!({"lat": 0, "lon": -180.5}),
+            422,
+            "invalid_coordinates",
+        ),
+        (
+            serde_json::json!({"lat": 1, "lon": 1, "recorded_at": future}),
+            422,
+            "recorded_at_in_future",
+        ),
+        (
+            serde_json::json!({"lat": 1, "lon": 1, "heading": 400}),
+            422,
+            "invalid_field",
+        ),
+        (
+            serde_json::json!({"lat": 1, "lon": 1, "speed": -3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            serde_json::json!({"lat": "x", "lon": 1}),
+            422,
+            "invalid_body",
+        ),
+        (
+            serde_json::json!({"lat": 1, "lon": 1, "altitude": 3}),
+            422,
+            "invalid_body",
+        ),
+    ] {
+        assert_error(report(&app, driver, body).await, status, code).await;
+    }
+    let body = serde_json::json!({"lat": 1, "lon": 1});
+    let theirs = app
+        .post_as(
+            &format!("/v1/drivers/{}/location", driver + 1),
+            Role::Driver,
+            driver,
+            &body,
+        )
+        .await;
+    assert_error(theirs, 403, "forbidden").await;
+    let customer = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/location"),
+            Role::Customer,
+            driver,
+            &body,
+        )
+        .await;
+    assert_error(customer, 403, "forbidden").await;
+    let unknown = app
+        .post_as("/v1/drivers/999999/location", Role::Driver, 999_999, &body)
+        .await;
+    assert_error(unknown, 404, "not_found").await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM driver_locations")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn an_offline_driver_is_tracked_but_never_searchable() {
+    let app = spawn_app().await;
+    let driver = insert_driver(&app.db).await;
+    let here = serde_json::json!({"lat": CENTER.0, "lon": CENTER.1});
+    let body: serde_json::Value = report(&app, driver, here.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["result"], "unavailable");
+    assert!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10)
+            .await
+            .is_empty()
+    );
+
+    go_online(&app, driver).await;
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await,
+        vec![driver]
+    );
+    let body: serde_json::Value = report(&app, driver, here).await.json().await.expect("json");
+    assert_eq!(body["result"], "available");
+
+    let offline = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/status"),
+            Role::Driver,
+            driver,
+            &serde_json::json!({"status": "offline"}),
+        )
+        .await;
+    assert_eq!(offline.status().as_u16(), 200);
+    assert!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10)
+            .await
+            .is_empty(),
+        "offline removes at once"
+    );
+    let active: bool = sqlx::query_scalar("SELECT is_active FROM drivers WHERE id = $1")
+        .bind(driver)
+        .fetch_one(&app.db)
+        .await
+        .expect("driver");
+    assert!(!active);
+    let bad = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/status"),
+            Role::Driver,
+            driver,
+            &serde_json::json!({"status": "napping"}),
+        )
+        .await;
+    assert_error(bad, 422, "invalid_body").await;
+}
+
+#[tokio::test]
+async fn an_older_report_is_ignored_not_an_error() {
+    let app = spawn_app().await;
+    let driver = insert_driver(&app.db).await;
+    go_online(&app, driver).await;
+    let now = chrono::Utc::now();
+    let newer =
+        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1, "recorded_at": now.to_rfc3339()});
+    let older = serde_json::json!({"lat": CENTER.0 + 0.05, "lon": CENTER.1, "recorded_at": (now - chrono::Duration::seconds(5)).to_rfc3339()});
+    assert_eq!(report(&app, driver, newer).await.status().as_u16(), 200);
+    let late = report(&app, driver, older).await;
+    assert_eq!(late.status().as_u16(), 200);
+    let body: serde_json::Value = late.json().await.expect("json");
+    assert_eq!(body["result"], "stale");
+    // Still where the newer report put it.
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 0.5, 10).await,
+        vec![driver]
+    );
+}
+
+#[tokio::test]
+async fn a_silent_driver_disappears_from_queries_and_the_set() {
+    let app = spawn_app().await;
+    let silent = insert_driver(&app.db).await;
+    let chatty = insert_driver(&app.db).await;
+    for driver in [silent, chatty] {
+        go_online(&app, driver).await;
+        report(
+            &app,
+            driver,
+            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+        )
+        .await;
+    }
+    assert_eq!(nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await.len(), 2);
+
+    // Make the silent driver's last report 31 s old, as if its phone died.
+    let seen_key = app.state.valkey.key("loc:{default}:seen");
+    let avail_key = app.state.valkey.key("loc:{default}:avail");
+    let mut conn = app.state.valkey.connection();
+    let old = chrono::Utc::now().timestamp_millis() - 31_000;
+    let _: () = redis::cmd("ZADD")
+        .arg(&seen_key)
+        .arg(old)
+        .arg(silent)
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    // Queries exclude it before any sweep…
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await,
+        vec![chatty]
+    );
+    // …and the sweep removes it from the structures.
+    let removed = app.state.location.sweep().await.expect("sweep");
+    assert_eq!(removed, 1);
+    let in_set: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&avail_key)
+        .arg(silent)
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE");
+    assert_eq!(in_set, None);
+    assert_eq!(app.state.location.active_count().await.expect("count"), 1);
+    // It comes back with its next report.
+    report(
+        &app,
+        silent,
+        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+    )
+    .await;
+    assert_eq!(nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_driver_with_two_active_orders_is_not_available() {
+    let app = spawn_app().await;
+    let busy = insert_driver(&app.db).await;
+    let free = insert_driver(&app.db).await;
+    for driver in [busy, free] {
+        go_online(&app, driver).await;
+        report(
+            &app,
+            driver,
+            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+        )
+        .await;
+    }
+    app.state
+        .location
+        .set_assignment(busy, Some(1), 2)
+        .await
+        .expect("assign");
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await,
+        vec![free]
+    );
+    let body: serde_json::Value = report(
+        &app,
+        busy,
+        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(body["result"], "unavailable");
+}
+
+#[tokio::test]
+async fn a_batch_validates_each_item_on_its_own() {
+    let app = spawn_app().await;
+    let a = insert_driver(&app.db).await;
+    let b = insert_driver(&app.db).await;
+    let body = serde_json::json!({"updates": [
+        {"driver_id": a, "lat": CENTER.0, "lon": CENTER.1},
+        {"driver_id": b, "lat": 95, "lon": CENTER.1},
+        {"driver_id": 999_999, "lat": CENTER.0, "lon": CENTER.1},
+        {"driver_id": b, "lat": CENTER.0, "lon": CENTER.1, "colour": "red"},
+        {"lat": CENTER.0},
+        {"driver_id": b, "lat": CENTER.0, "lon": CENTER.1},
+    ]});
+    let response = app
+        .post_as("/v1/drivers/locations:batch", Role::Operator, 1, &body)
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    let result: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(result["accepted"], 2);
+    assert_eq!(result["rejected"], 4);
+    let codes: Vec<String> = result["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            r["error"]["code"].as_str().map_or_else(
+                || r["result"].as_str().expect("result").to_owned(),
+                str::to_owned,
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "unavailable",
+            "invalid_coordinates",
+            "not_found",
+            "invalid_body",
+            "invalid_body",
+            "unavailable"
+        ]
+    );
+
+    // A driver may batch only its own reports.
+    let own = serde_json::json!({"updates": [
+        {"driver_id": a, "lat": CENTER.0, "lon": CENTER.1},
+        {"driver_id": b, "lat": CENTER.0, "lon": CENTER.1},
+    ]});
+    let result: serde_json::Value = app
+        .post_as("/v1/drivers/locations:batch", Role::Driver, a, &own)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(result["results"][1]["error"]["code"], "forbidden");
+
+    let too_many = serde_json::json!({"updates": vec![serde_json::json!({"driver_id": a, "lat": 0, "lon": 0}); 1001]});
+    let response = app
+        .client
+        .post(format!("{}/v1/drivers/locations:batch", app.address))
+        .bearer_auth(app.token(Role::Operator, 1))
+        .json(&too_many)
+        .send()
+        .await
+        .expect("sent");
+    assert_error(response, 422, "invalid_batch").await;
+    let empty = app
+        .post_as(
+            "/v1/drivers/locations:batch",
+            Role::Operator,
+            1,
+            &serde_json::json!({"updates": []}),
+        )
+        .await;
+    assert_error(empty, 422, "invalid_batch").await;
+    let customer = app
+        .post_as("/v1/drivers/locations:batch", Role::Customer, 1, &own)
+        .await;
+    assert_error(customer, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn history_is_written_in_batches_and_flushed_on_shutdown() {
+    let mut app = spawn_app().await;
+    let mut drivers = Vec::new();
+    for _ in 0..5 {
+        drivers.push(insert_driver(&app.db).await);
+    }
+    let start = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let mut accepted = 0;
+    for step in 0..20 {
+        let updates: Vec<serde_json::Value> = drivers
+            .iter()
+            .map(|d| {
+                serde_json::json!({"driver_id": d, "lat": CENTER.0 + f64::from(step) * 1e-4, "lon": CENTER.1,
+                                   "recorded_at": (start + chrono::Duration::seconds(i64::from(step))).to_rfc3339()})
+            })
+            .collect();
+        let result: serde_json::Value = app
+            .post_as(
+                "/v1/drivers/locations:batch",
+                Role::Operator,
+                1,
+                &serde_json::json!({"updates": updates}),
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        accepted += result["accepted"].as_i64().expect("accepted");
+    }
+    // A stale report is not history.
+    let stale = report(
+        &app,
+        drivers[0],
+        serde_json::json!({"lat": 0, "lon": 0, "recorded_at": start.to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(
+        stale.json::<serde_json::Value>().await.expect("json")["result"],
+        "stale"
+    );
+    assert_eq!(accepted, 100);
+
+    app.shutdown().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM driver_locations")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(
+        rows, accepted,
+        "every accepted report is in history after shutdown"
+    );
+    let per_driver: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM driver_locations GROUP BY driver_id")
+            .fetch_all(&app.db)
+            .await
+            .expect("group");
+    assert_eq!(per_driver, vec![20; 5]);
+}
+
+#[tokio::test]
+async fn reports_of_a_driver_carrying_an_order_reach_its_live_channel() {
+    let app = spawn_app().await;
+    let driver = insert_driver(&app.db).await;
+    app.state
+        .location
+        .set_assignment(driver, Some(4242), 1)
+        .await
+        .expect("assign");
+    let client = redis::Client::open(valkey_url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe(app.state.location.tracking_channel(4242))
+        .await
+        .expect("subscribe");
+    report(
+        &app,
+        driver,
+        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+    )
+    .await;
+    let mut messages = pubsub.on_message();
+    let message = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut messages),
+    )
+    .await
+    .expect("a message within 5 s")
+    .expect("stream open");
+    let payload: serde_json::Value =
+        serde_json::from_str(&message.get_payload::<String>().expect("text")).expect("json");
+    assert_eq!(payload["driverId"], driver);
+    assert_eq!(payload["orderId"], 4242);
+    assert_eq!(payload["lat"], CENTER.0);
+}
+
+/// A deterministic pseudo-random sequence for the brute-force comparison.
+fn lcg(state: &mut u64) -> f64 {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[tokio::test]
+async fn nearby_matches_a_brute_force_search_on_random_points() {
+    let app = spawn_app().await;
+    let mut seed = 7_u64;
+    let mut points = Vec::new();
+    let mut updates = Vec::new();
+    for _ in 0..400 {
+        let driver = insert_driver(&app.db).await;
+        let lat = CENTER.0 + (lcg(&mut seed) - 0.5) * 0.16;
+        let lon = CENTER.1 + (lcg(&mut seed) - 0.5) * 0.2;
+        points.push((driver, Point { lat, lon }));
+        updates.push(serde_json::json!({"driver_id": driver, "lat": lat, "lon": lon}));
+    }
+    for (driver, _) in &points {
+        app.state
+            .location
+            .set_online(*driver, true)
+            .await
+            .expect("online");
+    }
+    let result: serde_json::Value = app
+        .post_as(
+            "/v1/drivers/locations:batch",
+            Role::Operator,
+            1,
+            &serde_json::json!({"updates": updates}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(result["accepted"], 400);
+
+    let center = Point {
+        lat: CENTER.0,
+        lon: CENTER.1,
+    };
+    for (radius_km, limit) in [(0.8, 100), (3.0, 100), (5.0, 25), (5.0, 100)] {
+        let mut brute: Vec<(i64, f64)> = points
+            .iter()
+            .map(|(id, p)| (*id, haversine_m(center, *p)))
+            .filter(|(_, d)| *d <= radius_km * 1_000.0)
+            .collect();
+        brute.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let got = nearby_ids(&app, CENTER.0, CENTER.1, radius_km, limit).await;
+        // Valkey's geohash and earth radius differ from ours by a few metres: ignore drivers
+        // within 10 m of the radius or of the cut-off, where the two may rightly disagree.
+        let edge = |d: f64| (d - radius_km * 1_000.0).abs() < 10.0;
+        let expected: Vec<i64> = brute
+            .iter()
+            .take(limit)
+            .filter(|(_, d)| !edge(*d))
+            .map(|(id, _)| *id)
+            .collect();
+        let cutoff = brute.get(limit).map(|(_, d)| *d);
+        for id in &expected {
+            let distance = brute
+                .iter()
+                .find(|(b, _)| b == id)
+                .map(|(_, d)| *d)
+                .unwrap_or_default();
+            if cutoff.is_some_and(|c| (c - distance).abs() < 10.0) {
+                continue;
+            }
+            assert!(
+                got.contains(id),
+                "radius {radius_km} km, limit {limit}: driver {id} at {distance:.0} m missing"
+            );
+        }
+        assert!(got.len() <= limit);
+        let distances: Vec<f64> = got
+            .iter()
+            .map(|id| {
+                points
+                    .iter()
+                    .find(|(p, _)| p == id)
+                    .map(|(_, p)| haversine_m(center, *p))
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert!(
+            distances.windows(2).all(|w| w[0] <= w[1] + 5.0),
+            "not nearest first: {distances:?}"
+        );
+        assert!(distances.iter().all(|d| *d <= radius_km * 1_000.0 + 10.0));
+    }
+}
