@@ -45,3 +45,10 @@ lint:
 # Mint a development token, e.g. `just token operator 1`.
 token ROLE SUBJECT:
     cargo run --quiet -- --dev token issue --role {{ROLE}} --subject {{SUBJECT}}
+
+# Location benchmark against a dedicated database and key prefix, e.g.
+# `just bench-location --drivers 100000 --rate 10000`. Results: docs/benchmarks.md.
+bench-location *ARGS: services-up
+    DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/courier_bench}" \
+    COURIER_KEY_PREFIX=bench: LOG_LEVEL=warn \
+    cargo run --release --locked -- --dev bench location {{ARGS}}

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `worker`, `run`, `migrate`, `seed` and `token issue`.
+//! The command line: `serve`, `worker`, `run`, `migrate`, `seed`, `bench` and `token issue`.
 //!
 //! Every flag also reads an environment variable (see the README's configuration table).
 //! Errors are printed as one line and turn into a non-zero exit code.
@@ -72,11 +72,23 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         customers: usize,
     },
+    /// Benchmarks (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+/// `courier bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Location ingest and nearby search under load, against raw Valkey in the same run.
+    Location(crate::bench::LocationBench),
 }
 
 /// `courier token …`
@@ -191,6 +203,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Bench {
+            command: BenchCommand::Location(options),
+        } => crate::bench::run_location(&config, &options).await,
         Command::Token {
             command: TokenCommand::Issue { role, subject, ttl },
         } => {

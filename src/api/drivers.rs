@@ -7,19 +7,20 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
-use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
-use crate::geo::Point;
 use crate::location::update::{Invalid, LocationUpdate, RawUpdate};
 use crate::location::{Ingested, NearbyDriver};
 
 /// Most reports in one batch.
 pub const MAX_BATCH: usize = 1_000;
-const DEFAULT_RADIUS_KM: f64 = 5.0;
-const MAX_RADIUS_KM: f64 = 20.0;
-const DEFAULT_LIMIT: usize = 20;
-const MAX_LIMIT: usize = 100;
+const BOUNDS: SearchBounds = SearchBounds {
+    default_radius_km: 5.0,
+    max_radius_km: 20.0,
+    default_limit: 20,
+    max_limit: 100,
+};
 
 /// Routes of this group.
 pub fn router() -> Router<AppState> {
@@ -308,29 +309,10 @@ async fn nearby(
     ApiQuery(q): ApiQuery<NearbyQuery>,
 ) -> Result<Json<NearbyResponse>, ApiError> {
     principal.require_role(&[Role::Operator])?;
-    let at = Point::new(q.lat, q.lon).ok_or_else(|| {
-        ApiError::unprocessable(
-            "invalid_coordinates",
-            "lat must be in [-90, 90] and lon in [-180, 180]",
-        )
-    })?;
-    let radius_km = q.radius_km.unwrap_or(DEFAULT_RADIUS_KM);
-    if !(radius_km.is_finite() && radius_km > 0.0 && radius_km <= MAX_RADIUS_KM) {
-        return Err(ApiError::unprocessable(
-            "invalid_radius",
-            format!("radius_km must be greater than 0 and at most {MAX_RADIUS_KM}"),
-        ));
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::unprocessable(
-            "invalid_limit",
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let search = NearbySearch::parse(q.lat, q.lon, q.radius_km, q.limit, BOUNDS)?;
     let drivers = state
         .location
-        .find_nearby_drivers(at, radius_km, limit)
+        .find_nearby_drivers(search.at, search.radius_km, search.limit)
         .await?;
     Ok(Json(NearbyResponse { drivers }))
 }

@@ -139,3 +139,60 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
         }))
     }
 }
+
+/// Bounds of a "near here" search.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchBounds {
+    pub default_radius_km: f64,
+    pub max_radius_km: f64,
+    pub default_limit: usize,
+    pub max_limit: usize,
+}
+
+/// A validated "near here" search: a point, a radius and a result limit.
+#[derive(Debug, Clone, Copy)]
+pub struct NearbySearch {
+    pub at: crate::geo::Point,
+    pub radius_km: f64,
+    pub limit: usize,
+}
+
+impl NearbySearch {
+    /// Checks the query's values against `bounds`, naming the first bad one.
+    pub fn parse(
+        lat: f64,
+        lon: f64,
+        radius_km: Option<f64>,
+        limit: Option<usize>,
+        bounds: SearchBounds,
+    ) -> Result<Self, ApiError> {
+        let at = crate::geo::Point::new(lat, lon).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_coordinates",
+                "lat must be in [-90, 90] and lon in [-180, 180]",
+            )
+        })?;
+        let radius_km = radius_km.unwrap_or(bounds.default_radius_km);
+        if !(radius_km.is_finite() && radius_km > 0.0 && radius_km <= bounds.max_radius_km) {
+            return Err(ApiError::unprocessable(
+                "invalid_radius",
+                format!(
+                    "radius_km must be greater than 0 and at most {}",
+                    bounds.max_radius_km
+                ),
+            ));
+        }
+        let limit = limit.unwrap_or(bounds.default_limit);
+        if !(1..=bounds.max_limit).contains(&limit) {
+            return Err(ApiError::unprocessable(
+                "invalid_limit",
+                format!("limit must be 1 to {}", bounds.max_limit),
+            ));
+        }
+        Ok(Self {
+            at,
+            radius_km,
+            limit,
+        })
+    }
+}

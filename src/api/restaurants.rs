@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::api::AppState;
-use crate::api::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
 use crate::auth::{Principal, Role};
 use crate::cache;
 use crate::error::ApiError;
@@ -25,12 +25,13 @@ use crate::store::restaurants::{
     self, MenuItem, MenuItemFields, NearbyRestaurant, RestaurantWithMenu,
 };
 
-/// Default and largest search radius, in km.
-const DEFAULT_RADIUS_KM: f64 = 5.0;
-const MAX_RADIUS_KM: f64 = 50.0;
-/// Default and largest number of results.
-const DEFAULT_LIMIT: usize = 20;
-const MAX_LIMIT: usize = 100;
+/// Radius and result bounds of the nearby search.
+const BOUNDS: SearchBounds = SearchBounds {
+    default_radius_km: 5.0,
+    max_radius_km: 50.0,
+    default_limit: 20,
+    max_limit: 100,
+};
 const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 2_000;
 const MAX_CATEGORY_CHARS: usize = 50;
@@ -88,26 +89,11 @@ async fn nearby(
     _principal: Principal,
     ApiQuery(q): ApiQuery<NearbyQuery>,
 ) -> Result<Response, ApiError> {
-    let point = Point::new(q.lat, q.lon).ok_or_else(|| {
-        ApiError::unprocessable(
-            "invalid_coordinates",
-            "lat must be in [-90, 90] and lon in [-180, 180]",
-        )
-    })?;
-    let radius_km = q.radius_km.unwrap_or(DEFAULT_RADIUS_KM);
-    if !(radius_km.is_finite() && radius_km > 0.0 && radius_km <= MAX_RADIUS_KM) {
-        return Err(ApiError::unprocessable(
-            "invalid_radius",
-            format!("radius_km must be greater than 0 and at most {MAX_RADIUS_KM}"),
-        ));
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::unprocessable(
-            "invalid_limit",
-            format!("limit must be 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let NearbySearch {
+        at: point,
+        radius_km,
+        limit,
+    } = NearbySearch::parse(q.lat, q.lon, q.radius_km, q.limit, BOUNDS)?;
     let cuisine = q
         .cuisine
         .as_deref()

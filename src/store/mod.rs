@@ -70,7 +70,17 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<bool, sqlx::
 
 /// Applies our migrations and apalis's, and creates today's and tomorrow's location partitions.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    MIGRATOR.run(pool).await.map_err(MigrateError::Courier)?;
+    // Migrations are slow statements by nature: run ours on a connection that does not log
+    // each one as a slow-query warning.
+    let options = (*pool.connect_options())
+        .clone()
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(0));
+    let mut conn = options.connect().await?;
+    MIGRATOR
+        .run(&mut conn)
+        .await
+        .map_err(MigrateError::Courier)?;
+    conn.close().await?;
     apalis_postgres::PostgresStorage::<()>::setup(pool)
         .await
         .map_err(|e| MigrateError::Apalis(e.to_string()))?;

@@ -1,0 +1,674 @@
+//! `courier bench location`: the location service under load, measured end to end and against
+//! raw Valkey in the same run.
+//!
+//! One command does everything: it migrates the configured (bench) database, makes sure it
+//! holds `--drivers` drivers, clears this key prefix's location keys, starts `courier serve` as a
+//! child process, puts every driver online and loads their positions through the batch endpoint
+//! (the batch throughput figure), then for `--duration` sends single updates through HTTP at
+//! `--rate` while querying nearby drivers at `--query-rate`. It then runs the same operations
+//! directly against Valkey (the ingest and nearby scripts, no HTTP, no application) for the
+//! baseline, plus one naive `GEOSEARCH … BYRADIUS 5 km` over a single key holding every driver,
+//! stops the server with SIGTERM, and compares the history rows written with the updates
+//! accepted. Everything it prints is measured in that run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use sqlx::PgPool;
+
+use crate::auth::{Principal, Role, TokenKeys};
+use crate::config::Config;
+use crate::geo::Point;
+use crate::location::history;
+use crate::location::update::LocationUpdate;
+use crate::location::{Ingested, LocationService};
+use crate::store;
+use crate::valkey::Valkey;
+
+/// How drivers are spread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// One dense 30×30 km city.
+    Dense,
+    /// Five cities of 30×30 km, about 1,000 km apart, with 40/25/15/12/8 % of the drivers.
+    Markets,
+}
+
+/// Options of the location benchmark.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LocationBench {
+    /// Drivers to load.
+    #[arg(long, default_value_t = 100_000)]
+    pub drivers: usize,
+    /// How drivers are spread.
+    #[arg(long, value_enum, default_value_t = Layout::Dense)]
+    pub layout: Layout,
+    /// Target single updates per second through HTTP.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u32,
+    /// Nearby-driver queries per second during the update phase.
+    #[arg(long, default_value_t = 200)]
+    pub query_rate: u32,
+    /// Length of the update phase, e.g. `20s`.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent connections sending updates.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Where the spawned server listens.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub listen: std::net::SocketAddr,
+}
+
+const CITY_CENTERS: [(f64, f64, f64); 5] = [
+    (40.7128, -74.0060, 0.40),
+    (41.8781, -87.6298, 0.25),
+    (29.7604, -95.3698, 0.15),
+    (33.4484, -112.0740, 0.12),
+    (47.6062, -122.3321, 0.08),
+];
+const CITY_KM: f64 = 30.0;
+
+/// A small deterministic generator (the benchmark must be repeatable).
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn point_in(rng: &mut Rng, center: (f64, f64)) -> Point {
+    let half = CITY_KM / 2.0;
+    let lat = center.0 + (rng.unit() * 2.0 - 1.0) * half / 111.32;
+    let lon = center.1 + (rng.unit() * 2.0 - 1.0) * half / (111.32 * center.0.to_radians().cos());
+    Point { lat, lon }
+}
+
+fn city_of(layout: Layout, index: usize, total: usize) -> (f64, f64) {
+    match layout {
+        Layout::Dense => (CITY_CENTERS[0].0, CITY_CENTERS[0].1),
+        Layout::Markets => {
+            let share = index as f64 / total.max(1) as f64;
+            let mut cumulative = 0.0;
+            for (lat, lon, weight) in CITY_CENTERS {
+                cumulative += weight;
+                if share < cumulative {
+                    return (lat, lon);
+                }
+            }
+            (CITY_CENTERS[4].0, CITY_CENTERS[4].1)
+        }
+    }
+}
+
+/// Latency samples in microseconds.
+#[derive(Debug, Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.sort_unstable();
+        let rank = ((p / 100.0) * (self.0.len() - 1) as f64).round() as usize;
+        self.0[rank.min(self.0.len() - 1)] as f64 / 1_000.0
+    }
+}
+
+fn elapsed_us(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Makes sure the database holds at least `n` drivers; returns the first `n` ids.
+async fn ensure_drivers(db: &PgPool, n: usize) -> anyhow::Result<Vec<i64>> {
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM drivers")
+        .fetch_one(db)
+        .await?;
+    let missing = i64::try_from(n)?.saturating_sub(have);
+    if missing > 0 {
+        sqlx::query(
+            "WITH u AS (
+                 INSERT INTO users (role, name, email)
+                 SELECT 'driver', 'Bench driver', 'bench-' || gen_random_uuid() || '@bench.courier.invalid'
+                 FROM generate_series(1, $1)
+                 RETURNING id
+             )
+             INSERT INTO drivers (user_id, vehicle_type, is_active) SELECT id, 'scooter', TRUE FROM u",
+        )
+        .bind(missing)
+        .execute(db)
+        .await?;
+    }
+    Ok(
+        sqlx::query_scalar("SELECT id FROM drivers ORDER BY id LIMIT $1")
+            .bind(i64::try_from(n)?)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// Deletes every location key under this process's prefix.
+async fn clear_location_keys(valkey: &Valkey) -> anyhow::Result<()> {
+    let mut conn = valkey.connection();
+    let pattern = valkey.key("loc:*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The server under test, stopped with SIGTERM when done.
+#[derive(Debug)]
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the courier executable")?;
+        let mut command = std::process::Command::new(exe);
+        command
+            .args([
+                "--database-url",
+                &config.database.url,
+                "--valkey-url",
+                &config.valkey.url,
+            ])
+            .args(["--key-prefix", &config.valkey.key_prefix]);
+        if config.dev {
+            command.arg("--dev");
+        }
+        let child = command
+            .args(["serve", "--listen", &listen.to_string()])
+            .env("LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start courier serve")?;
+        Ok(Self(child))
+    }
+
+    /// SIGTERM, then wait: the server drains and flushes its history.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "could not signal the server");
+        let exit = self.0.wait()?;
+        anyhow::ensure!(exit.success(), "the server exited with {exit}");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        opts.drivers >= 1_000 && opts.concurrency >= 1 && opts.rate >= 1,
+        "use at least 1,000 drivers, a concurrency and a rate of at least 1"
+    );
+    let started_at = chrono::Utc::now();
+    store::ensure_database(&config.database).await?;
+    let db = store::pool(&config.database)?;
+    store::migrate(&db).await?;
+    let valkey = Valkey::new(&config.valkey)?;
+    println!(
+        "preparing {} drivers ({:?} layout)…",
+        opts.drivers, opts.layout
+    );
+    let ids = ensure_drivers(&db, opts.drivers).await?;
+    clear_location_keys(&valkey).await?;
+    let (history_sender, history_task) = history::spawn(db.clone());
+    let location = LocationService::new(valkey.clone(), db.clone(), history_sender);
+    futures::stream::iter(ids.iter().copied())
+        .map(|id| {
+            let location = location.clone();
+            async move { location.set_online(id, true).await }
+        })
+        .buffer_unordered(64)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "set_online failed");
+            }
+        })
+        .await;
+
+    let mut rng = Rng(42);
+    let positions: Vec<Point> = (0..ids.len())
+        .map(|i| point_in(&mut rng, city_of(opts.layout, i, ids.len())))
+        .collect();
+
+    let server = Server::start(config, opts.listen)?;
+    let base = format!("http://{}", opts.listen);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency + 8)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let ready = async {
+        for _ in 0..300 {
+            if client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    anyhow::ensure!(ready.await, "the server did not become ready");
+
+    let keys = TokenKeys::new(&config.jwt_secret);
+    let now_s = chrono::Utc::now().timestamp();
+    let operator = keys.issue(
+        Principal {
+            role: Role::Operator,
+            subject: 1,
+        },
+        now_s,
+        Duration::from_secs(3600),
+    )?;
+
+    // Phase 1: load every position through the batch endpoint.
+    let batch_started = Instant::now();
+    let accepted_batch = Arc::new(AtomicU64::new(0));
+    let chunks: Vec<Vec<serde_json::Value>> = ids
+        .chunks(1_000)
+        .zip(positions.chunks(1_000))
+        .map(|(ids, points)| {
+            ids.iter()
+                .zip(points)
+                .map(|(id, p)| serde_json::json!({"driver_id": id, "lat": p.lat, "lon": p.lon}))
+                .collect()
+        })
+        .collect();
+    futures::stream::iter(chunks)
+        .map(|updates| {
+            let client = client.clone();
+            let url = format!("{base}/v1/drivers/locations:batch");
+            let operator = operator.clone();
+            let accepted = accepted_batch.clone();
+            async move {
+                let response = client
+                    .post(url)
+                    .bearer_auth(operator)
+                    .json(&serde_json::json!({"updates": updates}))
+                    .send()
+                    .await?;
+                let body: serde_json::Value = response.error_for_status()?.json().await?;
+                accepted.fetch_add(body["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(4)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "batch failed");
+            }
+        })
+        .await;
+    let batch_secs = batch_started.elapsed().as_secs_f64();
+    let accepted_batch = accepted_batch.load(Ordering::Relaxed);
+
+    // Phase 2: single updates at the target rate, with nearby queries alongside.
+    let tokens: Arc<Vec<String>> = Arc::new(
+        ids.iter()
+            .map(|id| {
+                keys.issue(
+                    Principal {
+                        role: Role::Driver,
+                        subject: *id,
+                    },
+                    now_s,
+                    Duration::from_secs(3600),
+                )
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    let ids = Arc::new(ids);
+    let positions = Arc::new(positions);
+    let deadline = Instant::now() + opts.duration;
+    let per_task_interval = Duration::from_secs_f64(opts.concurrency as f64 / f64::from(opts.rate));
+    let accepted_single = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for task in 0..opts.concurrency {
+        let (client, base, tokens, ids, positions) = (
+            client.clone(),
+            base.clone(),
+            tokens.clone(),
+            ids.clone(),
+            positions.clone(),
+        );
+        let (accepted, errors) = (accepted_single.clone(), errors.clone());
+        senders.push(tokio::spawn(async move {
+            let mut rng = Rng(task as u64 + 1);
+            let mut samples = Samples::default();
+            let mut ticks = tokio::time::interval(per_task_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while Instant::now() < deadline {
+                ticks.tick().await;
+                let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
+                let p = positions[i];
+                let body = serde_json::json!({"lat": p.lat + (rng.unit() - 0.5) * 1e-3, "lon": p.lon + (rng.unit() - 0.5) * 1e-3});
+                let sent = Instant::now();
+                let outcome = client
+                    .post(format!("{base}/v1/drivers/{}/location", ids[i]))
+                    .bearer_auth(&tokens[i])
+                    .json(&body)
+                    .send()
+                    .await;
+                match outcome {
+                    Ok(r) if r.status().is_success() => {
+                        samples.0.push(elapsed_us(sent));
+                        if let Ok(v) = r.json::<serde_json::Value>().await
+                            && v["result"] != "stale"
+                        {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            samples
+        }));
+    }
+    let query_task = {
+        let (client, base, operator) = (client.clone(), base.clone(), operator.clone());
+        let layout = opts.layout;
+        let interval = Duration::from_secs_f64(1.0 / f64::from(opts.query_rate.max(1)));
+        tokio::spawn(async move {
+            let mut rng = Rng(7);
+            let mut samples = Samples::default();
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                ticks.tick().await;
+                let at = point_in(&mut rng, city_of(layout, n % 100, 100));
+                n += 1;
+                let sent = Instant::now();
+                let url = format!(
+                    "{base}/v1/drivers/nearby?lat={}&lon={}&radius_km=5&limit=20",
+                    at.lat, at.lon
+                );
+                if client
+                    .get(url)
+                    .bearer_auth(&operator)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    samples.0.push(elapsed_us(sent));
+                }
+            }
+            samples
+        })
+    };
+    let phase_started = Instant::now();
+    let mut update_samples = Samples::default();
+    for sender in senders {
+        update_samples.0.extend(sender.await?.0);
+    }
+    let mut query_samples = query_task.await?;
+    let phase_secs = phase_started.elapsed().as_secs_f64();
+    let accepted_single = accepted_single.load(Ordering::Relaxed);
+
+    // Stop the server: it drains and flushes its history.
+    server.stop()?;
+
+    // Phase 3: the same operations straight against Valkey.
+    let raw_deadline = Instant::now() + opts.duration.min(Duration::from_secs(10));
+    let accepted_raw = Arc::new(AtomicU64::new(0));
+    let mut raw_tasks = Vec::new();
+    for task in 0..opts.concurrency {
+        let (location, ids, positions, accepted) = (
+            location.clone(),
+            ids.clone(),
+            positions.clone(),
+            accepted_raw.clone(),
+        );
+        raw_tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(task as u64 + 1_000);
+            let mut samples = Samples::default();
+            let mut ticks = tokio::time::interval(per_task_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while Instant::now() < raw_deadline {
+                ticks.tick().await;
+                let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
+                let update = LocationUpdate {
+                    driver_id: ids[i],
+                    point: positions[i],
+                    heading: None,
+                    speed_mps: None,
+                    accuracy_m: None,
+                    recorded_at_ms: chrono::Utc::now().timestamp_millis(),
+                };
+                let sent = Instant::now();
+                if let Ok(outcome) = location.ingest(&[update]).await {
+                    samples.0.push(elapsed_us(sent));
+                    if outcome.first().is_some_and(|o| *o != Ingested::Stale) {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            samples
+        }));
+    }
+    let raw_started = Instant::now();
+    let mut raw_update_samples = Samples::default();
+    for task in raw_tasks {
+        raw_update_samples.0.extend(task.await?.0);
+    }
+    let raw_secs = raw_started.elapsed().as_secs_f64();
+    let accepted_raw = accepted_raw.load(Ordering::Relaxed);
+
+    let mut raw_query_samples = Samples::default();
+    let mut rng = Rng(7);
+    for n in 0..2_000 {
+        let at = point_in(&mut rng, city_of(opts.layout, n % 100, 100));
+        let sent = Instant::now();
+        location.find_nearby_drivers(at, 5.0, 20).await?;
+        raw_query_samples.0.push(elapsed_us(sent));
+    }
+
+    // The naive design for comparison: every driver in one key, one 5 km search.
+    let naive_key = valkey.key("loc:{naive}:all");
+    let mut conn = valkey.connection();
+    for (chunk_ids, chunk_points) in ids.chunks(10_000).zip(positions.chunks(10_000)) {
+        let mut cmd = redis::cmd("GEOADD");
+        cmd.arg(&naive_key);
+        for (id, p) in chunk_ids.iter().zip(chunk_points) {
+            cmd.arg(p.lon).arg(p.lat).arg(*id);
+        }
+        let _: i64 = cmd.query_async(&mut conn).await?;
+    }
+    let mut naive_samples = Samples::default();
+    let mut rng = Rng(7);
+    for n in 0..200 {
+        let at = point_in(&mut rng, city_of(opts.layout, n % 100, 100));
+        let sent = Instant::now();
+        let _: redis::Value = redis::cmd("GEOSEARCH")
+            .arg(&naive_key)
+            .arg("FROMLONLAT")
+            .arg(at.lon)
+            .arg(at.lat)
+            .arg("BYRADIUS")
+            .arg(5)
+            .arg("km")
+            .arg("ASC")
+            .arg("COUNT")
+            .arg(20)
+            .arg("WITHDIST")
+            .query_async(&mut conn)
+            .await?;
+        naive_samples.0.push(elapsed_us(sent));
+    }
+    let _: () = redis::cmd("UNLINK")
+        .arg(&naive_key)
+        .query_async(&mut conn)
+        .await?;
+
+    history_task.shutdown().await;
+    let history_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM driver_locations WHERE recorded_at >= $1")
+            .bind(started_at)
+            .fetch_one(&db)
+            .await?;
+    let accepted_total = accepted_batch + accepted_single + accepted_raw;
+
+    let update_rate = update_samples.0.len() as f64 / phase_secs;
+    let raw_rate = raw_update_samples.0.len() as f64 / raw_secs;
+    let (u50, u99) = (
+        update_samples.percentile_ms(50.0),
+        update_samples.percentile_ms(99.0),
+    );
+    let (r50, r99) = (
+        raw_update_samples.percentile_ms(50.0),
+        raw_update_samples.percentile_ms(99.0),
+    );
+    let (q50, q99) = (
+        query_samples.percentile_ms(50.0),
+        query_samples.percentile_ms(99.0),
+    );
+    let (rq50, rq99) = (
+        raw_query_samples.percentile_ms(50.0),
+        raw_query_samples.percentile_ms(99.0),
+    );
+    let (n50, n99) = (
+        naive_samples.percentile_ms(50.0),
+        naive_samples.percentile_ms(99.0),
+    );
+    println!();
+    println!(
+        "location benchmark: {} drivers, {:?} layout, target {}/s for {:?}, {} connections",
+        ids.len(),
+        opts.layout,
+        opts.rate,
+        opts.duration,
+        opts.concurrency
+    );
+    println!(
+        "{:<44} {:>12} {:>10} {:>10}",
+        "operation", "rate/s", "p50 ms", "p99 ms"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10} {:>10}",
+        "batch load via HTTP (1,000 per request)",
+        accepted_batch as f64 / batch_secs,
+        "-",
+        "-"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.3} {:>10.3}",
+        "single update via HTTP", update_rate, u50, u99
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.3} {:>10.3}",
+        "single update, raw Valkey script", raw_rate, r50, r99
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.3} {:>10.3}",
+        "nearby 5 km top 20 via HTTP (during updates)",
+        query_samples.0.len() as f64 / phase_secs,
+        q50,
+        q99
+    );
+    println!(
+        "{:<44} {:>12} {:>10.3} {:>10.3}",
+        "nearby 5 km top 20, raw Valkey (rings)", "-", rq50, rq99
+    );
+    println!(
+        "{:<44} {:>12} {:>10.3} {:>10.3}",
+        "naive GEOSEARCH 5 km over all drivers", "-", n50, n99
+    );
+    println!(
+        "ratios: update p99 HTTP/raw {:.1}x, nearby p99 HTTP/raw {:.1}x, naive/rings p50 {:.1}x",
+        u99 / r99,
+        q99 / rq99,
+        n50 / rq50
+    );
+    println!("HTTP update errors: {}", errors.load(Ordering::Relaxed));
+    println!(
+        "history: {history_rows} rows written, {accepted_total} updates accepted, {} missing",
+        accepted_total.saturating_sub(u64::try_from(history_rows).unwrap_or(0))
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let mut samples = Samples((1..=100).map(|ms| ms * 1_000).collect());
+        assert_eq!(samples.percentile_ms(50.0), 51.0);
+        assert_eq!(samples.percentile_ms(99.0), 99.0);
+        assert_eq!(samples.percentile_ms(100.0), 100.0);
+        assert!(Samples::default().percentile_ms(50.0).is_nan());
+    }
+
+    #[test]
+    fn markets_get_their_shares_of_drivers() {
+        let total = 10_000;
+        let in_first = (0..total)
+            .filter(|i| {
+                city_of(Layout::Markets, *i, total) == (CITY_CENTERS[0].0, CITY_CENTERS[0].1)
+            })
+            .count();
+        assert_eq!(in_first, 4_000);
+        assert!((0..total).all(|i| city_of(Layout::Dense, i, total) == (CITY_CENTERS[0].0, CITY_CENTERS[0].1)));
+    }
+
+    #[test]
+    fn points_stay_inside_their_city() {
+        let mut rng = Rng(1);
+        for _ in 0..1_000 {
+            let p = point_in(&mut rng, (40.0, -74.0));
+            assert!(
+                crate::geo::haversine_m(
+                    p,
+                    Point {
+                        lat: 40.0,
+                        lon: -74.0
+                    }
+                ) <= 15_000.0 * std::f64::consts::SQRT_2 + 1.0
+            );
+        }
+    }
+}
