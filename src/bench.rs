@@ -129,6 +129,36 @@ fn elapsed_us(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `EVALSHA` calls and microseconds spent in them so far, from `INFO commandstats`.
+async fn evalsha_stats(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<(u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    Ok(parse_evalsha_stats(&info))
+}
+
+fn parse_evalsha_stats(info: &str) -> (u64, u64) {
+    let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("calls"), field("usec"))
+}
+
+fn per_call_us(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let calls = after.0.saturating_sub(before.0);
+    if calls == 0 {
+        return f64::NAN;
+    }
+    after.1.saturating_sub(before.1) as f64 / calls as f64
+}
+
 /// Makes sure the database holds at least `n` drivers; returns the first `n` ids.
 async fn ensure_drivers(db: &PgPool, n: usize) -> anyhow::Result<Vec<i64>> {
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM drivers")
@@ -407,12 +437,16 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             samples
         }));
     }
-    let query_task = {
+    // Several query loops, so one slow answer does not hold the query rate down.
+    const QUERY_LOOPS: u32 = 4;
+    let mut query_tasks = Vec::new();
+    for lane in 0..QUERY_LOOPS {
         let (client, base, operator) = (client.clone(), base.clone(), operator.clone());
         let layout = opts.layout;
-        let interval = Duration::from_secs_f64(1.0 / f64::from(opts.query_rate.max(1)));
-        tokio::spawn(async move {
-            let mut rng = Rng(7);
+        let interval =
+            Duration::from_secs_f64(f64::from(QUERY_LOOPS) / f64::from(opts.query_rate.max(1)));
+        query_tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(7 + u64::from(lane));
             let mut samples = Samples::default();
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -437,14 +471,17 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
                 }
             }
             samples
-        })
-    };
+        }));
+    }
     let phase_started = Instant::now();
     let mut update_samples = Samples::default();
     for sender in senders {
         update_samples.0.extend(sender.await?.0);
     }
-    let mut query_samples = query_task.await?;
+    let mut query_samples = Samples::default();
+    for task in query_tasks {
+        query_samples.0.extend(task.await?.0);
+    }
     let phase_secs = phase_started.elapsed().as_secs_f64();
     let accepted_single = accepted_single.load(Ordering::Relaxed);
 
@@ -489,6 +526,8 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             samples
         }));
     }
+    let mut conn = valkey.connection();
+    let before_ingest = evalsha_stats(&mut conn).await?;
     let raw_started = Instant::now();
     let mut raw_update_samples = Samples::default();
     for task in raw_tasks {
@@ -496,6 +535,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     }
     let raw_secs = raw_started.elapsed().as_secs_f64();
     let accepted_raw = accepted_raw.load(Ordering::Relaxed);
+    let after_ingest = evalsha_stats(&mut conn).await?;
 
     let mut raw_query_samples = Samples::default();
     let mut rng = Rng(7);
@@ -505,10 +545,10 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         location.find_nearby_drivers(at, 5.0, 20).await?;
         raw_query_samples.0.push(elapsed_us(sent));
     }
+    let after_nearby = evalsha_stats(&mut conn).await?;
 
     // The naive design for comparison: every driver in one key, one 5 km search.
     let naive_key = valkey.key("loc:{naive}:all");
-    let mut conn = valkey.connection();
     for (chunk_ids, chunk_points) in ids.chunks(10_000).zip(positions.chunks(10_000)) {
         let mut cmd = redis::cmd("GEOADD");
         cmd.arg(&naive_key);
@@ -622,6 +662,11 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         q99 / rq99,
         n50 / rq50
     );
+    println!(
+        "Valkey server time per script call (INFO commandstats): ingest {:.1} µs, nearby ring {:.1} µs",
+        per_call_us(before_ingest, after_ingest),
+        per_call_us(after_ingest, after_nearby)
+    );
     println!("HTTP update errors: {}", errors.load(Ordering::Relaxed));
     println!(
         "history: {history_rows} rows written, {accepted_total} updates accepted, {} missing",
@@ -641,6 +686,14 @@ mod tests {
         assert_eq!(samples.percentile_ms(99.0), 99.0);
         assert_eq!(samples.percentile_ms(100.0), 100.0);
         assert!(Samples::default().percentile_ms(50.0).is_nan());
+    }
+
+    #[test]
+    fn evalsha_stats_parse_from_info() {
+        let info = "# Commandstats\r\ncmdstat_get:calls=3,usec=9,usec_per_call=3.00\r\ncmdstat_evalsha:calls=10,usec=250,usec_per_call=25.00,rejected_calls=0\r\n";
+        assert_eq!(parse_evalsha_stats(info), (10, 250));
+        assert_eq!(parse_evalsha_stats("# Commandstats\r\n"), (0, 0));
+        assert_eq!(per_call_us((10, 250), (20, 450)), 20.0);
     }
 
     #[test]

@@ -133,9 +133,8 @@ fn item_error(
     }
 }
 
-/// Checks one batch item; `Err` is its per-item result.
-async fn check_item(
-    state: &AppState,
+/// Parses and validates one batch item; `Err` is its per-item result.
+fn check_item(
     principal: &Principal,
     index: usize,
     value: serde_json::Value,
@@ -167,30 +166,12 @@ async fn check_item(
             "a driver may only report its own location".to_owned(),
         ));
     }
-    let update = raw
-        .validate(id, now)
-        .map_err(|e| item_error(index, Some(id), e.code, e.message))?;
-    match state.location.driver_exists(id).await {
-        Ok(true) => Ok(update),
-        Ok(false) => Err(item_error(
-            index,
-            Some(id),
-            "not_found",
-            format!("driver {id} does not exist"),
-        )),
-        Err(e) => {
-            tracing::warn!(error = %e, "driver lookup failed in a batch");
-            Err(item_error(
-                index,
-                Some(id),
-                "unavailable",
-                "the driver could not be checked; retry".to_owned(),
-            ))
-        }
-    }
+    raw.validate(id, now)
+        .map_err(|e| item_error(index, Some(id), e.code, e.message))
 }
 
-/// Each item is validated on its own; valid ones are applied in one pipelined round trip.
+/// Each item is validated on its own; the drivers are checked in one query and the valid
+/// reports applied in one pipelined round trip.
 async fn report_batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -204,16 +185,33 @@ async fn report_batch(
         ));
     }
     let now = now_ms();
-    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(body.updates.len());
+    let checked: Vec<Result<LocationUpdate, ItemResult>> = body
+        .updates
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| check_item(&principal, index, value, now))
+        .collect();
+    let ids: Vec<i64> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().map(|u| u.driver_id))
+        .collect();
+    let existing = state.location.existing_drivers(&ids).await?;
+    let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(checked.len());
     let mut valid = Vec::new();
     let mut valid_index = Vec::new();
-    for (index, value) in body.updates.into_iter().enumerate() {
-        match check_item(&state, &principal, index, value, now).await {
-            Ok(update) => {
+    for (index, item) in checked.into_iter().enumerate() {
+        match item {
+            Ok(update) if existing.contains(&update.driver_id) => {
                 valid_index.push(index);
                 valid.push(update);
                 results.push(None);
             }
+            Ok(update) => results.push(Some(item_error(
+                index,
+                Some(update.driver_id),
+                "not_found",
+                format!("driver {} does not exist", update.driver_id),
+            ))),
             Err(result) => results.push(Some(result)),
         }
     }

@@ -80,7 +80,7 @@ return #stale
 pub const NEARBY: &str = r"
 local want = tonumber(ARGV[4])
 local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2], 'BYRADIUS', ARGV[3], 'km',
-  'ASC', 'COUNT', want * 2 + 8, 'WITHDIST', 'WITHCOORD')
+  'ASC', 'COUNT', want + 8, 'WITHDIST', 'WITHCOORD')
 local cutoff = tonumber(ARGV[5])
 local out = {}
 local n = 0
