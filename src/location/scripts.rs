@@ -83,14 +83,22 @@ local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2], '
   'ASC', 'COUNT', want + 8, 'WITHDIST', 'WITHCOORD')
 local cutoff = tonumber(ARGV[5])
 local out = {}
+if #found == 0 then
+  return out
+end
+-- One ZMSCORE and one HMGET for all candidates, not two calls per candidate.
+local ids = {}
+for i, row in ipairs(found) do
+  ids[i] = row[1]
+end
+local seen = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+local loads = redis.call('HMGET', KEYS[3], unpack(ids))
 local n = 0
-for _, row in ipairs(found) do
+for i, row in ipairs(found) do
   if n >= want then break end
-  local id = row[1]
-  local seen = tonumber(redis.call('ZSCORE', KEYS[2], id) or '0')
-  local load = tonumber(redis.call('HGET', KEYS[3], id) or '0')
-  if seen >= cutoff and load < 2 then
-    table.insert(out, id)
+  local load = tonumber(loads[i] or '0')
+  if tonumber(seen[i] or '0') >= cutoff and load < 2 then
+    table.insert(out, row[1])
     table.insert(out, row[2])
     table.insert(out, row[3][1])
     table.insert(out, row[3][2])
