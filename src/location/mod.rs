@@ -3,8 +3,9 @@
 //!
 //! # Data in Valkey
 //! All keys of a market share one hash tag (`loc:{default}:…`), so every operation is a single
-//! Lua script on one slot — one round trip, atomic, and unchanged on Valkey Cluster; a second
-//! market would be a second tag, and markets spread across a cluster.
+//! Lua script on one slot — atomic, and unchanged on Valkey Cluster; a second market would be a
+//! second tag, and markets spread across a cluster. Reports are ingested in groups of up to
+//! [`INGEST_GROUP`] per script call, all groups of a request in one pipelined round trip.
 //! - `avail` — GEO set of **available** drivers only (online, seen within 30 s, fewer than 2
 //!   active orders). Offline or loaded drivers are not in it, so searches never wade through them.
 //! - `seen` — sorted set driver → last receipt time (ms); the sweeper removes drivers silent for
@@ -56,6 +57,9 @@ pub const FRESHNESS: Duration = Duration::from_secs(30);
 pub const MAX_ACTIVE_ORDERS: u32 = 2;
 /// Search rings, in km; the requested radius caps them.
 pub const RINGS_KM: [f64; 5] = [0.5, 1.0, 2.5, 5.0, 10.0];
+/// Reports per ingest script call: large enough to amortise the shared reads and writes,
+/// small enough that one call never blocks Valkey for more than a few milliseconds.
+pub const INGEST_GROUP: usize = 200;
 /// Name of the spec's geo-query latency histogram.
 pub const GEO_QUERY_DURATION: &str = "geo_query_duration_seconds";
 /// The spec's buckets for it.
@@ -213,26 +217,30 @@ impl LocationService {
         let now = now_ms();
         let ttl = freshness_ms();
         let build = |pipe: &mut redis::Pipeline| {
-            for u in updates {
-                pipe.cmd("EVALSHA")
+            for group in updates.chunks(INGEST_GROUP) {
+                let cmd = pipe
+                    .cmd("EVALSHA")
                     .arg(self.scripts.ingest.get_hash())
-                    .arg(6)
-                    .arg(keys.driver(u.driver_id))
+                    .arg(5 + group.len())
                     .arg(&keys.seen)
                     .arg(&keys.avail)
                     .arg(&keys.online)
                     .arg(&keys.load)
-                    .arg(&keys.tracking)
-                    .arg(u.driver_id)
-                    .arg(u.point.lat)
-                    .arg(u.point.lon)
-                    .arg(u.recorded_at_ms)
-                    .arg(now)
-                    .arg(ttl)
-                    .arg(&keys.channel_prefix);
+                    .arg(&keys.tracking);
+                for u in group {
+                    cmd.arg(keys.driver(u.driver_id));
+                }
+                cmd.arg(now).arg(ttl).arg(&keys.channel_prefix);
+                for u in group {
+                    cmd.arg(u.driver_id)
+                        .arg(u.point.lat)
+                        .arg(u.point.lon)
+                        .arg(u.recorded_at_ms);
+                }
             }
         };
-        let codes: Vec<i64> = self.run_pipeline(&self.scripts.ingest, build).await?;
+        let groups: Vec<Vec<i64>> = self.run_pipeline(&self.scripts.ingest, build).await?;
+        let codes = groups.into_iter().flatten();
         let outcomes: Vec<Ingested> = codes
             .into_iter()
             .map(|code| match code {

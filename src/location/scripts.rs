@@ -3,36 +3,64 @@
 //! Every script touches only keys of one market (they share a `{…}` hash tag), so the same
 //! scripts run unchanged on Valkey Cluster.
 
-/// Ingest one report.
+/// Ingest a group of reports.
 ///
-/// KEYS: 1 driver hash, 2 seen zset, 3 available geo set, 4 online set, 5 load hash,
-///       6 tracking hash.
-/// ARGV: 1 driver id, 2 lat, 3 lon, 4 recorded_at ms, 5 now ms, 6 hash TTL ms,
-///       7 live-tracking channel prefix.
-/// Returns 0 when the report is older than the last one (ignored), 1 when accepted and the
-/// driver is searchable, 2 when accepted but not searchable (offline or fully loaded).
+/// KEYS: 1 seen zset, 2 available geo set, 3 online set, 4 load hash, 5 tracking hash, then
+///       one driver hash per report.
+/// ARGV: 1 now ms, 2 hash TTL ms, 3 live-tracking channel prefix, then four values per report:
+///       driver id, lat, lon, recorded_at ms.
+/// Returns one code per report: 0 when it is older than the driver's last one (ignored), 1
+/// when accepted and the driver is searchable, 2 when accepted but not searchable (offline or
+/// fully loaded). Reports apply in order, so a driver twice in one group ends at its newest.
+/// Per report only the driver's own hash is touched (3 calls); the shared structures are read
+/// and written once per group.
 pub const INGEST: &str = r#"
-local last = tonumber(redis.call('HGET', KEYS[1], 'recorded_at'))
-if last and last > tonumber(ARGV[4]) then
-  return 0
+local n = #KEYS - 5
+local now, ttl, prefix = ARGV[1], ARGV[2], ARGV[3]
+local ids = {}
+for i = 1, n do
+  ids[i] = ARGV[4 + (i - 1) * 4]
 end
-redis.call('HSET', KEYS[1], 'lat', ARGV[2], 'lon', ARGV[3], 'recorded_at', ARGV[4], 'updated_at', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-local online = redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1
-local load = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
-local result = 2
-if online and load < 2 then
-  redis.call('GEOADD', KEYS[3], ARGV[3], ARGV[2], ARGV[1])
-  result = 1
-else
-  redis.call('ZREM', KEYS[3], ARGV[1])
+local online = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
+local loads = redis.call('HMGET', KEYS[4], unpack(ids))
+local tracking = redis.call('HMGET', KEYS[5], unpack(ids))
+local result, seen, geo, gone = {}, {}, {}, {}
+for i = 1, n do
+  local base = 4 + (i - 1) * 4
+  local id, lat, lon, recorded = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local key = KEYS[5 + i]
+  local last = tonumber(redis.call('HGET', key, 'recorded_at'))
+  if last and last > tonumber(recorded) then
+    result[i] = 0
+  else
+    redis.call('HSET', key, 'lat', lat, 'lon', lon, 'recorded_at', recorded, 'updated_at', now)
+    redis.call('PEXPIRE', key, ttl)
+    seen[#seen + 1] = now
+    seen[#seen + 1] = id
+    if online[i] == 1 and tonumber(loads[i] or '0') < 2 then
+      geo[#geo + 1] = lon
+      geo[#geo + 1] = lat
+      geo[#geo + 1] = id
+      result[i] = 1
+    else
+      gone[#gone + 1] = id
+      result[i] = 2
+    end
+    if tracking[i] then
+      redis.call('PUBLISH', prefix .. tracking[i] .. ':location',
+        '{"driverId":' .. id .. ',"orderId":' .. tracking[i] .. ',"lat":' .. lat ..
+        ',"lon":' .. lon .. ',"timestamp":' .. recorded .. '}')
+    end
+  end
 end
-local order = redis.call('HGET', KEYS[6], ARGV[1])
-if order then
-  redis.call('PUBLISH', ARGV[7] .. order .. ':location',
-    '{"driverId":' .. ARGV[1] .. ',"orderId":' .. order .. ',"lat":' .. ARGV[2] ..
-    ',"lon":' .. ARGV[3] .. ',"timestamp":' .. ARGV[4] .. '}')
+if #seen > 0 then
+  redis.call('ZADD', KEYS[1], unpack(seen))
+end
+if #gone > 0 then
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+if #geo > 0 then
+  redis.call('GEOADD', KEYS[2], unpack(geo))
 end
 return result
 "#;

@@ -564,3 +564,45 @@ async fn nearby_matches_a_brute_force_search_on_random_points() {
         assert!(distances.iter().all(|d| *d <= radius_km * 1_000.0 + 10.0));
     }
 }
+
+#[tokio::test]
+async fn a_driver_twice_in_one_batch_ends_at_its_newest_report() {
+    let app = spawn_app().await;
+    let driver = insert_driver(&app.db).await;
+    go_online(&app, driver).await;
+    let now = chrono::Utc::now();
+    let at = |seconds_ago: i64, lat: f64| {
+        serde_json::json!({"driver_id": driver, "lat": lat, "lon": CENTER.1,
+                           "recorded_at": (now - chrono::Duration::seconds(seconds_ago)).to_rfc3339()})
+    };
+    let far = CENTER.0 + 0.05;
+    // Newest first, then an older one: the older is stale.
+    let body = serde_json::json!({"updates": [at(1, CENTER.0), at(5, far)]});
+    let result: serde_json::Value = app
+        .post_as("/v1/drivers/locations:batch", Role::Operator, 1, &body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(result["results"][0]["result"], "available");
+    assert_eq!(result["results"][1]["result"], "stale");
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 0.5, 10).await,
+        vec![driver]
+    );
+    // In order: both accepted, the later position wins.
+    let body = serde_json::json!({"updates": [at(0, CENTER.0), {"driver_id": driver, "lat": far, "lon": CENTER.1}]});
+    let result: serde_json::Value = app
+        .post_as("/v1/drivers/locations:batch", Role::Operator, 1, &body)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(result["accepted"], 2);
+    assert!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 0.5, 10)
+            .await
+            .is_empty()
+    );
+    assert_eq!(nearby_ids(&app, far, CENTER.1, 0.5, 10).await, vec![driver]);
+}
