@@ -125,6 +125,15 @@ impl Samples {
     }
 }
 
+/// Ticks every `period`, the first one offset by `lane / lanes` of a period: loops started
+/// together then spread their requests evenly instead of firing in synchronized bursts.
+fn staggered(period: Duration, lane: usize, lanes: usize) -> tokio::time::Interval {
+    let offset = period.mul_f64(lane as f64 / lanes.max(1) as f64);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticks
+}
+
 fn elapsed_us(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
@@ -391,6 +400,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     let positions = Arc::new(positions);
     let deadline = Instant::now() + opts.duration;
     let per_task_interval = Duration::from_secs_f64(opts.concurrency as f64 / f64::from(opts.rate));
+    let concurrency = opts.concurrency;
     let accepted_single = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
@@ -406,8 +416,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         senders.push(tokio::spawn(async move {
             let mut rng = Rng(task as u64 + 1);
             let mut samples = Samples::default();
-            let mut ticks = tokio::time::interval(per_task_interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut ticks = staggered(per_task_interval, task, concurrency);
             while Instant::now() < deadline {
                 ticks.tick().await;
                 let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
@@ -448,8 +457,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         query_tasks.push(tokio::spawn(async move {
             let mut rng = Rng(7 + u64::from(lane));
             let mut samples = Samples::default();
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut ticks = staggered(interval, lane as usize, QUERY_LOOPS as usize);
             let mut n = 0;
             while Instant::now() < deadline {
                 ticks.tick().await;
@@ -502,8 +510,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         raw_tasks.push(tokio::spawn(async move {
             let mut rng = Rng(task as u64 + 1_000);
             let mut samples = Samples::default();
-            let mut ticks = tokio::time::interval(per_task_interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut ticks = staggered(per_task_interval, task, concurrency);
             while Instant::now() < raw_deadline {
                 ticks.tick().await;
                 let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
