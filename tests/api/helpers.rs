@@ -22,6 +22,17 @@ use tokio::sync::OnceCell;
 /// Prefix of every database the tests create; `just test` drops leftovers by it.
 pub const TEST_DB_PREFIX: &str = "courier_test_";
 
+/// A new test database name: the prefix, the creation time (unix seconds) and a random part.
+/// `ops/drop-test-databases` drops only names older than an hour, so a concurrent run on the
+/// same server keeps its databases.
+pub fn test_database_name() -> String {
+    format!(
+        "{TEST_DB_PREFIX}{}_{}",
+        chrono::Utc::now().timestamp(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// The signing secret of test tokens.
 pub const TEST_SECRET: &[u8] = b"integration-test-secret-integration-test-secret";
 
@@ -131,7 +142,7 @@ async fn template() -> &'static str {
 /// Creates a fresh, migrated database and returns its name.
 pub async fn fresh_database() -> String {
     let template = template().await;
-    let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let name = test_database_name();
     let mut admin = PgConnection::connect_with(&connect_options("postgres"))
         .await
         .expect("test Postgres reachable");

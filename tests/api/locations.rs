@@ -33,6 +33,22 @@ async fn go_online(app: &TestApp, driver: i64) {
     assert_eq!(response.status().as_u16(), 200);
 }
 
+/// `N` new drivers, online, each having reported from [`CENTER`].
+async fn online_at_center<const N: usize>(app: &TestApp) -> [i64; N] {
+    let mut drivers = [0; N];
+    for driver in &mut drivers {
+        *driver = insert_driver(&app.db).await;
+        go_online(app, *driver).await;
+        report(
+            app,
+            *driver,
+            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+        )
+        .await;
+    }
+    drivers
+}
+
 async fn nearby_ids(app: &TestApp, lat: f64, lon: f64, radius_km: f64, limit: usize) -> Vec<i64> {
     let response = app
         .get_as(
@@ -206,17 +222,7 @@ async fn an_older_report_is_ignored_not_an_error() {
 #[tokio::test]
 async fn a_silent_driver_disappears_from_queries_and_the_set() {
     let app = spawn_app().await;
-    let silent = insert_driver(&app.db).await;
-    let chatty = insert_driver(&app.db).await;
-    for driver in [silent, chatty] {
-        go_online(&app, driver).await;
-        report(
-            &app,
-            driver,
-            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
-        )
-        .await;
-    }
+    let [silent, chatty] = online_at_center(&app).await;
     assert_eq!(nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await.len(), 2);
 
     // Make the silent driver's last report 31 s old, as if its phone died.
@@ -260,17 +266,7 @@ async fn a_silent_driver_disappears_from_queries_and_the_set() {
 #[tokio::test]
 async fn a_driver_with_two_active_orders_is_not_available() {
     let app = spawn_app().await;
-    let busy = insert_driver(&app.db).await;
-    let free = insert_driver(&app.db).await;
-    for driver in [busy, free] {
-        go_online(&app, driver).await;
-        report(
-            &app,
-            driver,
-            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
-        )
-        .await;
-    }
+    let [busy, free] = online_at_center(&app).await;
     app.state
         .location
         .set_assignment(busy, Some(1), 2)

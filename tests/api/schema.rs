@@ -5,7 +5,7 @@ use courier::config::DatabaseSettings;
 use courier::store;
 use sqlx::PgPool;
 
-use crate::helpers::{TEST_DB_PREFIX, database_url};
+use crate::helpers::{database_url, test_database_name};
 
 async fn names(pool: &PgPool, sql: &'static str) -> Vec<String> {
     sqlx::query_scalar(sql)
@@ -16,7 +16,7 @@ async fn names(pool: &PgPool, sql: &'static str) -> Vec<String> {
 
 #[tokio::test]
 async fn migrate_builds_the_whole_schema_and_is_idempotent() {
-    let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let name = test_database_name();
     let settings = DatabaseSettings {
         url: database_url(&name),
         max_connections: 2,
