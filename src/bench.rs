@@ -514,14 +514,8 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             while Instant::now() < raw_deadline {
                 ticks.tick().await;
                 let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
-                let update = LocationUpdate {
-                    driver_id: ids[i],
-                    point: positions[i],
-                    heading: None,
-                    speed_mps: None,
-                    accuracy_m: None,
-                    recorded_at_ms: chrono::Utc::now().timestamp_millis(),
-                };
+                let update =
+                    LocationUpdate::position(ids[i], positions[i], crate::location::now_ms());
                 let sent = Instant::now();
                 if let Ok(outcome) = location.ingest(&[update]).await {
                     samples.0.push(elapsed_us(sent));
@@ -546,19 +540,12 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
 
     // Steady state for the queries: every driver reported within the last 30 s (as with a
     // report every 10 s), so stale members do not force wider rings.
-    let now_ms = chrono::Utc::now().timestamp_millis();
+    let now_ms = crate::location::now_ms();
     for (chunk_ids, chunk_points) in ids.chunks(1_000).zip(positions.chunks(1_000)) {
         let updates: Vec<LocationUpdate> = chunk_ids
             .iter()
             .zip(chunk_points)
-            .map(|(id, p)| LocationUpdate {
-                driver_id: *id,
-                point: *p,
-                heading: None,
-                speed_mps: None,
-                accuracy_m: None,
-                recorded_at_ms: now_ms,
-            })
+            .map(|(id, p)| LocationUpdate::position(*id, *p, now_ms))
             .collect();
         let outcomes = location.ingest(&updates).await?;
         accepted_raw += outcomes.iter().filter(|o| **o != Ingested::Stale).count() as u64;

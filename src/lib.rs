@@ -18,7 +18,7 @@
 //! - [`jobs`]: apalis workers and their registry.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
-//! - [`bench`]: `courier bench location`.
+//! - [`mod@bench`]: `courier bench location`.
 //! - [`seed`]: the synthetic city of `courier seed`.
 //! - [`shutdown`]: signal handling and the shutdown token shared by background tasks.
 

@@ -11,7 +11,7 @@ use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::location::update::{Invalid, LocationUpdate, RawUpdate};
-use crate::location::{Ingested, NearbyDriver};
+use crate::location::{Ingested, NearbyDriver, now_ms};
 
 /// Most reports in one batch.
 pub const MAX_BATCH: usize = 1_000;
@@ -29,10 +29,6 @@ pub fn router() -> Router<AppState> {
         .route("/drivers/locations:batch", post(report_batch))
         .route("/drivers/{id}/status", post(set_status))
         .route("/drivers/nearby", get(nearby))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl From<Invalid> for ApiError {

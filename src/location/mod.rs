@@ -30,7 +30,7 @@
 //!
 //! # History
 //! Accepted fixes go to the day-partitioned `driver_locations` table through
-//! [`history::HistoryWriter`]: batched multi-row inserts, never on the request path, a bounded
+//! [`history::HistorySender`] (drained by a [`history::HistoryTask`]): batched multi-row inserts, never on the request path, a bounded
 //! buffer whose overflow is counted and logged, and a flush on shutdown.
 
 pub mod history;
@@ -95,6 +95,7 @@ pub struct LocationService {
     history: HistorySender,
     known_drivers: Arc<RwLock<HashSet<i64>>>,
     scripts: Arc<Scripts>,
+    keys: Arc<Keys>,
 }
 
 #[derive(Debug)]
@@ -136,7 +137,8 @@ impl Keys {
     }
 }
 
-fn now_ms() -> i64 {
+/// Now, in unix milliseconds (the unit of every location timestamp).
+pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -148,6 +150,7 @@ impl LocationService {
     /// A service on `valkey` and `db` whose history goes to `history`.
     pub fn new(valkey: Valkey, db: PgPool, history: HistorySender) -> Self {
         Self {
+            keys: Arc::new(Keys::new(&valkey)),
             valkey,
             db,
             history,
@@ -159,10 +162,6 @@ impl LocationService {
                 nearby: redis::Script::new(scripts::NEARBY),
             }),
         }
-    }
-
-    fn keys(&self) -> Keys {
-        Keys::new(&self.valkey)
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -213,7 +212,7 @@ impl LocationService {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = self.keys();
+        let keys = &self.keys;
         let now = now_ms();
         let ttl = freshness_ms();
         let build = |pipe: &mut redis::Pipeline| {
@@ -279,7 +278,7 @@ impl LocationService {
     /// Sets a driver online (searchable again at its last fresh position) or offline (gone
     /// from searches at once). Returns whether the driver is now searchable.
     pub async fn set_online(&self, driver_id: i64, online: bool) -> redis::RedisResult<bool> {
-        let keys = self.keys();
+        let keys = &self.keys;
         let mut conn = self.conn();
         let searchable: i64 = self
             .scripts
@@ -300,7 +299,7 @@ impl LocationService {
     /// returns how many. Safe to run from several processes at once.
     pub async fn sweep(&self) -> redis::RedisResult<u64> {
         const BATCH: u64 = 1_000;
-        let keys = self.keys();
+        let keys = &self.keys;
         let mut conn = self.conn();
         let cutoff = now_ms() - freshness_ms();
         let mut removed = 0;
@@ -323,7 +322,7 @@ impl LocationService {
 
     /// How many drivers have reported within [`FRESHNESS`].
     pub async fn active_count(&self) -> redis::RedisResult<u64> {
-        let keys = self.keys();
+        let keys = &self.keys;
         let mut conn = self.conn();
         redis::cmd("ZCOUNT")
             .arg(&keys.seen)
@@ -341,7 +340,7 @@ impl LocationService {
         radius_km: f64,
         limit: usize,
     ) -> redis::RedisResult<Vec<NearbyDriver>> {
-        let keys = self.keys();
+        let keys = &self.keys;
         let mut conn = self.conn();
         let cutoff = now_ms() - freshness_ms();
         let rings = RINGS_KM
@@ -382,7 +381,7 @@ impl LocationService {
         tracking_order: Option<i64>,
         active_orders: u32,
     ) -> redis::RedisResult<()> {
-        let keys = self.keys();
+        let keys = &self.keys;
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -399,7 +398,7 @@ impl LocationService {
 
     /// The channel on which an order's driver positions are published.
     pub fn tracking_channel(&self, order_id: i64) -> String {
-        format!("{}{order_id}:location", self.keys().channel_prefix)
+        format!("{}{order_id}:location", self.keys.channel_prefix)
     }
 }
 

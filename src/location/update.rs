@@ -38,6 +38,20 @@ pub struct LocationUpdate {
     pub recorded_at_ms: i64,
 }
 
+impl LocationUpdate {
+    /// A bare position fix (no heading, speed or accuracy).
+    pub fn position(driver_id: i64, point: Point, recorded_at_ms: i64) -> Self {
+        Self {
+            driver_id,
+            point,
+            heading: None,
+            speed_mps: None,
+            accuracy_m: None,
+            recorded_at_ms,
+        }
+    }
+}
+
 /// Why a report was refused: a stable code and a message naming the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

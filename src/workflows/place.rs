@@ -212,8 +212,6 @@ pub async fn place(
     let fee = pricing::delivery_fee_cents(restaurant.distance_m);
     let total = subtotal.checked_add(fee).ok_or(PlaceError::TotalTooLarge)?;
 
-    let address = serde_json::to_value(&order.delivery_address)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let order_id: i64 = sqlx::query_scalar(
         "INSERT INTO orders (customer_id, restaurant_id, status, subtotal_cents, delivery_fee_cents,
                              total_cents, delivery_address, delivery_location)
@@ -225,7 +223,7 @@ pub async fn place(
     .bind(subtotal)
     .bind(fee)
     .bind(total)
-    .bind(&address)
+    .bind(sqlx::types::Json(&order.delivery_address))
     .bind(order.delivery_address.lon)
     .bind(order.delivery_address.lat)
     .fetch_one(&mut *tx)

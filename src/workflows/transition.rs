@@ -118,7 +118,6 @@ pub async fn record_change(
         "reason": change.reason,
         "event_id": event.event_id,
     });
-    let payload = serde_json::to_value(&event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
         "WITH audit AS (
              INSERT INTO audit_logs (event_type, entity_type, entity_id, actor_type, actor_id, changes, metadata)
@@ -133,7 +132,7 @@ pub async fn record_change(
     .bind(changes)
     .bind(metadata)
     .bind(event.event_id)
-    .bind(payload)
+    .bind(sqlx::types::Json(&event))
     .execute(conn)
     .await?;
     Ok(())
