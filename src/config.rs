@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::dispatch::DispatchSettings;
+
 /// The development signing secret used when `--dev` is given without `COURIER_JWT_SECRET`.
 /// Tokens signed with it are worthless outside a developer's machine, which is the point.
 pub const DEV_JWT_SECRET: &str = "courier-development-secret-never-use-in-production";
@@ -72,6 +74,31 @@ pub struct CommonArgs {
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 
+    /// Lifetime of an order's first offer to a driver, e.g. `30s`.
+    #[arg(long, env = "COURIER_OFFER_TTL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub offer_ttl: Duration,
+
+    /// Lifetime of an order's later offers, e.g. `20s`.
+    #[arg(long, env = "COURIER_LATER_OFFER_TTL", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub later_offer_ttl: Duration,
+
+    /// Delay before the second matching round when the first found no driver; doubles per round.
+    #[arg(long, env = "COURIER_MATCH_RETRY_BASE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub match_retry_base: Duration,
+
+    /// Longest delay between matching rounds.
+    #[arg(long, env = "COURIER_MATCH_RETRY_CAP", default_value = "2m", value_parser = humantime::parse_duration, global = true)]
+    pub match_retry_cap: Duration,
+
+    /// Empty matching rounds after which an order is flagged for operators.
+    #[arg(
+        long,
+        env = "COURIER_MATCH_ALERT_ROUNDS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub match_alert_rounds: u32,
+
     /// Log format: one JSON object per line, or human-readable text.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
@@ -131,6 +158,16 @@ pub enum ConfigError {
     DbMaxConnections,
     #[error("COURIER_MAX_BODY_BYTES must be between 1 KiB and 64 MiB")]
     MaxBodyBytes,
+    #[error(
+        "COURIER_OFFER_TTL and COURIER_LATER_OFFER_TTL must be between 1 second and 10 minutes"
+    )]
+    OfferTtl,
+    #[error(
+        "COURIER_MATCH_RETRY_BASE must be at least 1 second and at most COURIER_MATCH_RETRY_CAP (at most 1 hour)"
+    )]
+    MatchRetry,
+    #[error("COURIER_MATCH_ALERT_ROUNDS must be between 1 and 1000")]
+    MatchAlertRounds,
 }
 
 /// Where Postgres is and how many connections to open.
@@ -179,6 +216,7 @@ pub struct Config {
     pub valkey: ValkeySettings,
     pub jwt_secret: JwtSecret,
     pub dev: bool,
+    pub dispatch: DispatchSettings,
 }
 
 impl Config {
@@ -197,6 +235,7 @@ impl Config {
         }
         validate_key_prefix(&args.key_prefix)?;
         let jwt_secret = jwt_secret(args.jwt_secret.as_deref(), args.dev)?;
+        let dispatch = dispatch_settings(args)?;
         Ok(Self {
             database: DatabaseSettings {
                 url: args.database_url.clone(),
@@ -208,8 +247,33 @@ impl Config {
             },
             jwt_secret,
             dev: args.dev,
+            dispatch,
         })
     }
+}
+
+fn dispatch_settings(args: &CommonArgs) -> Result<DispatchSettings, ConfigError> {
+    let ttl = Duration::from_secs(1)..=Duration::from_secs(600);
+    if !ttl.contains(&args.offer_ttl) || !ttl.contains(&args.later_offer_ttl) {
+        return Err(ConfigError::OfferTtl);
+    }
+    if args.match_retry_base < Duration::from_secs(1)
+        || args.match_retry_base > args.match_retry_cap
+        || args.match_retry_cap > Duration::from_secs(3600)
+    {
+        return Err(ConfigError::MatchRetry);
+    }
+    if !(1..=1000).contains(&args.match_alert_rounds) {
+        return Err(ConfigError::MatchAlertRounds);
+    }
+    Ok(DispatchSettings {
+        first_offer_ttl: args.offer_ttl,
+        later_offer_ttl: args.later_offer_ttl,
+        retry_base: args.match_retry_base,
+        retry_cap: args.match_retry_cap,
+        alert_after_rounds: args.match_alert_rounds,
+        ..DispatchSettings::default()
+    })
 }
 
 impl HttpSettings {

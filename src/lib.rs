@@ -15,6 +15,7 @@
 //! - [`cache`]: cache-aside on Valkey (restaurants, nearby searches).
 //! - [`geo`]: coordinates, distances and cache cells (pure).
 //! - [`location`]: driver positions in Valkey, nearby search, expiry, history.
+//! - [`dispatch`]: driver matching: scoring, batching, offers, the circuit breaker.
 //! - [`jobs`]: apalis workers and their registry.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
@@ -28,6 +29,7 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod geo;
 pub mod jobs;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
 use crate::config::{Config, HttpSettings};
+use crate::dispatch::Dispatcher;
 use crate::location::history::{self, HistoryTask};
 use crate::location::{LocationService, sweeper};
 use crate::shutdown::{self, CancellationToken};
@@ -182,6 +183,11 @@ pub async fn run_process(
             jobs::run(
                 jobs::JobContext {
                     db: state.db.clone(),
+                    dispatch: Dispatcher::new(
+                        state.db.clone(),
+                        state.location.clone(),
+                        config.dispatch.clone(),
+                    ),
                 },
                 token.clone(),
                 drain,

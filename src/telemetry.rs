@@ -16,6 +16,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
+use crate::dispatch::{MATCH_BUCKETS, MATCH_DURATION};
+use crate::location::{GEO_BUCKETS, GEO_QUERY_DURATION};
 
 /// The service name written on every log line.
 pub const SERVICE_NAME: &str = "courier";
@@ -100,11 +102,17 @@ where
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(HTTP_REQUEST_DURATION.to_owned()),
-                &HTTP_BUCKETS,
-            )
+        // The spec's buckets; a histogram without buckets would be exported as a summary.
+        let buckets: [(&str, &[f64]); 3] = [
+            (HTTP_REQUEST_DURATION, &HTTP_BUCKETS),
+            (GEO_QUERY_DURATION, &GEO_BUCKETS),
+            (MATCH_DURATION, &MATCH_BUCKETS),
+        ];
+        let builder = buckets
+            .into_iter()
+            .try_fold(PrometheusBuilder::new(), |builder, (name, buckets)| {
+                builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -115,6 +123,16 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             HTTP_REQUEST_DURATION,
             metrics::Unit::Seconds,
             "Duration of HTTP requests"
+        );
+        metrics::describe_histogram!(
+            GEO_QUERY_DURATION,
+            metrics::Unit::Seconds,
+            "Valkey geo query latency"
+        );
+        metrics::describe_histogram!(
+            MATCH_DURATION,
+            metrics::Unit::Seconds,
+            "Time from confirmation to driver assignment"
         );
         metrics::gauge!("courier_build_info", "version" => VERSION).set(1.0);
         handle

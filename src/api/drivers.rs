@@ -1,4 +1,5 @@
-//! `/v1/drivers`: location reports (one, or a batch of up to 1,000), online/offline status, and
+//! `/v1/drivers`: location reports (one, or a batch of up to 1,000), online/offline status (going
+//! offline declines the driver's pending offers), and
 //! the operators' nearby-available-drivers view. The work is in [`crate::location`].
 
 use axum::extract::State;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
 use crate::auth::{Principal, Role};
+use crate::dispatch::offers;
 use crate::error::ApiError;
 use crate::location::update::{Invalid, LocationUpdate, RawUpdate};
 use crate::location::{Ingested, NearbyDriver, now_ms};
@@ -265,17 +267,26 @@ async fn set_status(
         require_self(&principal, id)?;
     }
     let online = body.status == DriverStatus::Online;
+    let mut tx = state.db.begin().await?;
+    // Going offline declines the driver's pending offers (each order moves on at once).
+    // Offers first: they lock orders, and the lock order everywhere is order, then driver.
+    let declined = if online {
+        0
+    } else {
+        offers::decline_all_for_driver(&mut tx, id).await?
+    };
     let updated =
         sqlx::query("UPDATE drivers SET is_active = $2, updated_at = now() WHERE id = $1")
             .bind(id)
             .bind(online)
-            .execute(&state.db)
+            .execute(&mut *tx)
             .await?;
     if updated.rows_affected() == 0 {
         return Err(ApiError::not_found(format!("driver {id} does not exist")));
     }
+    tx.commit().await?;
     let searchable = state.location.set_online(id, online).await?;
-    tracing::info!(driver_id = id, online, "driver status changed");
+    tracing::info!(driver_id = id, online, declined, "driver status changed");
     Ok(Json(StatusResponse {
         driver_id: id,
         status: body.status,

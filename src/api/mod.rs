@@ -9,6 +9,7 @@ pub mod drivers;
 pub mod extract;
 pub mod health;
 pub mod middleware;
+pub mod offers;
 pub mod orders;
 pub mod restaurants;
 pub mod users;
@@ -51,6 +52,7 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(drivers::router())
         .merge(restaurants::router())
         .merge(orders::router())
+        .merge(offers::router())
         .layer(axum::middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_auth,

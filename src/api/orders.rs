@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, ClientMeta};
 use crate::auth::{Principal, Role};
+use crate::dispatch::offers;
 use crate::error::ApiError;
 use crate::geo::Point;
 use crate::store::orders::{self, ListFilter, OrderView};
@@ -214,7 +215,7 @@ impl From<PlaceError> for ApiError {
     }
 }
 
-fn jobs_unavailable(detail: impl std::fmt::Display) -> ApiError {
+pub(crate) fn jobs_unavailable(detail: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(
         "jobs_unavailable",
         "the order workflow is unavailable; nothing was changed; retry shortly",
@@ -338,7 +339,11 @@ async fn apply(
         reason,
         expected_version: expected_version(headers)?,
     };
-    transition::execute(&state.db, &request).await?;
+    let done = transition::execute(&state.db, &request).await?;
+    if let Some(driver_id) = done.driver_id {
+        // Delivered or cancelled orders stop counting against the driver's capacity.
+        offers::sync_driver_load(&state.db, &state.location, driver_id).await;
+    }
     let mut conn = state.db.acquire().await?;
     let view = orders::fetch_view(&mut conn, id)
         .await?

@@ -1,15 +1,15 @@
-//! `match_driver`: enqueued when a restaurant confirms an order (one second later, as in the
-//! spec). It finds the best available driver and offers the order.
+//! `match_driver`: one matching round of an order ([`crate::dispatch::matcher`]). Enqueued
+//! when a restaurant confirms an order (one second later, as in the spec), when an offer is
+//! declined or expires (at once), and by a round that found nobody (after a backoff).
 //!
-//! **Stub until the matching issue lands**: this handler already does the at-least-once part —
-//! it locks the order and does nothing if the order is no longer waiting for a driver — and
-//! then only logs that matching is not implemented yet. Scoring, offers, radius expansion and
-//! retry rounds come with `src/dispatch/`.
+//! At-least-once safe: the round re-checks the order under its row lock and does nothing if
+//! the order no longer waits, already has a pending offer, or belongs to a newer round.
 
 use apalis::prelude::{BoxDynError, Data};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{Job, JobContext, bounded};
+use crate::dispatch::matcher::MatchError;
+use crate::jobs::{Job, JobContext, JobError, bounded};
 
 /// Arguments of the job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,23 +27,21 @@ impl Job for MatchDriver {
 /// The handler.
 pub async fn run(job: MatchDriver, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
     bounded(MatchDriver::QUEUE, async {
-        let mut tx = ctx.db.begin().await?;
-        let waiting: Option<bool> = sqlx::query_scalar(
-            "SELECT status IN ('CONFIRMED', 'PREPARING', 'READY_FOR_PICKUP') AND driver_id IS NULL
-             FROM orders WHERE id = $1 FOR UPDATE",
-        )
-        .bind(job.order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if waiting == Some(true) {
-            tracing::info!(
-                order_id = job.order_id,
-                round = job.round,
-                "order awaits a driver (matching not implemented yet)"
-            );
+        match ctx.dispatch.run_round(job.order_id, job.round).await {
+            Ok(outcome) => {
+                tracing::debug!(
+                    order_id = job.order_id,
+                    round = job.round,
+                    ?outcome,
+                    "matching round done"
+                );
+                Ok(())
+            }
+            Err(MatchError::NotFound(id)) => Err(JobError::Abort(anyhow::anyhow!(
+                "order {id} does not exist"
+            ))),
+            Err(other) => Err(JobError::Retry(other.into())),
         }
-        Ok(())
     })
     .await
 }

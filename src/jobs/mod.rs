@@ -35,6 +35,7 @@ pub mod capture_payment;
 pub mod confirm_timeout;
 pub mod housekeeping;
 pub mod match_driver;
+pub mod offer_timeout;
 pub mod request_review;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +47,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 
+use crate::dispatch::Dispatcher;
 use crate::shutdown::CancellationToken;
 
 /// How often a worker tells Postgres it is alive.
@@ -145,6 +147,8 @@ where
 #[derive(Clone, Debug)]
 pub struct JobContext {
     pub db: PgPool,
+    /// Driver matching (location service, settings, circuit breaker).
+    pub dispatch: Dispatcher,
 }
 
 /// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
@@ -195,6 +199,7 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
         confirm_timeout::run
     );
     let monitor = register!(monitor, match_driver::MatchDriver, match_driver::run);
+    let monitor = register!(monitor, offer_timeout::OfferTimeout, offer_timeout::run);
     let monitor = register!(
         monitor,
         capture_payment::CapturePayment,

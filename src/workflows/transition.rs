@@ -2,7 +2,8 @@
 //!
 //! In that transaction: the optimistic-locked update (`WHERE id = $1 AND version = $2`, the
 //! per-state timestamp, `version + 1`), the audit row (actor, IP, user agent, before/after), the
-//! outbox event (the spec's Kafka payload), and the follow-up jobs the new state needs. If any
+//! outbox event (the spec's Kafka payload), the follow-up jobs the new state needs, and (on
+//! cancellation) the end of the order's pending driver offer. If any
 //! part fails nothing is written: an order never changes state without its audit row, its event
 //! and its jobs, and no job exists for a change that rolled back.
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
+use crate::dispatch::offers;
 use crate::jobs::capture_payment::CapturePayment;
 use crate::jobs::match_driver::MatchDriver;
 use crate::jobs::request_review::RequestReview;
@@ -52,6 +54,8 @@ pub struct Transitioned {
     pub from: OrderStatus,
     pub to: OrderStatus,
     pub version: i32,
+    /// The order's driver, if it has one (its load changes when the order ends).
+    pub driver_id: Option<i64>,
 }
 
 /// Why a transition was not applied. Nothing was written in any case.
@@ -237,6 +241,9 @@ pub async fn execute(
     )
     .await?;
     enqueue_follow_ups(&mut tx, request.order_id, to).await?;
+    if to == OrderStatus::Cancelled {
+        offers::cancel_pending(&mut tx, request.order_id).await?;
+    }
     tx.commit().await?;
     metrics::counter!("orders_total", "status" => to.as_str()).increment(1);
     tracing::info!(
@@ -252,5 +259,6 @@ pub async fn execute(
         from,
         to,
         version: current.version + 1,
+        driver_id: current.driver_id,
     })
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use courier::api::AppState;
 use courier::auth::{Principal, Role, TokenKeys};
 use courier::config::{Config, DatabaseSettings, HttpSettings, JwtSecret, ValkeySettings};
+use courier::dispatch::{DispatchSettings, Dispatcher};
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
 use courier::store;
@@ -218,6 +219,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         },
         jwt_secret: JwtSecret::from_bytes(TEST_SECRET.to_vec()).expect("long enough"),
         dev: false,
+        dispatch: DispatchSettings::default(),
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
@@ -519,9 +521,20 @@ impl TestApp {
 
     /// Runs the job workers in process on this app's database until the guard is dropped.
     pub fn spawn_workers(&self) -> WorkerGuard {
+        self.spawn_workers_with(fast_dispatch())
+    }
+
+    /// A dispatcher on this app's database and Valkey.
+    pub fn dispatcher(&self, settings: DispatchSettings) -> Dispatcher {
+        Dispatcher::new(self.db.clone(), self.state.location.clone(), settings)
+    }
+
+    /// Runs the job workers with `settings` for matching.
+    pub fn spawn_workers_with(&self, settings: DispatchSettings) -> WorkerGuard {
         let stop = CancellationToken::new();
         let ctx = courier::jobs::JobContext {
             db: self.db.clone(),
+            dispatch: self.dispatcher(settings),
         };
         tokio::spawn(courier::jobs::run(
             ctx,
@@ -529,6 +542,19 @@ impl TestApp {
             Duration::from_secs(2),
         ));
         WorkerGuard(stop)
+    }
+}
+
+/// Matching settings for tests: offers live 3 s, empty rounds retry after 1 s then 2 s, and an
+/// order is flagged after 3 empty rounds.
+pub fn fast_dispatch() -> DispatchSettings {
+    DispatchSettings {
+        first_offer_ttl: Duration::from_secs(3),
+        later_offer_ttl: Duration::from_secs(3),
+        retry_base: Duration::from_secs(1),
+        retry_cap: Duration::from_secs(2),
+        alert_after_rounds: 3,
+        ..DispatchSettings::default()
     }
 }
 

@@ -9,6 +9,7 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod locations;
+mod matching;
 mod orders;
 mod restaurants;
 mod schema;

@@ -10,7 +10,7 @@ use courier::jobs::request_review::RequestReview;
 use crate::helpers::{assert_error, cast, insert_driver, spawn_app};
 
 async fn assign(db: &sqlx::PgPool, order: i64, driver: i64) {
-    // Until matching lands, tests assign the driver directly.
+    // Assignment through offers is tested in `matching`; here the driver is set directly.
     sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
         .bind(order)
         .bind(driver)

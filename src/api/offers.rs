@@ -1,0 +1,132 @@
+//! Driver offers: a driver's pending offers, and accepting or declining one. The work is in
+//! [`crate::dispatch::offers`].
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::api::AppState;
+use crate::api::extract::ApiPath;
+use crate::api::orders::jobs_unavailable;
+use crate::auth::{Principal, Role};
+use crate::dispatch::offers::{self, OfferError, OfferStatus, OfferView};
+use crate::error::ApiError;
+use crate::store::orders::{self as order_store, OrderView};
+
+/// Routes of this group.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/drivers/{id}/offers", get(pending))
+        .route("/offers/{id}/accept", post(accept))
+        .route("/offers/{id}/decline", post(decline))
+}
+
+impl From<OfferError> for ApiError {
+    fn from(error: OfferError) -> Self {
+        match error {
+            OfferError::NotFound => ApiError::not_found("no such offer"),
+            OfferError::NotYours => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "offer_not_yours",
+                "this offer was made to another driver",
+            ),
+            OfferError::Expired | OfferError::NotPending(OfferStatus::Expired) => {
+                ApiError::conflict("offer_expired", "the offer has expired")
+            }
+            OfferError::NotPending(OfferStatus::Accepted) => {
+                ApiError::conflict("offer_already_accepted", "the offer was already accepted")
+            }
+            OfferError::NotPending(OfferStatus::Declined) => {
+                ApiError::conflict("offer_declined", "the offer was declined")
+            }
+            OfferError::NotPending(OfferStatus::Cancelled | OfferStatus::Pending) => {
+                ApiError::conflict(
+                    "offer_cancelled",
+                    "the offer was withdrawn (order cancelled)",
+                )
+            }
+            OfferError::AtCapacity => ApiError::conflict(
+                "driver_at_capacity",
+                format!(
+                    "you already carry {} orders; deliver one first",
+                    crate::location::MAX_ACTIVE_ORDERS
+                ),
+            ),
+            OfferError::OrderUnavailable => {
+                ApiError::conflict("order_unavailable", "the order no longer needs a driver")
+            }
+            OfferError::Enqueue(e) => jobs_unavailable(e),
+            OfferError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// Only drivers answer offers, and only their own.
+fn require_driver(principal: &Principal) -> Result<i64, ApiError> {
+    principal.require_role(&[Role::Driver])?;
+    Ok(principal.subject)
+}
+
+#[derive(Debug, Serialize)]
+struct PendingBody {
+    offers: Vec<OfferView>,
+}
+
+async fn pending(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<PendingBody>, ApiError> {
+    principal.require_role(&[Role::Driver, Role::Operator])?;
+    if principal.role == Role::Driver && principal.subject != id {
+        return Err(ApiError::forbidden("a driver may only see its own offers"));
+    }
+    let offers = offers::pending_for_driver(&state.db, id).await?;
+    Ok(Json(PendingBody { offers }))
+}
+
+#[derive(Debug, Serialize)]
+struct AnswerBody {
+    offer: OfferView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<OrderView>,
+}
+
+async fn answer_body(
+    state: &AppState,
+    offer_id: i64,
+    with_order: bool,
+) -> Result<Json<AnswerBody>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let offer = offers::fetch(&mut conn, offer_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such offer"))?;
+    let order = if with_order {
+        order_store::fetch_view(&mut conn, offer.order_id).await?
+    } else {
+        None
+    };
+    Ok(Json(AnswerBody { offer, order }))
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<AnswerBody>, ApiError> {
+    let driver_id = require_driver(&principal)?;
+    offers::accept(&state.db, &state.location, id, driver_id).await?;
+    answer_body(&state, id, true).await
+}
+
+async fn decline(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<AnswerBody>, ApiError> {
+    let driver_id = require_driver(&principal)?;
+    offers::decline(&state.db, id, driver_id).await?;
+    answer_body(&state, id, false).await
+}

@@ -1,0 +1,509 @@
+//! One matching round of one order: look up candidates (5 km, then 10 km), keep those who can
+//! take the order, score them, and offer the order to the best — or, when nobody can, schedule
+//! the next round. Run by the `match_driver` job; safe to run twice or concurrently for one
+//! order (see [`run_round`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgConnection;
+
+use crate::dispatch::batch::{self, CarriedOrder, NewOrder};
+use crate::dispatch::breaker::BreakerError;
+use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
+use crate::dispatch::{
+    ACTIVE_STATES, DispatchEvent, Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM,
+    WAITING_STATES, record, retry_delay,
+};
+use crate::geo::Point;
+use crate::jobs::match_driver::MatchDriver;
+use crate::jobs::offer_timeout::OfferTimeout;
+use crate::jobs::{self, EnqueueError};
+use crate::location::NearbyDriver;
+use crate::workflows::machine::Actor;
+
+/// What a round did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoundOutcome {
+    /// The order no longer waits for a driver (assigned, cancelled, delivered…).
+    NotWaiting,
+    /// An offer is already pending; its expiry or answer moves matching on.
+    OfferPending,
+    /// A newer round or a concurrent job owns the order's matching.
+    Superseded,
+    /// The order was offered.
+    Offered {
+        offer_id: i64,
+        driver_id: i64,
+        score: f64,
+    },
+    /// Nobody could take the order; `round` is scheduled after `delay`.
+    Rescheduled { round: u32, delay: Duration },
+}
+
+/// Why a round failed; the job retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error("order {0} does not exist")]
+    NotFound(i64),
+    #[error("could not enqueue: {0}")]
+    Enqueue(#[from] EnqueueError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    status: String,
+    has_driver: bool,
+    match_round: i32,
+    elapsed_since_confirmed_s: Option<f64>,
+    prep_time_minutes: i32,
+    r_lat: f64,
+    r_lon: f64,
+    c_lat: f64,
+    c_lon: f64,
+    offer_pending: bool,
+}
+
+impl OrderRow {
+    fn waiting(&self) -> bool {
+        !self.has_driver && WAITING_STATES.contains(&self.status.as_str())
+    }
+
+    fn facts(&self) -> OrderFacts {
+        let prep_remaining = if self.status == "READY_FOR_PICKUP" {
+            Duration::ZERO
+        } else {
+            let total = f64::from(self.prep_time_minutes) * 60.0;
+            let elapsed = self.elapsed_since_confirmed_s.unwrap_or(0.0);
+            Duration::from_secs_f64((total - elapsed).max(0.0))
+        };
+        OrderFacts {
+            restaurant: Point {
+                lat: self.r_lat,
+                lon: self.r_lon,
+            },
+            prep_remaining,
+        }
+    }
+
+    fn new_order(&self) -> NewOrder {
+        NewOrder {
+            restaurant: Point {
+                lat: self.r_lat,
+                lon: self.r_lon,
+            },
+            customer: Point {
+                lat: self.c_lat,
+                lon: self.c_lon,
+            },
+        }
+    }
+}
+
+const ORDER_QUERY: &str = "
+    SELECT o.status, o.driver_id IS NOT NULL AS has_driver, o.match_round,
+           EXTRACT(EPOCH FROM now() - o.confirmed_at)::float8 AS elapsed_since_confirmed_s,
+           r.prep_time_minutes,
+           ST_Y(r.location::geometry) AS r_lat, ST_X(r.location::geometry) AS r_lon,
+           ST_Y(o.delivery_location::geometry) AS c_lat, ST_X(o.delivery_location::geometry) AS c_lon,
+           EXISTS (SELECT 1 FROM offers f WHERE f.order_id = o.id AND f.status = 'pending') AS offer_pending
+    FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+    WHERE o.id = $1";
+
+async fn load_order(
+    conn: &mut PgConnection,
+    order_id: i64,
+    lock: bool,
+) -> Result<OrderRow, MatchError> {
+    let sql = if lock {
+        format!("{ORDER_QUERY} FOR UPDATE OF o")
+    } else {
+        ORDER_QUERY.to_owned()
+    };
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(MatchError::NotFound(order_id))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct DriverRow {
+    id: i64,
+    rating: f64,
+    total_deliveries: i64,
+    daily_goal: i64,
+    delivered_today: i64,
+    /// Already offered this order, or holding another pending offer.
+    excluded: bool,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct CarriedRow {
+    driver_id: i64,
+    picked_up: bool,
+    r_lat: f64,
+    r_lon: f64,
+    c_lat: f64,
+    c_lon: f64,
+}
+
+/// A search that found candidates, and what the round can tell operators about it.
+#[derive(Debug)]
+struct Search {
+    radius_km: f64,
+    found: usize,
+    ranked: Vec<(Candidate, Breakdown)>,
+}
+
+/// Turns nearby drivers into eligible, scored candidates: two queries for all of them
+/// (driver facts, orders they carry), never one per driver.
+async fn eligible(
+    conn: &mut PgConnection,
+    order_id: i64,
+    order: &OrderRow,
+    nearby: &[NearbyDriver],
+) -> Result<Vec<(Candidate, Breakdown)>, sqlx::Error> {
+    if nearby.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = nearby.iter().map(|d| d.driver_id).collect();
+    let drivers: Vec<DriverRow> = sqlx::query_as(
+        "SELECT d.id, d.rating::float8 AS rating, d.total_deliveries::int8 AS total_deliveries,
+                d.daily_delivery_goal::int8 AS daily_goal,
+                (SELECT count(*) FROM orders o
+                  WHERE o.driver_id = d.id AND o.delivered_at >= date_trunc('day', now())) AS delivered_today,
+                EXISTS (SELECT 1 FROM offers f
+                         WHERE f.driver_id = d.id AND (f.order_id = $2 OR f.status = 'pending')) AS excluded
+         FROM drivers d WHERE d.id = ANY($1) AND d.is_active",
+    )
+    .bind(&ids)
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let carried_rows: Vec<CarriedRow> = sqlx::query_as(
+        "SELECT o.driver_id, o.status = 'PICKED_UP' AS picked_up,
+                ST_Y(r.location::geometry) AS r_lat, ST_X(r.location::geometry) AS r_lon,
+                ST_Y(o.delivery_location::geometry) AS c_lat, ST_X(o.delivery_location::geometry) AS c_lon
+         FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+         WHERE o.driver_id = ANY($1) AND o.status = ANY($2) ORDER BY o.id",
+    )
+    .bind(&ids)
+    .bind(&ACTIVE_STATES[..])
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut carried: HashMap<i64, Vec<CarriedOrder>> = HashMap::new();
+    for row in carried_rows {
+        carried
+            .entry(row.driver_id)
+            .or_default()
+            .push(CarriedOrder {
+                restaurant: Point {
+                    lat: row.r_lat,
+                    lon: row.r_lon,
+                },
+                customer: Point {
+                    lat: row.c_lat,
+                    lon: row.c_lon,
+                },
+                picked_up: row.picked_up,
+            });
+    }
+    let positions: HashMap<i64, &NearbyDriver> = nearby.iter().map(|d| (d.driver_id, d)).collect();
+    let new_order = order.new_order();
+    let candidates = drivers
+        .into_iter()
+        .filter(|d| !d.excluded)
+        .filter_map(|d| {
+            let at = positions.get(&d.id)?;
+            let position = Point {
+                lat: at.lat,
+                lon: at.lon,
+            };
+            let carrying = carried.get(&d.id).map_or(&[][..], Vec::as_slice);
+            let batch = if carrying.is_empty() {
+                None
+            } else {
+                // A carrying driver is a candidate only if the batch passes every rule.
+                Some(batch::check(position, carrying, &new_order).ok()?)
+            };
+            Some(Candidate {
+                driver_id: d.id,
+                position,
+                active_orders: u32::try_from(carrying.len()).unwrap_or(u32::MAX),
+                rating: d.rating,
+                total_deliveries: d.total_deliveries,
+                delivered_today: d.delivered_today,
+                daily_goal: d.daily_goal,
+                batch,
+            })
+        })
+        .collect();
+    Ok(score::rank(candidates, &order.facts()))
+}
+
+impl Dispatcher {
+    async fn lookup(
+        &self,
+        at: Point,
+        radius_km: f64,
+    ) -> Result<Vec<NearbyDriver>, BreakerError<redis::RedisError>> {
+        self.breaker
+            .call(
+                self.location
+                    .find_nearby_drivers(at, radius_km, self.settings.candidates),
+            )
+            .await
+    }
+
+    /// Candidates within 5 km, else within 10 km. `Err` carries why the lookup failed.
+    async fn search(&self, order_id: i64, order: &OrderRow) -> Result<Search, String> {
+        let at = order.facts().restaurant;
+        let mut last = Search {
+            radius_km: SEARCH_RADIUS_KM,
+            found: 0,
+            ranked: Vec::new(),
+        };
+        for radius_km in [SEARCH_RADIUS_KM, EXPANDED_RADIUS_KM] {
+            let nearby = self.lookup(at, radius_km).await.map_err(|e| {
+                tracing::warn!(order_id, error = %e, "candidate lookup failed");
+                match e {
+                    BreakerError::Open => "candidate lookup circuit open".to_owned(),
+                    BreakerError::Timeout(_) => "candidate lookup timed out".to_owned(),
+                    BreakerError::Failed(_) => "candidate lookup failed".to_owned(),
+                }
+            })?;
+            let mut conn = self.db.acquire().await.map_err(|e| {
+                tracing::warn!(order_id, error = %e, "database unavailable for scoring");
+                "database unavailable".to_owned()
+            })?;
+            let ranked = eligible(&mut conn, order_id, order, &nearby)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(order_id, error = %e, "candidate facts query failed");
+                    "candidate facts unavailable".to_owned()
+                })?;
+            last = Search {
+                radius_km,
+                found: nearby.len(),
+                ranked,
+            };
+            if !last.ranked.is_empty() {
+                break;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Runs matching round `round` for `order_id`.
+    ///
+    /// The search runs without locks; the decision is re-checked under the order's row lock
+    /// before anything is written, so concurrent or repeated runs make at most one offer, and
+    /// only the job of the order's current round schedules the next round.
+    pub async fn run_round(&self, order_id: i64, round: u32) -> Result<RoundOutcome, MatchError> {
+        let order = {
+            let mut conn = self.db.acquire().await?;
+            load_order(&mut conn, order_id, false).await?
+        };
+        if !order.waiting() {
+            return Ok(RoundOutcome::NotWaiting);
+        }
+        if order.offer_pending {
+            return Ok(RoundOutcome::OfferPending);
+        }
+        let search = self.search(order_id, &order).await;
+
+        let mut tx = self.db.begin().await?;
+        let locked = load_order(&mut tx, order_id, true).await?;
+        if !locked.waiting() {
+            return Ok(RoundOutcome::NotWaiting);
+        }
+        if locked.offer_pending {
+            return Ok(RoundOutcome::OfferPending);
+        }
+        let current_round = u32::try_from(locked.match_round).unwrap_or(1);
+        let outcome = match search {
+            Ok(Search {
+                radius_km,
+                found,
+                ranked,
+            }) if !ranked.is_empty() => {
+                self.offer(&mut tx, order_id, current_round, radius_km, found, &ranked)
+                    .await?
+            }
+            other => {
+                if current_round != round {
+                    return Ok(RoundOutcome::Superseded);
+                }
+                let (radius_km, found, reason) = match other {
+                    Ok(s) => (s.radius_km, s.found, "no eligible driver".to_owned()),
+                    Err(reason) => (EXPANDED_RADIUS_KM, 0, reason),
+                };
+                self.reschedule(&mut tx, order_id, round, radius_km, found, &reason)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        match &outcome {
+            RoundOutcome::Offered {
+                offer_id,
+                driver_id,
+                score,
+            } => {
+                metrics::counter!(OFFERS_TOTAL, "outcome" => "offered").increment(1);
+                tracing::info!(order_id, offer_id, driver_id, score, "order offered");
+            }
+            RoundOutcome::Rescheduled { round, delay } => {
+                tracing::info!(order_id, next_round = round, delay = ?delay, "no driver; next round scheduled");
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
+    async fn offer(
+        &self,
+        tx: &mut PgConnection,
+        order_id: i64,
+        round: u32,
+        radius_km: f64,
+        found: usize,
+        ranked: &[(Candidate, Breakdown)],
+    ) -> Result<RoundOutcome, MatchError> {
+        let Some((best, breakdown)) = ranked.first() else {
+            return Ok(RoundOutcome::Superseded);
+        };
+        let offered_before: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offers WHERE order_id = $1)")
+                .bind(order_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let ttl = if offered_before {
+            self.settings.later_offer_ttl
+        } else {
+            self.settings.first_offer_ttl
+        };
+        let details = json!({
+            "round": round,
+            "radius_km": radius_km,
+            "candidates_found": found,
+            "candidates_eligible": ranked.len(),
+            "breakdown": breakdown,
+            "batch": best.batch,
+        });
+        let offer_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+             ON CONFLICT (order_id, driver_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(order_id)
+        .bind(best.driver_id)
+        .bind(i32::try_from(round).unwrap_or(i32::MAX))
+        .bind(breakdown.total)
+        .bind(&details)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        // The driver was offered this order since the search (and answered already): whoever
+        // ended that offer enqueued the next round.
+        let Some(offer_id) = offer_id else {
+            return Ok(RoundOutcome::Superseded);
+        };
+        jobs::enqueue(tx, &OfferTimeout { offer_id }, ttl).await?;
+        let mut event_details = details.clone();
+        if let Some(fields) = event_details.as_object_mut() {
+            fields.insert("offer_id".to_owned(), offer_id.into());
+            fields.insert("driver_id".to_owned(), best.driver_id.into());
+            fields.insert("expires_in_s".to_owned(), ttl.as_secs_f64().into());
+        }
+        record(
+            tx,
+            &DispatchEvent {
+                order_id,
+                event_type: "offer_made",
+                actor: Actor::System,
+                details: event_details,
+                publish: true,
+            },
+        )
+        .await?;
+        Ok(RoundOutcome::Offered {
+            offer_id,
+            driver_id: best.driver_id,
+            score: breakdown.total,
+        })
+    }
+
+    async fn reschedule(
+        &self,
+        tx: &mut PgConnection,
+        order_id: i64,
+        round: u32,
+        radius_km: f64,
+        found: usize,
+        reason: &str,
+    ) -> Result<RoundOutcome, MatchError> {
+        let next = round.saturating_add(1);
+        let delay = retry_delay(&self.settings, round);
+        sqlx::query("UPDATE orders SET match_round = $2 WHERE id = $1")
+            .bind(order_id)
+            .bind(i32::try_from(next).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+        jobs::enqueue(
+            tx,
+            &MatchDriver {
+                order_id,
+                round: next,
+            },
+            delay,
+        )
+        .await?;
+        record(
+            tx,
+            &DispatchEvent {
+                order_id,
+                event_type: "match_round_empty",
+                actor: Actor::System,
+                details: json!({
+                    "round": round,
+                    "radius_km": radius_km,
+                    "candidates_found": found,
+                    "reason": reason,
+                    "next_round": next,
+                    "retry_in_s": delay.as_secs_f64(),
+                }),
+                publish: false,
+            },
+        )
+        .await?;
+        if round == self.settings.alert_after_rounds {
+            record(
+                tx,
+                &DispatchEvent {
+                    order_id,
+                    event_type: "order_unmatched",
+                    actor: Actor::System,
+                    details: json!({
+                        "rounds": round,
+                        "reason": reason,
+                        "retry_every_s": self.settings.retry_cap.as_secs_f64(),
+                    }),
+                    publish: true,
+                },
+            )
+            .await?;
+            metrics::counter!("orders_unmatched_total").increment(1);
+            tracing::warn!(
+                order_id,
+                rounds = round,
+                "order unmatched; flagged for operators"
+            );
+        }
+        Ok(RoundOutcome::Rescheduled { round: next, delay })
+    }
+}

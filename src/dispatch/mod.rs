@@ -1,0 +1,212 @@
+//! Driver matching: who gets offered an order, and what happens to the offer.
+//!
+//! Pure decisions live in their own modules and have no I/O: [`score`] (the spec's seven
+//! factors), [`batch`] (may a carrying driver take a second order), [`travel`] (the speed
+//! model), [`breaker`] (the circuit breaker's state machine) and [`retry_delay`]. The I/O is
+//! in [`matcher`] (one matching round, run by the `match_driver` job) and [`offers`] (accept,
+//! decline, expiry, cancellation, and the driver's load in Valkey).
+//!
+//! # How an order finds a driver
+//! 1. Confirming an order enqueues `match_driver` (round 1). A round looks up available
+//!    drivers within 5 km of the restaurant, then 10 km (through the circuit breaker), drops
+//!    those who cannot take it, scores the rest and offers the order to the best one: an
+//!    `offers` row and an `offer_timeout` job at its expiry, in one transaction.
+//! 2. The driver accepts (the order is assigned), declines, or lets the offer expire; a
+//!    decline or an expiry enqueues the next `match_driver` at once, which re-scores (drivers
+//!    moved) and offers to the next driver. Nobody is offered the same order twice.
+//! 3. A round that finds nobody schedules the next round after [`retry_delay`] (15 s, 30 s,
+//!    60 s, … capped); after [`DispatchSettings::alert_after_rounds`] it flags the order for
+//!    operators (audit row and outbox event) and keeps retrying at the cap.
+//!
+//! # Invariants, and what holds them
+//! - One pending offer per order: a partial unique index, and the order row lock every
+//!   writer takes first.
+//! - An order is assigned once: accept updates `orders` only `WHERE driver_id IS NULL`, under
+//!   the order lock.
+//! - A driver carries at most two active orders: accept counts them under the driver's row
+//!   lock (lock order everywhere: order, then driver).
+//! - Accept and expiry race on `UPDATE offers … WHERE status = 'pending'`: one wins.
+//! - No order is left waiting with nothing scheduled: a pending offer has its timeout job; an
+//!   ended offer enqueued a round; a round that offers nothing enqueued the next.
+
+pub mod batch;
+pub mod breaker;
+pub mod matcher;
+pub mod offers;
+pub mod score;
+pub mod travel;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::dispatch::breaker::{BreakerSettings, CircuitBreaker};
+use crate::location::LocationService;
+use crate::workflows::machine::Actor;
+
+/// First search radius around the restaurant (the spec's 5 km).
+pub const SEARCH_RADIUS_KM: f64 = 5.0;
+/// Search radius when the first finds nobody (the spec's 10 km).
+pub const EXPANDED_RADIUS_KM: f64 = 10.0;
+/// Name of the spec's matching-latency histogram (confirmed → driver assigned).
+pub const MATCH_DURATION: &str = "driver_match_duration_seconds";
+/// The spec's buckets for it.
+pub const MATCH_BUCKETS: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+/// Offers by outcome (`offered`, `accepted`, `declined`, `expired`, `cancelled`).
+pub const OFFERS_TOTAL: &str = "driver_offers_total";
+/// Matching rounds an order needed, recorded when it is assigned.
+pub const MATCH_ROUNDS: &str = "driver_match_rounds";
+/// Order states in which an order waits for a driver (if it has none).
+pub const WAITING_STATES: [&str; 3] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP"];
+/// Order states in which an order counts against its driver's capacity.
+pub const ACTIVE_STATES: [&str; 4] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP", "PICKED_UP"];
+
+/// How matching behaves. The defaults are the spec's figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DispatchSettings {
+    /// Lifetime of an order's first offer (the spec's 30 s).
+    pub first_offer_ttl: Duration,
+    /// Lifetime of later offers (the spec's 20 s).
+    pub later_offer_ttl: Duration,
+    /// Delay before the second round when the first found nobody; doubles each round.
+    pub retry_base: Duration,
+    /// Longest delay between rounds.
+    pub retry_cap: Duration,
+    /// After this many empty rounds the order is flagged for operators.
+    pub alert_after_rounds: u32,
+    /// Most candidates looked up and scored per search.
+    pub candidates: usize,
+    /// The candidate lookup's circuit breaker.
+    pub breaker: BreakerSettings,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            first_offer_ttl: Duration::from_secs(30),
+            later_offer_ttl: Duration::from_secs(20),
+            retry_base: Duration::from_secs(15),
+            retry_cap: Duration::from_secs(120),
+            alert_after_rounds: 5,
+            candidates: 25,
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+/// The delay before round `round + 1` when round `round` found nobody: `retry_base × 2^(round−1)`,
+/// at most `retry_cap`, and the cap once the order has been flagged.
+pub fn retry_delay(settings: &DispatchSettings, round: u32) -> Duration {
+    if round >= settings.alert_after_rounds {
+        return settings.retry_cap;
+    }
+    let factor = 2u32.saturating_pow(round.saturating_sub(1));
+    settings
+        .retry_base
+        .checked_mul(factor)
+        .map_or(settings.retry_cap, |d| d.min(settings.retry_cap))
+}
+
+/// What matching needs: the database, the location service, the settings and the breaker
+/// that guards the candidate lookup. Cheap to clone; one per process.
+#[derive(Clone, Debug)]
+pub struct Dispatcher {
+    pub db: PgPool,
+    pub location: LocationService,
+    pub settings: Arc<DispatchSettings>,
+    pub breaker: Arc<CircuitBreaker>,
+}
+
+impl Dispatcher {
+    /// A dispatcher with a closed breaker.
+    pub fn new(db: PgPool, location: LocationService, settings: DispatchSettings) -> Self {
+        let breaker = Arc::new(CircuitBreaker::new("candidate_lookup", settings.breaker));
+        Self {
+            db,
+            location,
+            settings: Arc::new(settings),
+            breaker,
+        }
+    }
+}
+
+/// A matching event of an order: an audit row always, and an outbox event (topic `dispatch`)
+/// when someone outside must hear of it.
+#[derive(Debug)]
+pub struct DispatchEvent {
+    pub order_id: i64,
+    /// `offer_made`, `offer_declined`, `offer_expired`, `driver_assigned`, `match_round_empty`,
+    /// `order_unmatched`.
+    pub event_type: &'static str,
+    pub actor: Actor,
+    pub details: Value,
+    pub publish: bool,
+}
+
+/// Writes `event` on `conn` (the transaction of the change it describes).
+pub async fn record(conn: &mut PgConnection, event: &DispatchEvent) -> Result<(), sqlx::Error> {
+    let event_id = uuid::Uuid::new_v4();
+    let mut metadata = event.details.clone();
+    if let Value::Object(fields) = &mut metadata {
+        fields.insert("action".to_owned(), Value::from(event.event_type));
+        fields.insert("event_id".to_owned(), Value::from(event_id.to_string()));
+    }
+    let payload = serde_json::json!({
+        "eventId": event_id,
+        "eventType": event.event_type,
+        "orderId": event.order_id,
+        "actorType": event.actor.kind(),
+        "actorId": event.actor.id(),
+        "details": event.details,
+        "timestamp": chrono::Utc::now(),
+    });
+    sqlx::query(
+        "WITH audit AS (
+             INSERT INTO audit_logs (event_type, entity_type, entity_id, actor_type, actor_id, metadata)
+             VALUES ($2, 'order', $1, $3, $4, $5)
+         )
+         INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, event_type, payload)
+         SELECT $6, 'dispatch', 'order', $1, $2, $7 WHERE $8",
+    )
+    .bind(event.order_id)
+    .bind(event.event_type)
+    .bind(event.actor.kind())
+    .bind(event.actor.id())
+    .bind(metadata)
+    .bind(event_id)
+    .bind(payload)
+    .bind(event.publish)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_from_15_seconds_up_to_the_cap() {
+        let s = DispatchSettings::default();
+        let delays: Vec<u64> = (1..=7).map(|r| retry_delay(&s, r).as_secs()).collect();
+        assert_eq!(delays, vec![15, 30, 60, 120, 120, 120, 120]);
+    }
+
+    #[test]
+    fn flagged_orders_retry_at_the_cap_and_huge_rounds_do_not_overflow() {
+        let s = DispatchSettings {
+            retry_cap: Duration::from_secs(45),
+            alert_after_rounds: 2,
+            ..DispatchSettings::default()
+        };
+        assert_eq!(retry_delay(&s, 1).as_secs(), 15);
+        assert_eq!(retry_delay(&s, 2).as_secs(), 45);
+        let unflagged = DispatchSettings {
+            alert_after_rounds: u32::MAX,
+            ..DispatchSettings::default()
+        };
+        assert_eq!(retry_delay(&unflagged, 200).as_secs(), 120);
+    }
+}

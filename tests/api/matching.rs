@@ -1,0 +1,727 @@
+//! Driver matching on the real stack: offers to the best driver, expiry to the next, accept
+//! and decline, radius expansion and backoff rounds, cancellation and going offline, the
+//! circuit breaker, and the invariants under concurrency.
+
+use std::time::Duration;
+
+use courier::auth::Role;
+use courier::config::ValkeySettings;
+use courier::dispatch::breaker::{BreakerSettings, BreakerState};
+use courier::dispatch::matcher::RoundOutcome;
+use courier::dispatch::{DispatchSettings, Dispatcher, offers};
+use courier::jobs::Job;
+use courier::jobs::match_driver::MatchDriver;
+use courier::jobs::offer_timeout::OfferTimeout;
+use courier::location::{LocationService, history};
+use courier::valkey::Valkey;
+use serde_json::json;
+
+use crate::helpers::{
+    Cast, RESTAURANT_AT, TestApp, assert_error, cast, dead_port, eventually, fast_dispatch,
+    insert_driver, spawn_app,
+};
+
+/// Metres per degree of latitude.
+const M_PER_DEG: f64 = 111_195.0;
+
+/// A new driver, online, who reported from `north_m` metres north of the restaurant.
+async fn driver_at(app: &TestApp, north_m: f64) -> i64 {
+    let driver = insert_driver(&app.db).await;
+    let online = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/status"),
+            Role::Driver,
+            driver,
+            &json!({"status": "online"}),
+        )
+        .await;
+    assert_eq!(online.status().as_u16(), 200);
+    let reported = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/location"),
+            Role::Driver,
+            driver,
+            &json!({"lat": RESTAURANT_AT.0 + north_m / M_PER_DEG, "lon": RESTAURANT_AT.1}),
+        )
+        .await;
+    assert_eq!(reported.status().as_u16(), 200);
+    let body: serde_json::Value = reported.json().await.expect("json");
+    assert_eq!(body["result"], "available");
+    driver
+}
+
+/// A placed and confirmed order of `cast`.
+async fn confirmed_order(app: &TestApp, cast: &Cast) -> i64 {
+    let id = app.placed_order(cast).await;
+    let confirmed = app
+        .act(id, "confirm", Role::Restaurant, cast.restaurant)
+        .await;
+    assert_eq!(confirmed.status().as_u16(), 200);
+    id
+}
+
+/// `(offer id, driver id, status)` of every offer of `order`, oldest first.
+async fn offers_of(app: &TestApp, order: i64) -> Vec<(i64, i64, String)> {
+    sqlx::query_as("SELECT id, driver_id, status FROM offers WHERE order_id = $1 ORDER BY id")
+        .bind(order)
+        .fetch_all(&app.db)
+        .await
+        .expect("offers")
+}
+
+async fn driver_of(app: &TestApp, order: i64) -> Option<i64> {
+    sqlx::query_scalar("SELECT driver_id FROM orders WHERE id = $1")
+        .bind(order)
+        .fetch_one(&app.db)
+        .await
+        .expect("order")
+}
+
+/// Audit rows of `order` with `event_type`, their metadata oldest first.
+async fn audit(app: &TestApp, order: i64, event_type: &str) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(
+        "SELECT metadata FROM audit_logs WHERE entity_id = $1 AND event_type = $2 ORDER BY id",
+    )
+    .bind(order)
+    .bind(event_type)
+    .fetch_all(&app.db)
+    .await
+    .expect("audit rows")
+}
+
+async fn outbox_events(app: &TestApp, order: i64, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2")
+        .bind(order)
+        .bind(event_type)
+        .fetch_one(&app.db)
+        .await
+        .expect("outbox")
+}
+
+/// Match-driver jobs of `order` not yet run.
+async fn pending_rounds(app: &TestApp, order: i64) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT (convert_from(job, 'UTF8')::jsonb ->> 'round')::bigint FROM apalis.jobs
+         WHERE job_type = $1 AND status = 'Pending'
+           AND (convert_from(job, 'UTF8')::jsonb ->> 'order_id')::bigint = $2
+         ORDER BY run_at",
+    )
+    .bind(MatchDriver::QUEUE)
+    .bind(order)
+    .fetch_all(&app.db)
+    .await
+    .expect("jobs")
+}
+
+async fn accept(app: &TestApp, offer: i64, driver: i64) -> reqwest::Response {
+    app.post_as(
+        &format!("/v1/offers/{offer}/accept"),
+        Role::Driver,
+        driver,
+        &json!({}),
+    )
+    .await
+}
+
+async fn decline(app: &TestApp, offer: i64, driver: i64) -> reqwest::Response {
+    app.post_as(
+        &format!("/v1/offers/{offer}/decline"),
+        Role::Driver,
+        driver,
+        &json!({}),
+    )
+    .await
+}
+
+/// Inserts a pending offer directly (to set up races matching itself would never create).
+async fn insert_offer(app: &TestApp, order: i64, driver: i64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
+         VALUES ($1, $2, 1, 100, '{}', now() + interval '60 seconds') RETURNING id",
+    )
+    .bind(order)
+    .bind(driver)
+    .fetch_one(&app.db)
+    .await
+    .expect("insert offer")
+}
+
+fn offered(outcome: &RoundOutcome) -> (i64, i64) {
+    match outcome {
+        RoundOutcome::Offered {
+            offer_id,
+            driver_id,
+            ..
+        } => (*offer_id, *driver_id),
+        other => panic!("expected an offer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_best_driver_is_offered_first_then_the_next_after_a_timeout_and_accepts() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let nearest = driver_at(&app, 300.0).await;
+    let second = driver_at(&app, 1_500.0).await;
+    let third = driver_at(&app, 4_000.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let _workers = app.spawn_workers_with(DispatchSettings {
+        first_offer_ttl: Duration::from_secs(2),
+        later_offer_ttl: Duration::from_secs(60),
+        ..fast_dispatch()
+    });
+
+    // The nearest driver sees the offer.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            offers_of(&app, order).await.len() == 1
+        })
+        .await
+    );
+    let first = offers_of(&app, order).await;
+    assert_eq!(first[0].1, nearest);
+    let listed = app
+        .get_as(
+            &format!("/v1/drivers/{nearest}/offers"),
+            Role::Driver,
+            nearest,
+        )
+        .await;
+    assert_eq!(listed.status().as_u16(), 200);
+    let listed: serde_json::Value = listed.json().await.expect("json");
+    assert_eq!(listed["offers"][0]["order_id"], order);
+    assert_eq!(listed["offers"][0]["restaurant_id"], cast.restaurant);
+
+    // Nobody answers: it expires and the next-best driver gets the order.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            offers_of(&app, order).await.len() == 2
+        })
+        .await
+    );
+    let both = offers_of(&app, order).await;
+    assert_eq!(both[0].2, "expired");
+    assert_eq!((both[1].1, both[1].2.as_str()), (second, "pending"));
+    assert_error(accept(&app, both[0].0, nearest).await, 409, "offer_expired").await;
+
+    let accepted = accept(&app, both[1].0, second).await;
+    assert_eq!(accepted.status().as_u16(), 200);
+    let body: serde_json::Value = accepted.json().await.expect("json");
+    assert_eq!(body["offer"]["status"], "accepted");
+    assert_eq!(body["order"]["driver_id"], second);
+
+    // The customer sees the driver; the trail says what happened.
+    let seen = app
+        .get_as(
+            &format!("/v1/orders/{order}"),
+            Role::Customer,
+            cast.customer,
+        )
+        .await;
+    let seen: serde_json::Value = seen.json().await.expect("json");
+    assert_eq!(seen["driver_id"], second);
+    assert_eq!(audit(&app, order, "offer_made").await.len(), 2);
+    assert_eq!(audit(&app, order, "offer_expired").await.len(), 1);
+    assert_eq!(audit(&app, order, "driver_assigned").await.len(), 1);
+    assert_eq!(outbox_events(&app, order, "driver_assigned").await, 1);
+    let breakdown = &audit(&app, order, "offer_made").await[0]["breakdown"];
+    assert!(breakdown["distance_km"].as_f64().expect("distance") < 0.35);
+    assert!(breakdown["total"].as_f64().is_some());
+    // The third driver was never bothered, and the assigned driver can pick up.
+    assert!(offers_of(&app, order).await.iter().all(|o| o.1 != third));
+    assert_eq!(
+        app.act(order, "pickup", Role::Driver, second)
+            .await
+            .status()
+            .as_u16(),
+        409,
+        "confirmed, not ready: the state machine still rules"
+    );
+}
+
+#[tokio::test]
+async fn empty_rounds_back_off_flag_the_order_and_the_radius_expands_to_10_km() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let order = confirmed_order(&app, &cast).await;
+    let _workers = app.spawn_workers();
+
+    // No driver anywhere: rounds 1, 2, 3 find nobody; after the third the order is flagged.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            outbox_events(&app, order, "order_unmatched").await == 1
+        })
+        .await
+    );
+    let empty = audit(&app, order, "match_round_empty").await;
+    assert!(empty.len() >= 3, "{empty:?}");
+    let rounds: Vec<i64> = empty
+        .iter()
+        .map(|m| m["round"].as_i64().expect("round"))
+        .collect();
+    assert_eq!(&rounds[..3], &[1, 2, 3]);
+    let delays: Vec<f64> = empty
+        .iter()
+        .map(|m| m["retry_in_s"].as_f64().expect("delay"))
+        .collect();
+    assert_eq!(
+        &delays[..3],
+        &[1.0, 2.0, 2.0],
+        "base 1 s, doubling, capped at 2 s"
+    );
+    assert!(empty.iter().all(|m| m["radius_km"] == 10.0));
+    assert_eq!(audit(&app, order, "order_unmatched").await.len(), 1);
+    // The job table holds every round, each scheduled later than the one before.
+    let scheduled: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT (convert_from(job, 'UTF8')::jsonb ->> 'round')::bigint, run_at FROM apalis.jobs
+         WHERE job_type = $1 AND (convert_from(job, 'UTF8')::jsonb ->> 'order_id')::bigint = $2
+         ORDER BY run_at",
+    )
+    .bind(MatchDriver::QUEUE)
+    .bind(order)
+    .fetch_all(&app.db)
+    .await
+    .expect("jobs");
+    let job_rounds: Vec<i64> = scheduled.iter().map(|(r, _)| *r).collect();
+    assert_eq!(&job_rounds[..4], &[1, 2, 3, 4]);
+    assert!(scheduled.windows(2).all(|w| w[1].1 > w[0].1));
+
+    // A driver appears 7 km away: beyond 5 km, within 10. The next round offers to them.
+    let far = driver_at(&app, 7_000.0).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            !offers_of(&app, order).await.is_empty()
+        })
+        .await
+    );
+    assert_eq!(offers_of(&app, order).await[0].1, far);
+    let made = audit(&app, order, "offer_made").await;
+    assert_eq!(made[0]["radius_km"], 10.0);
+    // Flagged once only, even though rounds kept running.
+    assert_eq!(outbox_events(&app, order, "order_unmatched").await, 1);
+}
+
+#[tokio::test]
+async fn a_round_at_5_km_does_not_look_further() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let near = driver_at(&app, 2_000.0).await;
+    let _far = driver_at(&app, 7_000.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let dispatcher = app.dispatcher(fast_dispatch());
+    let (_, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    assert_eq!(driver, near);
+    assert_eq!(audit(&app, order, "offer_made").await[0]["radius_km"], 5.0);
+    assert_eq!(
+        app.jobs_for(MatchDriver::QUEUE, order).await,
+        1,
+        "only the confirm's job"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_rounds_make_exactly_one_offer() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    for north in [200.0, 400.0, 600.0] {
+        driver_at(&app, north).await;
+    }
+    let order = confirmed_order(&app, &cast).await;
+    let dispatcher = app.dispatcher(fast_dispatch());
+    let rounds = (0..10).map(|_| {
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run_round(order, 1).await.expect("round") }
+    });
+    let outcomes = futures::future::join_all(rounds).await;
+    let made = outcomes
+        .iter()
+        .filter(|o| matches!(o, RoundOutcome::Offered { .. }))
+        .count();
+    assert_eq!(made, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, RoundOutcome::Offered { .. } | RoundOutcome::OfferPending)),
+        "{outcomes:?}"
+    );
+    assert_eq!(offers_of(&app, order).await.len(), 1);
+    let timeouts: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1")
+        .bind(OfferTimeout::QUEUE)
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(timeouts, 1);
+    // The schema refuses a second pending offer whatever the code does.
+    let second: i64 = sqlx::query_scalar(
+        "SELECT id FROM drivers WHERE id <> (SELECT driver_id FROM offers WHERE order_id = $1) LIMIT 1",
+    )
+    .bind(order)
+    .fetch_one(&app.db)
+    .await
+    .expect("another driver");
+    let error = sqlx::query(
+        "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
+         VALUES ($1, $2, 1, 1, '{}', now() + interval '1 minute')",
+    )
+    .bind(order)
+    .bind(second)
+    .execute(&app.db)
+    .await
+    .expect_err("one pending offer per order");
+    assert!(error.to_string().contains("offers_one_pending_per_order"));
+}
+
+#[tokio::test]
+async fn racing_accepts_of_one_offer_assign_the_order_once() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = driver_at(&app, 300.0).await;
+    let other = driver_at(&app, 900.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let (offer, offered_to) = offered(
+        &app.dispatcher(fast_dispatch())
+            .run_round(order, 1)
+            .await
+            .expect("round"),
+    );
+    assert_eq!(offered_to, driver);
+    assert_error(accept(&app, offer, other).await, 403, "offer_not_yours").await;
+    let answers = futures::future::join_all((0..10).map(|_| accept(&app, offer, driver))).await;
+    let mut ok = 0;
+    for answer in answers {
+        match answer.status().as_u16() {
+            200 => ok += 1,
+            409 => {
+                let body: serde_json::Value = answer.json().await.expect("json");
+                assert_eq!(body["error"]["code"], "offer_already_accepted");
+            }
+            status => panic!("unexpected {status}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(driver_of(&app, order).await, Some(driver));
+    assert_eq!(audit(&app, order, "driver_assigned").await.len(), 1);
+    let version: i32 = sqlx::query_scalar("SELECT version FROM orders WHERE id = $1")
+        .bind(order)
+        .fetch_one(&app.db)
+        .await
+        .expect("version");
+    assert_eq!(version, 3, "placed 1, confirmed 2, assigned 3");
+    // The driver's load reached Valkey: a search now reports one active order.
+    let nearby = app
+        .state
+        .location
+        .find_nearby_drivers(
+            courier::geo::Point {
+                lat: RESTAURANT_AT.0,
+                lon: RESTAURANT_AT.1,
+            },
+            1.0,
+            10,
+        )
+        .await
+        .expect("search");
+    let me = nearby
+        .iter()
+        .find(|d| d.driver_id == driver)
+        .expect("still available");
+    assert_eq!(me.active_orders, 1);
+}
+
+#[tokio::test]
+async fn a_driver_never_holds_more_than_two_orders_when_accepts_race() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = driver_at(&app, 300.0).await;
+    let mut offer_ids = Vec::new();
+    for _ in 0..4 {
+        let order = confirmed_order(&app, &cast).await;
+        offer_ids.push(insert_offer(&app, order, driver).await);
+    }
+    let answers =
+        futures::future::join_all(offer_ids.iter().map(|&offer| accept(&app, offer, driver))).await;
+    let mut ok = 0;
+    for answer in answers {
+        match answer.status().as_u16() {
+            200 => ok += 1,
+            409 => {
+                let body: serde_json::Value = answer.json().await.expect("json");
+                assert_eq!(body["error"]["code"], "driver_at_capacity");
+            }
+            status => panic!("unexpected {status}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    let carried: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE driver_id = $1")
+        .bind(driver)
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(carried, 2);
+    // Fully loaded: gone from the available set.
+    let nearby = app
+        .state
+        .location
+        .find_nearby_drivers(
+            courier::geo::Point {
+                lat: RESTAURANT_AT.0,
+                lon: RESTAURANT_AT.1,
+            },
+            1.0,
+            10,
+        )
+        .await
+        .expect("search");
+    assert!(nearby.iter().all(|d| d.driver_id != driver));
+}
+
+#[tokio::test]
+async fn accept_and_timeout_racing_on_one_offer_have_exactly_one_winner() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let (mut accepted, mut expired) = (0, 0);
+    for _ in 0..8 {
+        let driver = insert_driver(&app.db).await;
+        let order = confirmed_order(&app, &cast).await;
+        let offer = insert_offer(&app, order, driver).await;
+        let rounds_before = pending_rounds(&app, order).await.len();
+        let (answer, expiry) =
+            tokio::join!(accept(&app, offer, driver), offers::expire(&app.db, offer));
+        let expiry = expiry.expect("expire runs");
+        let status: String = sqlx::query_scalar("SELECT status FROM offers WHERE id = $1")
+            .bind(offer)
+            .fetch_one(&app.db)
+            .await
+            .expect("offer");
+        match answer.status().as_u16() {
+            200 => {
+                assert!(!expiry, "the timeout must not also win");
+                assert_eq!(status, "accepted");
+                assert_eq!(driver_of(&app, order).await, Some(driver));
+                assert_eq!(pending_rounds(&app, order).await.len(), rounds_before);
+                accepted += 1;
+            }
+            409 => {
+                assert!(expiry);
+                assert_eq!(status, "expired");
+                assert_eq!(driver_of(&app, order).await, None);
+                // The expiry moved the order on.
+                assert_eq!(pending_rounds(&app, order).await.len(), rounds_before + 1);
+                expired += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(accepted + expired, 8);
+}
+
+#[tokio::test]
+async fn every_ended_offer_leaves_a_next_offer_or_a_scheduled_round() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let only = driver_at(&app, 300.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let dispatcher = app.dispatcher(fast_dispatch());
+    // The confirm's own round-1 job is pending; run round 1 by hand (no workers).
+    let (offer, _) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    assert!(offers::expire(&app.db, offer).await.expect("expire"));
+    assert!(
+        !offers::expire(&app.db, offer).await.expect("twice"),
+        "at-least-once safe"
+    );
+    assert_eq!(pending_rounds(&app, order).await, vec![1, 1]);
+    // The only driver was offered already: this round finds nobody and schedules round 2.
+    let next = dispatcher.run_round(order, 1).await.expect("round");
+    assert!(
+        matches!(next, RoundOutcome::Rescheduled { round: 2, .. }),
+        "{next:?}"
+    );
+    assert_eq!(pending_rounds(&app, order).await, vec![1, 1, 2]);
+    // A duplicate delivery of round 1 starts no second retry chain.
+    let duplicate = dispatcher.run_round(order, 1).await.expect("round");
+    assert_eq!(duplicate, RoundOutcome::Superseded);
+    assert_eq!(pending_rounds(&app, order).await, vec![1, 1, 2]);
+    assert_eq!(
+        offers_of(&app, order).await,
+        vec![(offer, only, "expired".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let first = driver_at(&app, 300.0).await;
+    let second = driver_at(&app, 800.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let dispatcher = app.dispatcher(fast_dispatch());
+    let (offer, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    assert_eq!(driver, first);
+
+    assert_error(decline(&app, offer, second).await, 403, "offer_not_yours").await;
+    let customer = app
+        .post_as(
+            &format!("/v1/offers/{offer}/decline"),
+            Role::Customer,
+            cast.customer,
+            &json!({}),
+        )
+        .await;
+    assert_error(customer, 403, "forbidden").await;
+    assert_error(decline(&app, 999_999, first).await, 404, "not_found").await;
+
+    let declined = decline(&app, offer, first).await;
+    assert_eq!(declined.status().as_u16(), 200);
+    let body: serde_json::Value = declined.json().await.expect("json");
+    assert_eq!(body["offer"]["status"], "declined");
+    assert_error(decline(&app, offer, first).await, 409, "offer_declined").await;
+    assert_error(accept(&app, offer, first).await, 409, "offer_declined").await;
+    assert_eq!(audit(&app, order, "offer_declined").await.len(), 1);
+
+    let (next_offer, next_driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    assert_eq!(next_driver, second);
+    let made = audit(&app, order, "offer_made").await;
+    assert_eq!(
+        made[1]["expires_in_s"], 3.0,
+        "later offers use the later TTL"
+    );
+    assert!(next_offer > offer);
+}
+
+#[tokio::test]
+async fn cancelling_the_order_withdraws_its_offer() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = driver_at(&app, 300.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let (offer, _) = offered(
+        &app.dispatcher(fast_dispatch())
+            .run_round(order, 1)
+            .await
+            .expect("round"),
+    );
+    let cancelled = app
+        .act(order, "cancel", Role::Customer, cast.customer)
+        .await;
+    assert_eq!(cancelled.status().as_u16(), 200);
+    assert_eq!(offers_of(&app, order).await[0].2, "cancelled");
+    assert_error(accept(&app, offer, driver).await, 409, "offer_cancelled").await;
+    let listed: serde_json::Value = app
+        .get_as(
+            &format!("/v1/drivers/{driver}/offers"),
+            Role::Driver,
+            driver,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["offers"], json!([]));
+    // The timeout job, when it fires, finds nothing to do.
+    assert!(!offers::expire(&app.db, offer).await.expect("expire"));
+    assert_eq!(
+        app.dispatcher(fast_dispatch())
+            .run_round(order, 1)
+            .await
+            .expect("round"),
+        RoundOutcome::NotWaiting
+    );
+}
+
+#[tokio::test]
+async fn going_offline_declines_the_drivers_offers() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = driver_at(&app, 300.0).await;
+    let order = confirmed_order(&app, &cast).await;
+    let (offer, _) = offered(
+        &app.dispatcher(fast_dispatch())
+            .run_round(order, 1)
+            .await
+            .expect("round"),
+    );
+    assert_error(
+        app.get_as(
+            &format!("/v1/drivers/{driver}/offers"),
+            Role::Driver,
+            driver + 1,
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let offline = app
+        .post_as(
+            &format!("/v1/drivers/{driver}/status"),
+            Role::Driver,
+            driver,
+            &json!({"status": "offline"}),
+        )
+        .await;
+    assert_eq!(offline.status().as_u16(), 200);
+    assert_eq!(
+        offers_of(&app, order).await,
+        vec![(offer, driver, "declined".to_owned())]
+    );
+    assert_eq!(pending_rounds(&app, order).await, vec![1, 1]);
+    // Offline drivers are not candidates.
+    let next = app
+        .dispatcher(fast_dispatch())
+        .run_round(order, 1)
+        .await
+        .expect("round");
+    assert!(matches!(next, RoundOutcome::Rescheduled { .. }), "{next:?}");
+}
+
+#[tokio::test]
+async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let order = confirmed_order(&app, &cast).await;
+    // A location service whose Valkey is down.
+    let dead = Valkey::new(&ValkeySettings {
+        url: format!("redis://127.0.0.1:{}", dead_port()),
+        key_prefix: "dead:".to_owned(),
+    })
+    .expect("valid url");
+    let (sender, _history) = history::spawn(app.db.clone());
+    let location = LocationService::new(dead, app.db.clone(), sender);
+    let dispatcher = Dispatcher::new(
+        app.db.clone(),
+        location,
+        DispatchSettings {
+            breaker: BreakerSettings {
+                timeout: Duration::from_secs(2),
+                min_calls: 2,
+                ..BreakerSettings::default()
+            },
+            ..fast_dispatch()
+        },
+    );
+    // Two failed lookups (one per round) open the breaker.
+    for round in 1..=2 {
+        let outcome = dispatcher.run_round(order, round).await.expect("round");
+        assert!(
+            matches!(outcome, RoundOutcome::Rescheduled { .. }),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        dispatcher.breaker.state_at(std::time::Instant::now()),
+        BreakerState::Open
+    );
+    let outcome = dispatcher.run_round(order, 3).await.expect("round");
+    assert!(
+        matches!(outcome, RoundOutcome::Rescheduled { round: 4, .. }),
+        "{outcome:?}"
+    );
+    let reasons: Vec<String> = audit(&app, order, "match_round_empty")
+        .await
+        .iter()
+        .map(|m| m["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(reasons[0], "candidate lookup failed");
+    assert_eq!(reasons[2], "candidate lookup circuit open");
+    assert_eq!(pending_rounds(&app, order).await.last(), Some(&4));
+}
