@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use chrono_tz::Tz;
+
 use crate::dispatch::DispatchSettings;
+use crate::eta::estimator::Estimator;
+use crate::eta::routing::RoutingSettings;
 
 /// The development signing secret used when `--dev` is given without `COURIER_JWT_SECRET`.
 /// Tokens signed with it are worthless outside a developer's machine, which is the point.
@@ -99,6 +103,29 @@ pub struct CommonArgs {
     )]
     pub match_alert_rounds: u32,
 
+    /// Base URL of an OSRM routing server (e.g. `http://osrm:5000`); unset, ETAs use the
+    /// built-in estimator.
+    #[arg(long, env = "COURIER_ROUTING_URL", global = true)]
+    pub routing_url: Option<String>,
+
+    /// Longest a routing request may take before the estimator answers instead, e.g. `2s`.
+    #[arg(long, env = "COURIER_ROUTING_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub routing_timeout: Duration,
+
+    /// Average city driving speed of the built-in estimator, km/h.
+    #[arg(
+        long,
+        env = "COURIER_ROUTING_SPEED_KMH",
+        default_value_t = 25.0,
+        global = true
+    )]
+    pub routing_speed_kmh: f64,
+
+    /// The market's IANA time zone (traffic multipliers follow its local hour), e.g.
+    /// `America/New_York`.
+    #[arg(long, env = "COURIER_MARKET_TZ", default_value = "UTC", global = true)]
+    pub market_tz: String,
+
     /// Log format: one JSON object per line, or human-readable text.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
@@ -168,6 +195,14 @@ pub enum ConfigError {
     MatchRetry,
     #[error("COURIER_MATCH_ALERT_ROUNDS must be between 1 and 1000")]
     MatchAlertRounds,
+    #[error("COURIER_ROUTING_URL must be an http(s) URL: {0}")]
+    RoutingUrl(String),
+    #[error("COURIER_ROUTING_TIMEOUT must be between 100 ms and 30 s")]
+    RoutingTimeout,
+    #[error("COURIER_ROUTING_SPEED_KMH must be between 1 and 200")]
+    RoutingSpeed,
+    #[error("COURIER_MARKET_TZ is not an IANA time zone: {0}")]
+    MarketTz(String),
 }
 
 /// Where Postgres is and how many connections to open.
@@ -217,6 +252,7 @@ pub struct Config {
     pub jwt_secret: JwtSecret,
     pub dev: bool,
     pub dispatch: DispatchSettings,
+    pub routing: RoutingSettings,
 }
 
 impl Config {
@@ -236,6 +272,7 @@ impl Config {
         validate_key_prefix(&args.key_prefix)?;
         let jwt_secret = jwt_secret(args.jwt_secret.as_deref(), args.dev)?;
         let dispatch = dispatch_settings(args)?;
+        let routing = routing_settings(args)?;
         Ok(Self {
             database: DatabaseSettings {
                 url: args.database_url.clone(),
@@ -248,8 +285,39 @@ impl Config {
             jwt_secret,
             dev: args.dev,
             dispatch,
+            routing,
         })
     }
+}
+
+fn routing_settings(args: &CommonArgs) -> Result<RoutingSettings, ConfigError> {
+    let osrm_url = args
+        .routing_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .map(|raw| {
+            url::Url::parse(raw)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .map(|_| raw.to_owned())
+                .ok_or_else(|| ConfigError::RoutingUrl(redact_url(raw)))
+        })
+        .transpose()?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(30)).contains(&args.routing_timeout) {
+        return Err(ConfigError::RoutingTimeout);
+    }
+    let estimator = Estimator::new(args.routing_speed_kmh).ok_or(ConfigError::RoutingSpeed)?;
+    let market: Tz = args
+        .market_tz
+        .parse()
+        .map_err(|_| ConfigError::MarketTz(args.market_tz.clone()))?;
+    Ok(RoutingSettings {
+        osrm_url,
+        timeout: args.routing_timeout,
+        estimator,
+        market,
+        ..RoutingSettings::default()
+    })
 }
 
 fn dispatch_settings(args: &CommonArgs) -> Result<DispatchSettings, ConfigError> {

@@ -16,6 +16,8 @@
 //! - [`geo`]: coordinates, distances and cache cells (pure).
 //! - [`location`]: driver positions in Valkey, nearby search, expiry, history.
 //! - [`dispatch`]: driver matching: scoring, batching, offers, the circuit breaker.
+//! - [`eta`]: delivery ETAs, traffic multipliers, routing (OSRM client, estimator, cache).
+//! - [`clock`]: the injectable wall clock.
 //! - [`jobs`]: apalis workers and their registry.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
@@ -28,9 +30,11 @@ pub mod auth;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod eta;
 pub mod geo;
 pub mod jobs;
 pub mod location;

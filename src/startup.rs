@@ -12,8 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
+use crate::clock::Clock;
 use crate::config::{Config, HttpSettings};
 use crate::dispatch::Dispatcher;
+use crate::eta::routing::Routing;
 use crate::location::history::{self, HistoryTask};
 use crate::location::{LocationService, sweeper};
 use crate::shutdown::{self, CancellationToken};
@@ -28,6 +30,8 @@ impl AppState {
         let valkey = Valkey::new(&config.valkey).context("invalid VALKEY_URL")?;
         let (history_sender, history) = history::spawn(db.clone());
         let location = LocationService::new(valkey.clone(), db.clone(), history_sender);
+        let routing = Routing::new(&config.routing, valkey.clone())
+            .context("cannot build the routing client")?;
         let sweeper_stop = CancellationToken::new();
         let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));
         let state = Self {
@@ -35,6 +39,8 @@ impl AppState {
             valkey,
             tokens: TokenKeys::new(&config.jwt_secret),
             location,
+            routing,
+            clock: Clock::default(),
         };
         Ok((
             state,
@@ -186,6 +192,7 @@ pub async fn run_process(
                     dispatch: Dispatcher::new(
                         state.db.clone(),
                         state.location.clone(),
+                        state.routing.clone(),
                         config.dispatch.clone(),
                     ),
                 },

@@ -23,8 +23,10 @@ use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::auth::{self, TokenKeys};
+use crate::clock::Clock;
 use crate::config::HttpSettings;
 use crate::error::ApiError;
+use crate::eta::routing::Routing;
 use crate::location::LocationService;
 use crate::valkey::Valkey;
 
@@ -35,6 +37,9 @@ pub struct AppState {
     pub valkey: Valkey,
     pub tokens: TokenKeys,
     pub location: LocationService,
+    pub routing: Routing,
+    /// The wall clock for time-dependent answers (ETAs); tests pin it.
+    pub clock: Clock,
 }
 
 impl FromRef<AppState> for TokenKeys {

@@ -15,6 +15,8 @@ use crate::api::extract::{ApiJson, ApiPath, ApiQuery, ClientMeta};
 use crate::auth::{Principal, Role};
 use crate::dispatch::offers;
 use crate::error::ApiError;
+use crate::eta::Eta;
+use crate::eta::order::{EtaError, order_eta};
 use crate::geo::Point;
 use crate::store::orders::{self, ListFilter, OrderView};
 use crate::workflows::OrderStatus;
@@ -373,11 +375,21 @@ transition_handler!(pickup, Action::PickUp);
 transition_handler!(deliver, Action::Deliver);
 transition_handler!(cancel, Action::Cancel);
 
+/// An order with its live ETA.
+#[derive(Debug, Serialize)]
+struct ShowBody {
+    #[serde(flatten)]
+    order: OrderView,
+    /// Absent for completed and cancelled orders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta: Option<Eta>,
+}
+
 async fn show(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<OrderView>, ApiError> {
+) -> Result<Json<ShowBody>, ApiError> {
     let mut conn = state.db.acquire().await?;
     let view = orders::fetch_view(&mut conn, id)
         .await?
@@ -390,7 +402,20 @@ async fn show(
     if !parties.visible_to(Actor::from(principal)) {
         return Err(ApiError::not_found("no such order"));
     }
-    Ok(Json(view))
+    drop(conn);
+    let eta = order_eta(
+        &state.db,
+        &state.location,
+        &state.routing,
+        id,
+        state.clock.now(),
+    )
+    .await
+    .map_err(|e| match e {
+        EtaError::NotFound => ApiError::not_found("no such order"),
+        EtaError::Database(e) => e.into(),
+    })?;
+    Ok(Json(ShowBody { order: view, eta }))
 }
 
 #[derive(Debug, Deserialize)]

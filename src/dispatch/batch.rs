@@ -18,13 +18,15 @@
 //! - **Savings** = distance of doing the orders one after the other
 //!   (`L1` + current customer → new restaurant + `L2`) minus `Lc`.
 //!
-//! All lengths are road estimates ([`crate::dispatch::travel`]).
+//! All lengths and times come from the built-in estimator ([`crate::eta::estimator`]) with the
+//! current traffic multiplier: batching compares several route variants per candidate, where a
+//! consistent model matters more than a routing call per leg.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::dispatch::travel::{drive_time_for, road_m, route_m};
+use crate::eta::estimator::Estimator;
 use crate::geo::{Point, haversine_m};
 
 /// Most orders a driver carries at once.
@@ -88,9 +90,21 @@ pub enum NoBatch {
     TooMuchDelay,
 }
 
-/// Measures a batch of `new` onto the route of a driver at `driver` carrying `carried`
-/// (only the first carried order shapes the route; [`evaluate`] refuses more than one).
-pub fn measure(driver: Point, carried: &[CarriedOrder], new: &NewOrder) -> BatchMetrics {
+/// Where the driver is and how fast the city moves now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conditions<'a> {
+    pub driver: Point,
+    pub estimator: &'a Estimator,
+    /// The traffic multiplier of the current hour.
+    pub traffic: f64,
+}
+
+/// Measures a batch of `new` onto the route of a driver carrying `carried` (only the first
+/// carried order shapes the route; [`evaluate`] refuses more than one).
+pub fn measure(at: &Conditions<'_>, carried: &[CarriedOrder], new: &NewOrder) -> BatchMetrics {
+    let driver = at.driver;
+    let road_m = |a: Point, b: Point| at.estimator.road_m(a, b);
+    let route_m = |stops: &[Point]| at.estimator.route_m(stops);
     let Some(current) = carried.first() else {
         return BatchMetrics {
             orders_carried: 0,
@@ -118,7 +132,11 @@ pub fn measure(driver: Point, carried: &[CarriedOrder], new: &NewOrder) -> Batch
     } else {
         (own_m / extra_m).min(1.0)
     };
-    let additional_delay = drive_time_for((combined_first_m - current_m).max(0.0)) + STOP_BUFFER;
+    let additional_delay = at
+        .estimator
+        .time_for((combined_first_m - current_m).max(0.0))
+        .mul_f64(at.traffic)
+        + STOP_BUFFER;
     let separate_m = current_m + road_m(current.customer, new.restaurant) + own_m;
     BatchMetrics {
         orders_carried: carried.len(),
@@ -154,8 +172,12 @@ pub fn evaluate(metrics: &BatchMetrics) -> Result<Batch, NoBatch> {
 }
 
 /// [`measure`] then [`evaluate`].
-pub fn check(driver: Point, carried: &[CarriedOrder], new: &NewOrder) -> Result<Batch, NoBatch> {
-    evaluate(&measure(driver, carried, new))
+pub fn check(
+    at: &Conditions<'_>,
+    carried: &[CarriedOrder],
+    new: &NewOrder,
+) -> Result<Batch, NoBatch> {
+    evaluate(&measure(at, carried, new))
 }
 
 #[cfg(test)]
@@ -234,6 +256,16 @@ mod tests {
         lon: -74.0060,
     };
 
+    const ESTIMATOR: Estimator = Estimator::DEFAULT;
+
+    fn from(driver: Point) -> Conditions<'static> {
+        Conditions {
+            driver,
+            estimator: &ESTIMATOR,
+            traffic: 1.0,
+        }
+    }
+
     fn north(m: f64) -> Point {
         Point {
             lat: R.lat + m / 111_195.0,
@@ -253,7 +285,7 @@ mod tests {
             restaurant: R,
             customer: north(2_000.0),
         };
-        let m = measure(R, &[current], &new);
+        let m = measure(&from(R), &[current], &new);
         assert_eq!(m.orders_carried, 1);
         assert!(m.restaurant_gap_m < 1e-6);
         assert_eq!(m.route_efficiency, 1.0);
@@ -261,7 +293,7 @@ mod tests {
         assert_eq!(m.additional_delay, STOP_BUFFER);
         // Separately: 1 km out, 1 km back, 2 km out; together: 2 km.
         assert!((m.savings_m - 2_000.0 * 1.3).abs() < 5.0, "{}", m.savings_m);
-        assert!(check(R, &[current], &new).is_ok());
+        assert!(check(&from(R), &[current], &new).is_ok());
     }
 
     #[test]
@@ -277,13 +309,13 @@ mod tests {
             restaurant: R,
             customer: north(-1_000.0),
         };
-        let m = measure(R, &[current], &new);
+        let m = measure(&from(R), &[current], &new);
         assert!(
             (m.route_efficiency - 0.5).abs() < 1e-3,
             "{}",
             m.route_efficiency
         );
-        assert_eq!(check(R, &[current], &new), Err(NoBatch::Inefficient));
+        assert_eq!(check(&from(R), &[current], &new), Err(NoBatch::Inefficient));
     }
 
     #[test]
@@ -299,14 +331,50 @@ mod tests {
             restaurant: north(-450.0),
             customer: north(1_500.0),
         };
-        let m = measure(R, &[current], &new);
+        let m = measure(&from(R), &[current], &new);
         assert!(m.restaurant_gap_m <= MAX_RESTAURANT_GAP_M);
         assert!(
             m.additional_delay > MAX_ADDITIONAL_DELAY,
             "{:?}",
             m.additional_delay
         );
-        assert_eq!(check(R, &[current], &new), Err(NoBatch::TooMuchDelay));
+        assert_eq!(
+            check(&from(R), &[current], &new),
+            Err(NoBatch::TooMuchDelay)
+        );
+    }
+
+    #[test]
+    fn traffic_stretches_the_delay() {
+        // A detour of ~1 min 45 s at free flow fits; at rush hour (×1.5) plus the stop, not.
+        let current = CarriedOrder {
+            restaurant: R,
+            customer: north(1_000.0),
+            picked_up: true,
+        };
+        let new = NewOrder {
+            restaurant: north(-280.0),
+            customer: north(1_500.0),
+        };
+        let free = measure(&from(R), &[current], &new);
+        assert!(
+            free.additional_delay <= MAX_ADDITIONAL_DELAY,
+            "{:?}",
+            free.additional_delay
+        );
+        let rush = measure(
+            &Conditions {
+                traffic: 1.5,
+                ..from(R)
+            },
+            &[current],
+            &new,
+        );
+        assert!(
+            rush.additional_delay > MAX_ADDITIONAL_DELAY,
+            "{:?}",
+            rush.additional_delay
+        );
     }
 
     #[test]
@@ -320,6 +388,9 @@ mod tests {
             restaurant: north(600.0),
             customer: north(2_000.0),
         };
-        assert_eq!(check(R, &[current], &new), Err(NoBatch::RestaurantsTooFar));
+        assert_eq!(
+            check(&from(R), &[current], &new),
+            Err(NoBatch::RestaurantsTooFar)
+        );
     }
 }

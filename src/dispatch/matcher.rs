@@ -9,13 +9,16 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgConnection;
 
-use crate::dispatch::batch::{self, CarriedOrder, NewOrder};
+use chrono::Utc;
+
+use crate::dispatch::batch::{self, CarriedOrder, Conditions, NewOrder};
 use crate::dispatch::breaker::BreakerError;
 use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
 use crate::dispatch::{
     ACTIVE_STATES, DispatchEvent, Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM,
     WAITING_STATES, record, retry_delay,
 };
+use crate::eta::routing::Routing;
 use crate::geo::Point;
 use crate::jobs::match_driver::MatchDriver;
 use crate::jobs::offer_timeout::OfferTimeout;
@@ -163,6 +166,7 @@ struct Search {
 /// (driver facts, orders they carry), never one per driver.
 async fn eligible(
     conn: &mut PgConnection,
+    routing: &Routing,
     order_id: i64,
     order: &OrderRow,
     nearby: &[NearbyDriver],
@@ -214,32 +218,57 @@ async fn eligible(
     }
     let positions: HashMap<i64, &NearbyDriver> = nearby.iter().map(|d| (d.driver_id, d)).collect();
     let new_order = order.new_order();
-    let candidates = drivers
+    let now = Utc::now();
+    let conditions = |driver: Point| Conditions {
+        driver,
+        estimator: routing.estimator(),
+        traffic: routing.traffic(now),
+    };
+    // Who can take the order at all: not excluded, and idle or carrying one order this one
+    // batches with under every rule.
+    let mut able = Vec::new();
+    for d in drivers.into_iter().filter(|d| !d.excluded) {
+        let Some(at) = positions.get(&d.id) else {
+            continue;
+        };
+        let position = Point {
+            lat: at.lat,
+            lon: at.lon,
+        };
+        let carrying = carried.get(&d.id).map_or(&[][..], Vec::as_slice);
+        let batch = if carrying.is_empty() {
+            None
+        } else {
+            match batch::check(&conditions(position), carrying, &new_order) {
+                Ok(batch) => Some(batch),
+                Err(_) => continue,
+            }
+        };
+        able.push((
+            d,
+            position,
+            u32::try_from(carrying.len()).unwrap_or(u32::MAX),
+            batch,
+        ));
+    }
+    // Arrival times for all of them in one routing request.
+    let sources: Vec<Point> = able.iter().map(|(_, p, _, _)| *p).collect();
+    let arrivals = routing
+        .routes_to(&sources, order.facts().restaurant, now)
+        .await;
+    let candidates = able
         .into_iter()
-        .filter(|d| !d.excluded)
-        .filter_map(|d| {
-            let at = positions.get(&d.id)?;
-            let position = Point {
-                lat: at.lat,
-                lon: at.lon,
-            };
-            let carrying = carried.get(&d.id).map_or(&[][..], Vec::as_slice);
-            let batch = if carrying.is_empty() {
-                None
-            } else {
-                // A carrying driver is a candidate only if the batch passes every rule.
-                Some(batch::check(position, carrying, &new_order).ok()?)
-            };
-            Some(Candidate {
-                driver_id: d.id,
-                position,
-                active_orders: u32::try_from(carrying.len()).unwrap_or(u32::MAX),
-                rating: d.rating,
-                total_deliveries: d.total_deliveries,
-                delivered_today: d.delivered_today,
-                daily_goal: d.daily_goal,
-                batch,
-            })
+        .zip(arrivals)
+        .map(|((d, position, active_orders, batch), leg)| Candidate {
+            driver_id: d.id,
+            position,
+            active_orders,
+            rating: d.rating,
+            total_deliveries: d.total_deliveries,
+            delivered_today: d.delivered_today,
+            daily_goal: d.daily_goal,
+            arrival: leg.duration,
+            batch,
         })
         .collect();
     Ok(score::rank(candidates, &order.facts()))
@@ -280,7 +309,7 @@ impl Dispatcher {
                 tracing::warn!(order_id, error = %e, "database unavailable for scoring");
                 "database unavailable".to_owned()
             })?;
-            let ranked = eligible(&mut conn, order_id, order, &nearby)
+            let ranked = eligible(&mut conn, &self.routing, order_id, order, &nearby)
                 .await
                 .map_err(|e| {
                     tracing::warn!(order_id, error = %e, "candidate facts query failed");

@@ -1,8 +1,7 @@
 //! Driver matching: who gets offered an order, and what happens to the offer.
 //!
 //! Pure decisions live in their own modules and have no I/O: [`score`] (the spec's seven
-//! factors), [`batch`] (may a carrying driver take a second order), [`travel`] (the speed
-//! model), [`breaker`] (the circuit breaker's state machine) and [`retry_delay`]. The I/O is
+//! factors), [`batch`] (may a carrying driver take a second order), [`breaker`] (the circuit breaker's state machine) and [`retry_delay`]. The I/O is
 //! in [`matcher`] (one matching round, run by the `match_driver` job) and [`offers`] (accept,
 //! decline, expiry, cancellation, and the driver's load in Valkey).
 //!
@@ -34,7 +33,6 @@ pub mod breaker;
 pub mod matcher;
 pub mod offers;
 pub mod score;
-pub mod travel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +41,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::dispatch::breaker::{BreakerSettings, CircuitBreaker};
+use crate::eta::routing::Routing;
 use crate::location::LocationService;
 use crate::workflows::machine::Actor;
 
@@ -115,17 +114,24 @@ pub fn retry_delay(settings: &DispatchSettings, round: u32) -> Duration {
 pub struct Dispatcher {
     pub db: PgPool,
     pub location: LocationService,
+    pub routing: Routing,
     pub settings: Arc<DispatchSettings>,
     pub breaker: Arc<CircuitBreaker>,
 }
 
 impl Dispatcher {
     /// A dispatcher with a closed breaker.
-    pub fn new(db: PgPool, location: LocationService, settings: DispatchSettings) -> Self {
+    pub fn new(
+        db: PgPool,
+        location: LocationService,
+        routing: Routing,
+        settings: DispatchSettings,
+    ) -> Self {
         let breaker = Arc::new(CircuitBreaker::new("candidate_lookup", settings.breaker));
         Self {
             db,
             location,
+            routing,
             settings: Arc::new(settings),
             breaker,
         }

@@ -19,6 +19,7 @@ use crate::dispatch::{
     record,
 };
 use crate::jobs::match_driver::MatchDriver;
+use crate::jobs::refresh_eta::RefreshEta;
 use crate::jobs::{self, EnqueueError};
 use crate::location::{LocationService, MAX_ACTIVE_ORDERS};
 use crate::workflows::machine::Actor;
@@ -361,6 +362,15 @@ pub async fn accept(
             }),
             publish: true,
         },
+    )
+    .await?;
+    // The ETA now includes the driver's way to the restaurant.
+    jobs::enqueue(
+        &mut tx,
+        &RefreshEta {
+            order_id: row.order_id,
+        },
+        std::time::Duration::ZERO,
     )
     .await?;
     tx.commit().await?;

@@ -18,8 +18,8 @@
 //! leaving closer-in-time drivers free for orders that are ready now. Arriving late is
 //! already penalised by the distance factor.
 //!
-//! Travel time comes from [`crate::dispatch::travel`] (a documented speed model) until the
-//! ETA estimator exists.
+//! The driver's arrival time is a routing leg ([`crate::eta::routing`], traffic included),
+//! computed by the caller for all candidates in one table request.
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -27,7 +27,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::dispatch::batch::Batch;
-use crate::dispatch::travel;
 use crate::geo::{Point, haversine_m};
 
 /// How long a driver may wait at the restaurant for the food before timing costs points.
@@ -43,6 +42,8 @@ pub struct Candidate {
     pub total_deliveries: i64,
     pub delivered_today: i64,
     pub daily_goal: i64,
+    /// Driving time to the restaurant.
+    pub arrival: Duration,
     /// The batch this order would join, for a driver who carries an order.
     pub batch: Option<Batch>,
 }
@@ -120,7 +121,7 @@ pub fn timing_points(arrival: Duration, prep_remaining: Duration) -> f64 {
 /// Scores one candidate for one order.
 pub fn score(candidate: &Candidate, order: &OrderFacts) -> Breakdown {
     let distance_km = haversine_m(candidate.position, order.restaurant) / 1_000.0;
-    let arrival = travel::drive_time(candidate.position, order.restaurant);
+    let arrival = candidate.arrival;
     let mut b = Breakdown {
         distance_km,
         arrival_s: arrival.as_secs_f64(),
@@ -169,6 +170,7 @@ pub fn rank(candidates: Vec<Candidate>, order: &OrderFacts) -> Vec<(Candidate, B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eta::estimator::Estimator;
 
     const RESTAURANT: Point = Point {
         lat: 40.7128,
@@ -183,9 +185,11 @@ mod tests {
     }
 
     fn driver(id: i64, km: f64) -> Candidate {
+        let position = north_km(km);
         Candidate {
             driver_id: id,
-            position: north_km(km),
+            position,
+            arrival: Estimator::DEFAULT.route(position, RESTAURANT).duration,
             active_orders: 0,
             rating: 4.5,
             total_deliveries: 100,

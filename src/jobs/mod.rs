@@ -36,6 +36,7 @@ pub mod confirm_timeout;
 pub mod housekeeping;
 pub mod match_driver;
 pub mod offer_timeout;
+pub mod refresh_eta;
 pub mod request_review;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -200,6 +201,7 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
     );
     let monitor = register!(monitor, match_driver::MatchDriver, match_driver::run);
     let monitor = register!(monitor, offer_timeout::OfferTimeout, offer_timeout::run);
+    let monitor = register!(monitor, refresh_eta::RefreshEta, refresh_eta::run);
     let monitor = register!(
         monitor,
         capture_payment::CapturePayment,

@@ -396,6 +396,23 @@ impl LocationService {
         pipe.query_async(&mut conn).await
     }
 
+    /// A driver's last reported position, if it is fresh (within [`FRESHNESS`]).
+    pub async fn position(&self, driver_id: i64) -> redis::RedisResult<Option<Point>> {
+        let mut conn = self.conn();
+        let (lat, lon, updated_at): (Option<f64>, Option<f64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys.driver(driver_id))
+            .arg("lat")
+            .arg("lon")
+            .arg("updated_at")
+            .query_async(&mut conn)
+            .await?;
+        let fresh = updated_at.is_some_and(|t| t >= now_ms() - freshness_ms());
+        Ok(match (lat, lon) {
+            (Some(lat), Some(lon)) if fresh => Point::new(lat, lon),
+            _ => None,
+        })
+    }
+
     /// The channel on which an order's driver positions are published.
     pub fn tracking_channel(&self, order_id: i64) -> String {
         format!("{}{order_id}:location", self.keys.channel_prefix)

@@ -17,6 +17,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::dispatch::offers;
 use crate::jobs::capture_payment::CapturePayment;
 use crate::jobs::match_driver::MatchDriver;
+use crate::jobs::refresh_eta::RefreshEta;
 use crate::jobs::request_review::RequestReview;
 use crate::jobs::{self, EnqueueError};
 use crate::workflows::OrderStatus;
@@ -164,7 +165,11 @@ async fn enqueue_follow_ups(
 ) -> Result<(), EnqueueError> {
     match status {
         OrderStatus::Confirmed => {
-            jobs::enqueue(conn, &MatchDriver { order_id, round: 1 }, MATCH_DELAY).await
+            jobs::enqueue(conn, &MatchDriver { order_id, round: 1 }, MATCH_DELAY).await?;
+            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await
+        }
+        OrderStatus::PickedUp => {
+            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await
         }
         OrderStatus::Delivered => {
             jobs::enqueue(conn, &CapturePayment { order_id }, Duration::ZERO).await?;

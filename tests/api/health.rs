@@ -13,6 +13,7 @@ async fn healthz_answers_without_touching_dependencies() {
             "postgres://postgres@127.0.0.1:{}/none",
             dead_port()
         )),
+        ..TestAppOptions::default()
     })
     .await;
     let response = app
@@ -45,6 +46,7 @@ async fn readyz_is_503_naming_valkey_when_it_is_down() {
     let app = spawn_app_with(TestAppOptions {
         valkey_url: format!("redis://127.0.0.1:{}", dead_port()),
         database_url: None,
+        ..TestAppOptions::default()
     })
     .await;
     let response = app
@@ -72,6 +74,7 @@ async fn readyz_is_503_naming_postgres_when_it_is_down() {
             "postgres://postgres@127.0.0.1:{}/none",
             dead_port()
         )),
+        ..TestAppOptions::default()
     })
     .await;
     let response = app
@@ -160,6 +163,7 @@ async fn readiness_follows_valkey_going_away_and_coming_back_without_a_restart()
     let app = spawn_app_with(TestAppOptions {
         valkey_url: format!("redis://127.0.0.1:{port}"),
         database_url: None,
+        ..TestAppOptions::default()
     })
     .await;
     assert_eq!(

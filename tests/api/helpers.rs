@@ -13,6 +13,7 @@ use courier::api::AppState;
 use courier::auth::{Principal, Role, TokenKeys};
 use courier::config::{Config, DatabaseSettings, HttpSettings, JwtSecret, ValkeySettings};
 use courier::dispatch::{DispatchSettings, Dispatcher};
+use courier::eta::routing::RoutingSettings;
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
 use courier::store;
@@ -180,6 +181,8 @@ impl Drop for TestApp {
 #[derive(Debug, Clone)]
 pub struct TestAppOptions {
     pub valkey_url: String,
+    /// Routing (OSRM URL, market time zone); the estimator in UTC by default.
+    pub routing: RoutingSettings,
     /// Overrides the database URL (e.g. a dead port) instead of a fresh database.
     pub database_url: Option<String>,
 }
@@ -188,6 +191,7 @@ impl Default for TestAppOptions {
     fn default() -> Self {
         Self {
             valkey_url: valkey_url(),
+            routing: RoutingSettings::default(),
             database_url: None,
         }
     }
@@ -220,6 +224,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         jwt_secret: JwtSecret::from_bytes(TEST_SECRET.to_vec()).expect("long enough"),
         dev: false,
         dispatch: DispatchSettings::default(),
+        routing: options.routing.clone(),
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
@@ -526,7 +531,12 @@ impl TestApp {
 
     /// A dispatcher on this app's database and Valkey.
     pub fn dispatcher(&self, settings: DispatchSettings) -> Dispatcher {
-        Dispatcher::new(self.db.clone(), self.state.location.clone(), settings)
+        Dispatcher::new(
+            self.db.clone(),
+            self.state.location.clone(),
+            self.state.routing.clone(),
+            settings,
+        )
     }
 
     /// Runs the job workers with `settings` for matching.

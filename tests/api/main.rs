@@ -4,6 +4,7 @@
 
 mod auth;
 mod errors;
+mod eta;
 mod health;
 mod helpers;
 mod isolation;

@@ -690,6 +690,7 @@ async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
     let dispatcher = Dispatcher::new(
         app.db.clone(),
         location,
+        app.state.routing.clone(),
         DispatchSettings {
             breaker: BreakerSettings {
                 timeout: Duration::from_secs(2),
