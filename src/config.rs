@@ -11,9 +11,12 @@ use clap::{Args, ValueEnum};
 
 use chrono_tz::Tz;
 
+use crate::cron::CronSettings;
 use crate::dispatch::DispatchSettings;
 use crate::eta::estimator::Estimator;
 use crate::eta::routing::RoutingSettings;
+use crate::notify::WebhookSettings;
+use crate::payments::PaymentSettings;
 
 /// The development signing secret used when `--dev` is given without `COURIER_JWT_SECRET`.
 /// Tokens signed with it are worthless outside a developer's machine, which is the point.
@@ -126,9 +129,161 @@ pub struct CommonArgs {
     #[arg(long, env = "COURIER_MARKET_TZ", default_value = "UTC", global = true)]
     pub market_tz: String,
 
+    /// Payments, notifications and cron.
+    #[command(flatten)]
+    pub workflow: WorkflowArgs,
+
     /// Log format: one JSON object per line, or human-readable text.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
+}
+
+/// Which payment provider captures payments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PaymentProviderKind {
+    /// Records captures in Postgres (development).
+    Ledger,
+    /// A Stripe-style HTTP API.
+    Stripe,
+}
+
+/// Settings of the workflow's later steps: payments, webhooks and cron.
+#[derive(Args, Clone, Debug)]
+pub struct WorkflowArgs {
+    /// Payment provider.
+    #[arg(long, env = "COURIER_PAYMENT_PROVIDER", value_enum, default_value_t = PaymentProviderKind::Ledger, global = true)]
+    pub payment_provider: PaymentProviderKind,
+
+    /// Base URL of the Stripe-style payment API.
+    #[arg(
+        long,
+        env = "COURIER_STRIPE_API_URL",
+        default_value = "https://api.stripe.com",
+        global = true
+    )]
+    pub stripe_api_url: String,
+
+    /// Secret key of the payment API (required with `--payment-provider stripe`).
+    #[arg(
+        long,
+        env = "COURIER_STRIPE_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub stripe_secret_key: Option<String>,
+
+    /// Longest a payment request may take, e.g. `10s`.
+    #[arg(long, env = "COURIER_PAYMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub payment_timeout: Duration,
+
+    /// Delay before the second capture attempt after a retryable failure; doubles per attempt.
+    #[arg(long, env = "COURIER_PAYMENT_RETRY_BASE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub payment_retry_base: Duration,
+
+    /// Longest delay between capture attempts.
+    #[arg(long, env = "COURIER_PAYMENT_RETRY_CAP", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub payment_retry_cap: Duration,
+
+    /// Capture attempts before giving up and flagging the order.
+    #[arg(
+        long,
+        env = "COURIER_PAYMENT_MAX_ATTEMPTS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub payment_max_attempts: u32,
+
+    /// Webhook URL for customer notifications.
+    #[arg(long, env = "COURIER_WEBHOOK_CUSTOMER_URL", global = true)]
+    pub webhook_customer_url: Option<String>,
+
+    /// Webhook URL for driver notifications.
+    #[arg(long, env = "COURIER_WEBHOOK_DRIVER_URL", global = true)]
+    pub webhook_driver_url: Option<String>,
+
+    /// Webhook URL for restaurant notifications.
+    #[arg(long, env = "COURIER_WEBHOOK_RESTAURANT_URL", global = true)]
+    pub webhook_restaurant_url: Option<String>,
+
+    /// Shared secret signing webhooks (at least 16 bytes; required when a webhook URL is set).
+    #[arg(
+        long,
+        env = "COURIER_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// Attempts per webhook before giving up.
+    #[arg(
+        long,
+        env = "COURIER_WEBHOOK_MAX_ATTEMPTS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub webhook_max_attempts: u32,
+
+    /// Schedule (cron with seconds) of auto-completion of delivered orders.
+    #[arg(
+        long,
+        env = "COURIER_CRON_AUTO_COMPLETE",
+        default_value = "0 * * * * *",
+        global = true
+    )]
+    pub cron_auto_complete: String,
+
+    /// Schedule of the stuck-order sweep.
+    #[arg(
+        long,
+        env = "COURIER_CRON_STUCK_ORDERS",
+        default_value = "30 * * * * *",
+        global = true
+    )]
+    pub cron_stuck_orders: String,
+
+    /// Schedule of job, key and cron housekeeping.
+    #[arg(
+        long,
+        env = "COURIER_CRON_HOUSEKEEPING",
+        default_value = "0 */10 * * * *",
+        global = true
+    )]
+    pub cron_housekeeping: String,
+
+    /// Schedule of location-history partition maintenance.
+    #[arg(
+        long,
+        env = "COURIER_CRON_PARTITIONS",
+        default_value = "0 5 * * * *",
+        global = true
+    )]
+    pub cron_partitions: String,
+
+    /// Delivered orders older than this are completed, e.g. `1h`.
+    #[arg(long, env = "COURIER_AUTO_COMPLETE_AFTER", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub auto_complete_after: Duration,
+
+    /// Days of location history kept.
+    #[arg(
+        long,
+        env = "COURIER_LOCATION_RETENTION_DAYS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub location_retention_days: u32,
+
+    /// Days of location-history partitions created ahead.
+    #[arg(
+        long,
+        env = "COURIER_PARTITIONS_AHEAD_DAYS",
+        default_value_t = 3,
+        global = true
+    )]
+    pub partitions_ahead_days: u32,
+
+    /// Finished job rows older than this are deleted, e.g. `7d`.
+    #[arg(long, env = "COURIER_JOB_RETENTION", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub job_retention: Duration,
 }
 
 /// How log lines are written.
@@ -203,6 +358,8 @@ pub enum ConfigError {
     RoutingSpeed,
     #[error("COURIER_MARKET_TZ is not an IANA time zone: {0}")]
     MarketTz(String),
+    #[error("{0}")]
+    Workflow(String),
 }
 
 /// Where Postgres is and how many connections to open.
@@ -253,6 +410,9 @@ pub struct Config {
     pub dev: bool,
     pub dispatch: DispatchSettings,
     pub routing: RoutingSettings,
+    pub payments: PaymentSettings,
+    pub webhooks: WebhookSettings,
+    pub cron: CronSettings,
 }
 
 impl Config {
@@ -273,6 +433,7 @@ impl Config {
         let jwt_secret = jwt_secret(args.jwt_secret.as_deref(), args.dev)?;
         let dispatch = dispatch_settings(args)?;
         let routing = routing_settings(args)?;
+        let (payments, webhooks, cron) = workflow_settings(&args.workflow)?;
         Ok(Self {
             database: DatabaseSettings {
                 url: args.database_url.clone(),
@@ -286,8 +447,117 @@ impl Config {
             dev: args.dev,
             dispatch,
             routing,
+            payments,
+            webhooks,
+            cron,
         })
     }
+}
+
+fn http_url(name: &str, raw: &str) -> Result<String, ConfigError> {
+    url::Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(|_| raw.to_owned())
+        .ok_or_else(|| {
+            ConfigError::Workflow(format!(
+                "{name} must be an http(s) URL: {}",
+                redact_url(raw)
+            ))
+        })
+}
+
+fn schedule(name: &str, raw: &str) -> Result<cron::Schedule, ConfigError> {
+    raw.parse().map_err(|e| {
+        ConfigError::Workflow(format!(
+            "{name} is not a cron schedule with seconds (e.g. \"0 * * * * *\"): {e}"
+        ))
+    })
+}
+
+fn workflow_settings(
+    args: &WorkflowArgs,
+) -> Result<(PaymentSettings, WebhookSettings, CronSettings), ConfigError> {
+    let stripe = match args.payment_provider {
+        PaymentProviderKind::Ledger => None,
+        PaymentProviderKind::Stripe => {
+            let key = args
+                .stripe_secret_key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::Workflow(
+                        "COURIER_STRIPE_SECRET_KEY is required with COURIER_PAYMENT_PROVIDER=stripe"
+                            .to_owned(),
+                    )
+                })?;
+            Some((
+                http_url("COURIER_STRIPE_API_URL", &args.stripe_api_url)?,
+                key,
+            ))
+        }
+    };
+    if args.payment_retry_base.is_zero()
+        || args.payment_retry_base > args.payment_retry_cap
+        || !(1..=100).contains(&args.payment_max_attempts)
+    {
+        return Err(ConfigError::Workflow(
+            "payment retries: base > 0, base ≤ cap, and 1 to 100 attempts".to_owned(),
+        ));
+    }
+    let payments = PaymentSettings {
+        stripe,
+        timeout: args.payment_timeout,
+        retry_base: args.payment_retry_base,
+        retry_cap: args.payment_retry_cap,
+        max_attempts: args.payment_max_attempts,
+    };
+    let url = |name: &str, raw: &Option<String>| {
+        raw.as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| http_url(name, u))
+            .transpose()
+    };
+    let webhooks = WebhookSettings {
+        customer_url: url("COURIER_WEBHOOK_CUSTOMER_URL", &args.webhook_customer_url)?,
+        driver_url: url("COURIER_WEBHOOK_DRIVER_URL", &args.webhook_driver_url)?,
+        restaurant_url: url(
+            "COURIER_WEBHOOK_RESTAURANT_URL",
+            &args.webhook_restaurant_url,
+        )?,
+        secret: args.webhook_secret.clone().unwrap_or_default().into_bytes(),
+        max_attempts: args.webhook_max_attempts.clamp(1, 100),
+        ..WebhookSettings::default()
+    };
+    let any_url = webhooks.customer_url.is_some()
+        || webhooks.driver_url.is_some()
+        || webhooks.restaurant_url.is_some();
+    if any_url && webhooks.secret.len() < 16 {
+        return Err(ConfigError::Workflow(
+            "COURIER_WEBHOOK_SECRET (at least 16 bytes) is required when a webhook URL is set"
+                .to_owned(),
+        ));
+    }
+    if !(1..=3650).contains(&args.location_retention_days)
+        || !(1..=60).contains(&args.partitions_ahead_days)
+    {
+        return Err(ConfigError::Workflow(
+            "COURIER_LOCATION_RETENTION_DAYS must be 1–3650 and COURIER_PARTITIONS_AHEAD_DAYS 1–60"
+                .to_owned(),
+        ));
+    }
+    let cron = CronSettings {
+        auto_complete: schedule("COURIER_CRON_AUTO_COMPLETE", &args.cron_auto_complete)?,
+        stuck_orders: schedule("COURIER_CRON_STUCK_ORDERS", &args.cron_stuck_orders)?,
+        housekeeping: schedule("COURIER_CRON_HOUSEKEEPING", &args.cron_housekeeping)?,
+        partitions: schedule("COURIER_CRON_PARTITIONS", &args.cron_partitions)?,
+        auto_complete_after: args.auto_complete_after,
+        location_retention_days: args.location_retention_days,
+        partitions_ahead_days: args.partitions_ahead_days,
+        job_retention: args.job_retention,
+        ..CronSettings::default()
+    };
+    Ok((payments, webhooks, cron))
 }
 
 fn routing_settings(args: &CommonArgs) -> Result<RoutingSettings, ConfigError> {

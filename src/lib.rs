@@ -18,7 +18,11 @@
 //! - [`dispatch`]: driver matching: scoring, batching, offers, the circuit breaker.
 //! - [`eta`]: delivery ETAs, traffic multipliers, routing (OSRM client, estimator, cache).
 //! - [`clock`]: the injectable wall clock.
+//! - [`cron`]: periodic tasks (auto-completion, stuck orders, housekeeping, partitions), once
+//!   per tick across the fleet.
 //! - [`jobs`]: apalis workers and their registry.
+//! - [`notify`]: signed webhooks to customers, drivers and restaurants.
+//! - [`payments`]: payment capture (Stripe-style client, development ledger), exactly once.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
 //! - [`mod@bench`]: `courier bench location`.
@@ -32,12 +36,15 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cron;
 pub mod dispatch;
 pub mod error;
 pub mod eta;
 pub mod geo;
 pub mod jobs;
 pub mod location;
+pub mod notify;
+pub mod payments;
 pub mod seed;
 pub mod shutdown;
 pub mod startup;

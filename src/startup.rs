@@ -5,6 +5,7 @@
 //! process starts even when a dependency is down and `/readyz` says which one.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +19,8 @@ use crate::dispatch::Dispatcher;
 use crate::eta::routing::Routing;
 use crate::location::history::{self, HistoryTask};
 use crate::location::{LocationService, sweeper};
+use crate::notify::Notifier;
+use crate::payments::Payments;
 use crate::shutdown::{self, CancellationToken};
 use crate::valkey::Valkey;
 use crate::{jobs, store};
@@ -125,6 +128,24 @@ impl Application {
     }
 }
 
+/// What the workers need, built from the process's state and configuration.
+pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<jobs::JobContext> {
+    Ok(jobs::JobContext {
+        db: state.db.clone(),
+        dispatch: Dispatcher::new(
+            state.db.clone(),
+            state.location.clone(),
+            state.routing.clone(),
+            config.dispatch.clone(),
+        ),
+        payments: Payments::new(state.db.clone(), config.payments.clone())
+            .context("cannot build the payment client")?,
+        notifier: Notifier::new(config.webhooks.clone())
+            .context("cannot build the webhook client")?,
+        cron: Arc::new(config.cron.clone()),
+    })
+}
+
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parts {
@@ -186,19 +207,7 @@ pub async fn run_process(
         let backstop = drain + Duration::from_secs(1);
         match shutdown::run_with_drain(
             "worker",
-            jobs::run(
-                jobs::JobContext {
-                    db: state.db.clone(),
-                    dispatch: Dispatcher::new(
-                        state.db.clone(),
-                        state.location.clone(),
-                        state.routing.clone(),
-                        config.dispatch.clone(),
-                    ),
-                },
-                token.clone(),
-                drain,
-            ),
+            jobs::run(job_context(&state, config)?, token.clone(), drain),
             &token,
             backstop,
         )

@@ -15,8 +15,8 @@ use crate::dispatch::batch::{self, CarriedOrder, Conditions, NewOrder};
 use crate::dispatch::breaker::BreakerError;
 use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
 use crate::dispatch::{
-    ACTIVE_STATES, DispatchEvent, Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM,
-    WAITING_STATES, record, retry_delay,
+    ACTIVE_STATES, Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM, WAITING_STATES,
+    retry_delay,
 };
 use crate::eta::routing::Routing;
 use crate::geo::Point;
@@ -24,6 +24,8 @@ use crate::jobs::match_driver::MatchDriver;
 use crate::jobs::offer_timeout::OfferTimeout;
 use crate::jobs::{self, EnqueueError};
 use crate::location::NearbyDriver;
+use crate::notify::{self, Audience};
+use crate::workflows::events::{OrderEvent, record};
 use crate::workflows::machine::Actor;
 
 /// What a round did.
@@ -443,6 +445,15 @@ impl Dispatcher {
             return Ok(RoundOutcome::Superseded);
         };
         jobs::enqueue(tx, &OfferTimeout { offer_id }, ttl).await?;
+        notify::enqueue(
+            tx,
+            order_id,
+            Audience::Driver,
+            Some(best.driver_id),
+            "offer_made",
+            json!({ "order_id": order_id, "offer_id": offer_id, "expires_in_s": ttl.as_secs_f64() }),
+        )
+        .await?;
         let mut event_details = details.clone();
         if let Some(fields) = event_details.as_object_mut() {
             fields.insert("offer_id".to_owned(), offer_id.into());
@@ -451,7 +462,8 @@ impl Dispatcher {
         }
         record(
             tx,
-            &DispatchEvent {
+            &OrderEvent {
+                topic: "dispatch",
                 order_id,
                 event_type: "offer_made",
                 actor: Actor::System,
@@ -494,7 +506,8 @@ impl Dispatcher {
         .await?;
         record(
             tx,
-            &DispatchEvent {
+            &OrderEvent {
+                topic: "dispatch",
                 order_id,
                 event_type: "match_round_empty",
                 actor: Actor::System,
@@ -513,7 +526,8 @@ impl Dispatcher {
         if round == self.settings.alert_after_rounds {
             record(
                 tx,
-                &DispatchEvent {
+                &OrderEvent {
+                    topic: "dispatch",
                     order_id,
                     event_type: "order_unmatched",
                     actor: Actor::System,

@@ -37,13 +37,11 @@ pub mod score;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::dispatch::breaker::{BreakerSettings, CircuitBreaker};
 use crate::eta::routing::Routing;
 use crate::location::LocationService;
-use crate::workflows::machine::Actor;
 
 /// First search radius around the restaurant (the spec's 5 km).
 pub const SEARCH_RADIUS_KM: f64 = 5.0;
@@ -136,57 +134,6 @@ impl Dispatcher {
             breaker,
         }
     }
-}
-
-/// A matching event of an order: an audit row always, and an outbox event (topic `dispatch`)
-/// when someone outside must hear of it.
-#[derive(Debug)]
-pub struct DispatchEvent {
-    pub order_id: i64,
-    /// `offer_made`, `offer_declined`, `offer_expired`, `driver_assigned`, `match_round_empty`,
-    /// `order_unmatched`.
-    pub event_type: &'static str,
-    pub actor: Actor,
-    pub details: Value,
-    pub publish: bool,
-}
-
-/// Writes `event` on `conn` (the transaction of the change it describes).
-pub async fn record(conn: &mut PgConnection, event: &DispatchEvent) -> Result<(), sqlx::Error> {
-    let event_id = uuid::Uuid::new_v4();
-    let mut metadata = event.details.clone();
-    if let Value::Object(fields) = &mut metadata {
-        fields.insert("action".to_owned(), Value::from(event.event_type));
-        fields.insert("event_id".to_owned(), Value::from(event_id.to_string()));
-    }
-    let payload = serde_json::json!({
-        "eventId": event_id,
-        "eventType": event.event_type,
-        "orderId": event.order_id,
-        "actorType": event.actor.kind(),
-        "actorId": event.actor.id(),
-        "details": event.details,
-        "timestamp": chrono::Utc::now(),
-    });
-    sqlx::query(
-        "WITH audit AS (
-             INSERT INTO audit_logs (event_type, entity_type, entity_id, actor_type, actor_id, metadata)
-             VALUES ($2, 'order', $1, $3, $4, $5)
-         )
-         INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, event_type, payload)
-         SELECT $6, 'dispatch', 'order', $1, $2, $7 WHERE $8",
-    )
-    .bind(event.order_id)
-    .bind(event.event_type)
-    .bind(event.actor.kind())
-    .bind(event.actor.id())
-    .bind(metadata)
-    .bind(event_id)
-    .bind(payload)
-    .bind(event.publish)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,14 +14,13 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::dispatch::{
-    ACTIVE_STATES, DispatchEvent, MATCH_DURATION, MATCH_ROUNDS, OFFERS_TOTAL, WAITING_STATES,
-    record,
-};
+use crate::dispatch::{ACTIVE_STATES, MATCH_DURATION, MATCH_ROUNDS, OFFERS_TOTAL, WAITING_STATES};
 use crate::jobs::match_driver::MatchDriver;
 use crate::jobs::refresh_eta::RefreshEta;
 use crate::jobs::{self, EnqueueError};
 use crate::location::{LocationService, MAX_ACTIVE_ORDERS};
+use crate::notify::{self, Audience};
+use crate::workflows::events::{OrderEvent, record};
 use crate::workflows::machine::Actor;
 
 /// Where an offer is.
@@ -220,7 +219,8 @@ async fn end_offer(
     .await?;
     record(
         conn,
-        &DispatchEvent {
+        &OrderEvent {
+            topic: "dispatch",
             order_id,
             event_type: if status == OfferStatus::Expired {
                 "offer_expired"
@@ -350,7 +350,8 @@ pub async fn accept(
     };
     record(
         &mut tx,
-        &DispatchEvent {
+        &OrderEvent {
+            topic: "dispatch",
             order_id: row.order_id,
             event_type: "driver_assigned",
             actor: Actor::Driver(driver_id),
@@ -362,6 +363,19 @@ pub async fn accept(
             }),
             publish: true,
         },
+    )
+    .await?;
+    let customer_id: i64 = sqlx::query_scalar("SELECT customer_id FROM orders WHERE id = $1")
+        .bind(row.order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    notify::enqueue(
+        &mut tx,
+        row.order_id,
+        Audience::Customer,
+        Some(customer_id),
+        "driver_assigned",
+        json!({ "order_id": row.order_id, "driver_id": driver_id }),
     )
     .await?;
     // The ETA now includes the driver's way to the restaurant.

@@ -1,6 +1,6 @@
 //! Background jobs: apalis 1.0 workers on Postgres storage (`apalis.jobs`), one file per job
-//! kind, the [`enqueue`] API the workflow uses, the [`Monitor`] that runs the workers, and
-//! the process's periodic [`housekeeping`].
+//! kind, the [`enqueue`] API the workflow uses, and the [`Monitor`] that runs the workers and
+//! the [`crate::cron`] tasks.
 //!
 //! # Enqueueing
 //! [`enqueue`] writes the job row with `apalis_postgres::queries::push_tasks` on the caller's
@@ -33,12 +33,13 @@
 
 pub mod capture_payment;
 pub mod confirm_timeout;
-pub mod housekeeping;
 pub mod match_driver;
+pub mod notify;
 pub mod offer_timeout;
 pub mod refresh_eta;
 pub mod request_review;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -48,7 +49,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 
+use crate::cron::{self, CronContext, CronSettings};
 use crate::dispatch::Dispatcher;
+use crate::notify::Notifier;
+use crate::payments::Payments;
 use crate::shutdown::CancellationToken;
 
 /// How often a worker tells Postgres it is alive.
@@ -148,8 +152,14 @@ where
 #[derive(Clone, Debug)]
 pub struct JobContext {
     pub db: PgPool,
-    /// Driver matching (location service, settings, circuit breaker).
+    /// Driver matching (location service, routing, settings, circuit breaker).
     pub dispatch: Dispatcher,
+    /// Payment capture.
+    pub payments: Payments,
+    /// Webhook notifications.
+    pub notifier: Notifier,
+    /// Cron schedules and settings.
+    pub cron: Arc<CronSettings>,
 }
 
 /// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
@@ -202,31 +212,36 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
     let monitor = register!(monitor, match_driver::MatchDriver, match_driver::run);
     let monitor = register!(monitor, offer_timeout::OfferTimeout, offer_timeout::run);
     let monitor = register!(monitor, refresh_eta::RefreshEta, refresh_eta::run);
+    let monitor = register!(monitor, notify::Notify, notify::run);
     let monitor = register!(
         monitor,
         capture_payment::CapturePayment,
         capture_payment::run
     );
-    register!(monitor, request_review::RequestReview, request_review::run)
+    let monitor = register!(monitor, request_review::RequestReview, request_review::run);
+    let process = worker_name("cron");
+    cron::register(
+        monitor,
+        CronContext {
+            db: ctx.db.clone(),
+            settings: ctx.cron.clone(),
+            process,
+        },
+    )
 }
 
-/// Runs the job workers until `token` is cancelled, then lets running jobs finish within the
-/// monitor's drain time.
+/// Runs the job workers and cron until `token` is cancelled, then lets running jobs finish
+/// within the monitor's drain time.
 pub async fn run(ctx: JobContext, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
-    let housekeeping = tokio::spawn(housekeeping::run(ctx.db.clone(), token.clone()));
     let monitor = monitor(ctx, drain);
     tracing::info!("job workers started");
     let signal = token.clone();
-    let outcome = monitor
+    monitor
         .run_with_signal(async move {
             signal.cancelled().await;
             Ok(())
         })
-        .await;
-    // The monitor only returns on shutdown or failure; either way housekeeping stops too.
-    token.cancel();
-    housekeeping.await?;
-    outcome?;
+        .await?;
     tracing::info!("job workers stopped");
     Ok(())
 }

@@ -1,13 +1,18 @@
 //! `request_review`: scheduled 30 minutes after delivery (the spec), in the delivery's
-//! transaction.
+//! transaction. Asks the customer for a review with a `review_requested` notification —
+//! unless the order was cancelled or its payment refunded meanwhile.
 //!
-//! **Stub until the notifications issue lands**: it skips orders that were cancelled meanwhile
-//! and logs; the webhook notification comes with the `notify` job.
+//! At-least-once safe: under the order's row lock it writes a `review_requested` audit row
+//! with the notification, and does nothing if that row already exists.
 
 use apalis::prelude::{BoxDynError, Data};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::jobs::{Job, JobContext, bounded};
+use crate::jobs::{Job, JobContext, JobError, bounded};
+use crate::notify::{self, Audience};
+use crate::workflows::events::{OrderEvent, record};
+use crate::workflows::machine::Actor;
 
 /// Arguments of the job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,16 +28,45 @@ impl Job for RequestReview {
 /// The handler.
 pub async fn run(job: RequestReview, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
     bounded(RequestReview::QUEUE, async {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
-            .bind(job.order_id)
-            .fetch_optional(&ctx.db)
-            .await?;
-        if matches!(status.as_deref(), Some("DELIVERED" | "COMPLETED")) {
-            tracing::info!(
-                order_id = job.order_id,
-                "review request due (notifications not implemented yet)"
-            );
-        }
+        let mut tx = ctx.db.begin().await?;
+        let due: Option<(bool, i64)> = sqlx::query_as(
+            "SELECT o.status IN ('DELIVERED', 'COMPLETED')
+                    AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'refunded')
+                    AND NOT EXISTS (SELECT 1 FROM audit_logs a WHERE a.entity_type = 'order'
+                                    AND a.entity_id = o.id AND a.event_type = 'review_requested'),
+                    o.customer_id
+             FROM orders o WHERE o.id = $1 FOR UPDATE",
+        )
+        .bind(job.order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((true, customer_id)) = due else {
+            return Ok(());
+        };
+        notify::enqueue(
+            &mut tx,
+            job.order_id,
+            Audience::Customer,
+            Some(customer_id),
+            "review_requested",
+            json!({ "order_id": job.order_id }),
+        )
+        .await
+        .map_err(|e| JobError::Retry(e.into()))?;
+        record(
+            &mut tx,
+            &OrderEvent {
+                order_id: job.order_id,
+                topic: "notifications",
+                event_type: "review_requested",
+                actor: Actor::System,
+                details: json!({}),
+                publish: false,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(order_id = job.order_id, "review requested");
         Ok(())
     })
     .await

@@ -20,6 +20,7 @@ use crate::jobs::match_driver::MatchDriver;
 use crate::jobs::refresh_eta::RefreshEta;
 use crate::jobs::request_review::RequestReview;
 use crate::jobs::{self, EnqueueError};
+use crate::notify::{self, Audience};
 use crate::workflows::OrderStatus;
 use crate::workflows::machine::{self, Action, Actor, Parties, Refusal};
 
@@ -157,23 +158,97 @@ fn timestamp_column(status: OrderStatus) -> &'static str {
     }
 }
 
-/// Enqueues the jobs that entering `status` causes, on the transition's transaction.
+/// Enqueues the jobs that entering `status` causes, on the transition's transaction: the
+/// workflow's next steps, and the notifications the parties get.
 async fn enqueue_follow_ups(
     conn: &mut PgConnection,
+    parties: &Parties,
     order_id: i64,
     status: OrderStatus,
 ) -> Result<(), EnqueueError> {
+    let data = json!({ "order_id": order_id, "status": status, "driver_id": parties.driver_id });
+    let customer = Some(parties.customer_id);
     match status {
         OrderStatus::Confirmed => {
             jobs::enqueue(conn, &MatchDriver { order_id, round: 1 }, MATCH_DELAY).await?;
-            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await
+            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await?;
+            notify::enqueue(
+                conn,
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_confirmed",
+                data,
+            )
+            .await
         }
+        OrderStatus::ReadyForPickup => match parties.driver_id {
+            // Without a driver yet, the driver hears of the order when it is assigned.
+            Some(driver) => {
+                notify::enqueue(
+                    conn,
+                    order_id,
+                    Audience::Driver,
+                    Some(driver),
+                    "order_ready",
+                    data,
+                )
+                .await
+            }
+            None => Ok(()),
+        },
         OrderStatus::PickedUp => {
-            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await
+            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await?;
+            notify::enqueue(
+                conn,
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_picked_up",
+                data,
+            )
+            .await
         }
         OrderStatus::Delivered => {
-            jobs::enqueue(conn, &CapturePayment { order_id }, Duration::ZERO).await?;
-            jobs::enqueue(conn, &RequestReview { order_id }, REVIEW_DELAY).await
+            jobs::enqueue(
+                conn,
+                &CapturePayment {
+                    order_id,
+                    attempt: 1,
+                },
+                Duration::ZERO,
+            )
+            .await?;
+            jobs::enqueue(conn, &RequestReview { order_id }, REVIEW_DELAY).await?;
+            notify::enqueue(
+                conn,
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_delivered",
+                data,
+            )
+            .await
+        }
+        OrderStatus::Cancelled => {
+            notify::enqueue(
+                conn,
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_cancelled",
+                data.clone(),
+            )
+            .await?;
+            notify::enqueue(
+                conn,
+                order_id,
+                Audience::Restaurant,
+                Some(parties.restaurant_id),
+                "order_cancelled",
+                data,
+            )
+            .await
         }
         _ => Ok(()),
     }
@@ -245,7 +320,7 @@ pub async fn execute(
         },
     )
     .await?;
-    enqueue_follow_ups(&mut tx, request.order_id, to).await?;
+    enqueue_follow_ups(&mut tx, &parties, request.order_id, to).await?;
     if to == OrderStatus::Cancelled {
         offers::cancel_pending(&mut tx, request.order_id).await?;
     }

@@ -7,13 +7,18 @@
 //! earlier runs before it starts.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use courier::api::AppState;
 use courier::auth::{Principal, Role, TokenKeys};
 use courier::config::{Config, DatabaseSettings, HttpSettings, JwtSecret, ValkeySettings};
+use courier::cron::CronSettings;
 use courier::dispatch::{DispatchSettings, Dispatcher};
 use courier::eta::routing::RoutingSettings;
+use courier::jobs::JobContext;
+use courier::notify::{Notifier, WebhookSettings};
+use courier::payments::{PaymentSettings, Payments};
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
 use courier::store;
@@ -225,6 +230,9 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         dev: false,
         dispatch: DispatchSettings::default(),
         routing: options.routing.clone(),
+        payments: PaymentSettings::default(),
+        webhooks: WebhookSettings::default(),
+        cron: CronSettings::default(),
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
@@ -541,17 +549,61 @@ impl TestApp {
 
     /// Runs the job workers with `settings` for matching.
     pub fn spawn_workers_with(&self, settings: DispatchSettings) -> WorkerGuard {
-        let stop = CancellationToken::new();
-        let ctx = courier::jobs::JobContext {
+        self.spawn_workers_custom(WorkerSettings {
+            dispatch: settings,
+            ..WorkerSettings::default()
+        })
+    }
+
+    /// The workers' context with `settings`.
+    pub fn job_context(&self, settings: WorkerSettings) -> JobContext {
+        JobContext {
             db: self.db.clone(),
-            dispatch: self.dispatcher(settings),
-        };
+            dispatch: self.dispatcher(settings.dispatch),
+            payments: Payments::new(self.db.clone(), settings.payments).expect("payments"),
+            notifier: Notifier::new(settings.webhooks).expect("notifier"),
+            cron: Arc::new(settings.cron),
+        }
+    }
+
+    /// Runs the job workers (and cron) with `settings`.
+    pub fn spawn_workers_custom(&self, settings: WorkerSettings) -> WorkerGuard {
+        let stop = CancellationToken::new();
         tokio::spawn(courier::jobs::run(
-            ctx,
+            self.job_context(settings),
             stop.clone(),
             Duration::from_secs(2),
         ));
         WorkerGuard(stop)
+    }
+}
+
+/// Everything the workers can be configured with.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub dispatch: DispatchSettings,
+    pub payments: PaymentSettings,
+    pub webhooks: WebhookSettings,
+    pub cron: CronSettings,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            dispatch: fast_dispatch(),
+            payments: PaymentSettings {
+                retry_base: Duration::from_secs(1),
+                retry_cap: Duration::from_secs(4),
+                ..PaymentSettings::default()
+            },
+            webhooks: WebhookSettings {
+                retry_base: Duration::from_secs(1),
+                retry_cap: Duration::from_secs(2),
+                timeout: Duration::from_secs(2),
+                ..WebhookSettings::default()
+            },
+            cron: CronSettings::default(),
+        }
     }
 }
 

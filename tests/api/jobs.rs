@@ -8,7 +8,11 @@ use courier::auth::Role;
 use courier::jobs::Job;
 use courier::jobs::confirm_timeout::{self, ConfirmTimeout};
 
-use crate::helpers::{TestApp, cast, database_url, eventually, spawn_app, valkey_url};
+use courier::cron::CronSettings;
+
+use crate::helpers::{
+    TestApp, WorkerSettings, cast, database_url, eventually, spawn_app, valkey_url,
+};
 
 async fn enqueue_now(app: &TestApp, order_id: i64) {
     let mut conn = app.db.acquire().await.expect("connection");
@@ -188,7 +192,7 @@ async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once()
 }
 
 #[tokio::test]
-async fn the_worker_process_purges_expired_idempotency_keys() {
+async fn the_housekeeping_cron_purges_expired_idempotency_keys() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     for key in ["stale", "fresh"] {
@@ -201,7 +205,13 @@ async fn the_worker_process_purges_expired_idempotency_keys() {
         .execute(&app.db)
         .await
         .expect("expire one key");
-    let _workers = app.spawn_workers();
+    let _workers = app.spawn_workers_custom(WorkerSettings {
+        cron: CronSettings {
+            housekeeping: "* * * * * *".parse().expect("schedule"),
+            ..CronSettings::default()
+        },
+        ..WorkerSettings::default()
+    });
     let keys = || async {
         sqlx::query_scalar::<_, String>("SELECT idempotency_key FROM order_idempotency_keys")
             .fetch_all(&app.db)

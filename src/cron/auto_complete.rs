@@ -1,0 +1,53 @@
+//! `auto_complete`: delivered orders older than the configured delay (default 1 h) become
+//! COMPLETED through the transition executor (audit row and event), in bounded batches.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::cron::CronSettings;
+use crate::workflows::machine::{Action, Actor};
+use crate::workflows::transition::{self, RequestMeta, TransitionError, TransitionRequest};
+
+/// The task's name.
+pub const TASK: &str = "auto_complete";
+/// Most batches per tick; the rest waits for the next tick.
+const MAX_BATCHES: usize = 20;
+
+/// Completes due orders; returns counts.
+pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> {
+    let (mut completed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
+    for _ in 0..MAX_BATCHES {
+        let due: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM orders
+             WHERE status = 'DELIVERED' AND delivered_at < now() - make_interval(secs => $1)
+             ORDER BY delivered_at LIMIT $2",
+        )
+        .bind(settings.auto_complete_after.as_secs_f64())
+        .bind(settings.batch)
+        .fetch_all(db)
+        .await?;
+        for &order_id in &due {
+            let request = TransitionRequest {
+                order_id,
+                action: Action::AutoComplete,
+                actor: Actor::System,
+                meta: RequestMeta::default(),
+                reason: None,
+                expected_version: None,
+            };
+            match transition::execute(db, &request).await {
+                Ok(_) => completed += 1,
+                Err(TransitionError::Refused(_) | TransitionError::Conflict) => skipped += 1,
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(order_id, error = %error, "auto-complete failed");
+                }
+            }
+        }
+        if due.len() < usize::try_from(settings.batch).unwrap_or(usize::MAX) || failed > 0 {
+            break;
+        }
+    }
+    metrics::counter!("orders_auto_completed_total").increment(completed);
+    Ok(json!({ "completed": completed, "skipped": skipped, "failed": failed }))
+}

@@ -1,0 +1,71 @@
+//! `housekeeping`: what apalis and our own tables never clean up by themselves.
+//! - Finished job rows (`Done`, `Killed`) older than the retention are deleted; `Failed` rows
+//!   stay for operators.
+//! - Jobs left `Running` by a worker that stopped heartbeating (apalis leaves a timed-out or
+//!   panicked task in `Running`) become `Pending` again; every handler is idempotent.
+//! - Order idempotency keys past their 24 hours are purged; `cron_runs` older than a week too.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::cron::CronSettings;
+use crate::workflows::place;
+
+/// The task's name.
+pub const TASK: &str = "housekeeping";
+/// Rows deleted per statement, so no statement holds locks for long.
+const DELETE_BATCH: i64 = 10_000;
+
+/// Tidies; returns counts.
+pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> {
+    let mut jobs_deleted = 0u64;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM apalis.jobs WHERE id IN (
+                 SELECT id FROM apalis.jobs
+                 WHERE status IN ('Done', 'Killed') AND done_at < now() - make_interval(secs => $1)
+                 LIMIT $2)",
+        )
+        .bind(settings.job_retention.as_secs_f64())
+        .bind(DELETE_BATCH)
+        .execute(db)
+        .await?
+        .rows_affected();
+        jobs_deleted += deleted;
+        if deleted < u64::try_from(DELETE_BATCH).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    let requeued = sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
+         WHERE status = 'Running'
+           AND NOT EXISTS (SELECT 1 FROM apalis.workers w
+                           WHERE w.id = apalis.jobs.lock_by
+                             AND w.last_seen > now() - make_interval(secs => $1))",
+    )
+    .bind(settings.stuck_running_after.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected();
+    if requeued > 0 {
+        tracing::warn!(
+            requeued,
+            "jobs stuck in Running on dead workers made runnable again"
+        );
+    }
+    let keys_purged = place::purge_expired_keys(db).await?;
+    let cron_runs_deleted =
+        sqlx::query("DELETE FROM cron_runs WHERE started_at < now() - INTERVAL '7 days'")
+            .execute(db)
+            .await?
+            .rows_affected();
+    metrics::counter!("jobs_deleted_total").increment(jobs_deleted);
+    metrics::counter!("jobs_requeued_total").increment(requeued);
+    metrics::counter!("idempotency_keys_purged_total").increment(keys_purged);
+    Ok(json!({
+        "jobs_deleted": jobs_deleted,
+        "jobs_requeued": requeued,
+        "idempotency_keys_purged": keys_purged,
+        "cron_runs_deleted": cron_runs_deleted,
+    }))
+}
