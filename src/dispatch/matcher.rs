@@ -118,17 +118,21 @@ const ORDER_QUERY: &str = "
     FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
     WHERE o.id = $1";
 
+/// Reads the order; with `lock`, first takes its row lock and then reads in a new statement,
+/// so the pending-offer check sees offers committed while we waited for the lock (a single
+/// `SELECT … FOR UPDATE` would evaluate that subquery on its older snapshot).
 async fn load_order(
     conn: &mut PgConnection,
     order_id: i64,
     lock: bool,
 ) -> Result<OrderRow, MatchError> {
-    let sql = if lock {
-        format!("{ORDER_QUERY} FOR UPDATE OF o")
-    } else {
-        ORDER_QUERY.to_owned()
-    };
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    if lock {
+        sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query_as(ORDER_QUERY)
         .bind(order_id)
         .fetch_optional(conn)
         .await?

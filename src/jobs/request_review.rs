@@ -29,13 +29,18 @@ impl Job for RequestReview {
 pub async fn run(job: RequestReview, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
     bounded(RequestReview::QUEUE, async {
         let mut tx = ctx.db.begin().await?;
+        // Lock first, then check in a new statement: it then sees a concurrent run's audit row.
+        sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(job.order_id)
+            .execute(&mut *tx)
+            .await?;
         let due: Option<(bool, i64)> = sqlx::query_as(
             "SELECT o.status IN ('DELIVERED', 'COMPLETED')
                     AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'refunded')
                     AND NOT EXISTS (SELECT 1 FROM audit_logs a WHERE a.entity_type = 'order'
                                     AND a.entity_id = o.id AND a.event_type = 'review_requested'),
                     o.customer_id
-             FROM orders o WHERE o.id = $1 FOR UPDATE",
+             FROM orders o WHERE o.id = $1",
         )
         .bind(job.order_id)
         .fetch_optional(&mut *tx)
