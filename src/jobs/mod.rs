@@ -20,6 +20,8 @@
 //!   plain error only for transient failures, bounded by an explicit [`Job::MAX_ATTEMPTS`]; a
 //!   job that needs backoff enqueues a new delayed task and returns `Ok`; permanent failures
 //!   return `AbortError` (the row becomes `Killed`). [`JobError`] says which.
+//! - **Delays have second granularity**: `run_at` is stored in whole seconds, so a task
+//!   delayed by `d` may become due up to a second early. Nothing here needs finer timing.
 //! - **Timeouts**: a tower `.timeout()` or a caught panic leaves the row `Running` and it can
 //!   re-run past max_attempts, so each handler bounds itself with [`bounded`]
 //!   (`tokio::time::timeout` → a transient error).

@@ -6,6 +6,7 @@
 //! each test's database is `CREATE DATABASE … TEMPLATE` of it. `just test` drops leftovers of
 //! earlier runs before it starts.
 
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -645,5 +646,39 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A `courier worker` process on the test's database.
+pub struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    /// Starts `courier worker` on `app`'s database and key prefix, with extra `env`.
+    pub fn start(app: &TestApp, env: &[(&str, &str)]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["--dev", "worker"])
+            .env("DATABASE_URL", database_url(&app.db_name))
+            .env("VALKEY_URL", valkey_url())
+            .env("COURIER_KEY_PREFIX", format!("test:{}:", app.db_name))
+            .env("LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("courier worker starts");
+        Self(child)
+    }
+
+    /// SIGKILL: no drain, no goodbye — a crash.
+    pub fn kill(mut self) {
+        self.0.kill().expect("kill");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

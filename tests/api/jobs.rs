@@ -1,18 +1,14 @@
 //! The job layer on real apalis workers: jobs run, re-runs are no-ops, and a worker process
 //! killed in the middle of a job does not lose it or run it twice.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use courier::auth::Role;
+use courier::cron::CronSettings;
 use courier::jobs::Job;
 use courier::jobs::confirm_timeout::{self, ConfirmTimeout};
 
-use courier::cron::CronSettings;
-
-use crate::helpers::{
-    TestApp, WorkerSettings, cast, database_url, eventually, spawn_app, valkey_url,
-};
+use crate::helpers::{TestApp, WorkerProcess, WorkerSettings, cast, eventually, spawn_app};
 
 async fn enqueue_now(app: &TestApp, order_id: i64) {
     let mut conn = app.db.acquire().await.expect("connection");
@@ -89,38 +85,6 @@ async fn a_timeout_job_for_a_confirmed_order_is_a_no_op() {
     assert_eq!(app.audit_rows(id, "cancel").await, 0);
 }
 
-/// A `courier worker` process on the test's database.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn start(app: &TestApp) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(["--dev", "worker"])
-            .env("DATABASE_URL", database_url(&app.db_name))
-            .env("VALKEY_URL", valkey_url())
-            .env("COURIER_KEY_PREFIX", format!("test:{}:", app.db_name))
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("courier worker starts");
-        Self(child)
-    }
-
-    /// SIGKILL: no drain, no goodbye — a crash.
-    fn kill(mut self) {
-        self.0.kill().expect("kill");
-        self.0.wait().expect("reap");
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once() {
     let app = spawn_app().await;
@@ -135,7 +99,7 @@ async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once()
         .await
         .expect("lock order");
 
-    let first = WorkerProcess::start(&app);
+    let first = WorkerProcess::start(&app, &[]);
     enqueue_now(&app, id).await;
     let running = eventually(Duration::from_secs(30), || async {
         job_statuses(&app, ConfirmTimeout::QUEUE)

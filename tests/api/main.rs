@@ -3,6 +3,7 @@
 //! `just test` brings up.
 
 mod auth;
+mod cron;
 mod errors;
 mod eta;
 mod health;
@@ -12,6 +13,7 @@ mod jobs;
 mod locations;
 mod matching;
 mod orders;
+mod payments;
 mod restaurants;
 mod schema;
 mod workflow;
