@@ -1,4 +1,5 @@
-//! The command line: `serve`, `worker`, `run`, `migrate`, `seed`, `bench` and `token issue`.
+//! The command line: `serve`, `worker`, `run`, `migrate`, `seed`, `bench`, `admin` and
+//! `token issue`.
 //!
 //! Every flag also reads an environment variable (see the README's configuration table).
 //! Errors are printed as one line and turn into a non-zero exit code.
@@ -77,6 +78,8 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Operators' commands: jobs, workers, cron, orders, drivers.
+    Admin(crate::admin::AdminArgs),
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
@@ -110,7 +113,14 @@ pub enum TokenCommand {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
-    telemetry::init_logging(&cli.common.log_level, cli.common.log_format);
+    // Admin output is for people and scripts: logs stay off unless RUST_LOG asks for them,
+    // and an error is the one line below.
+    let level = if matches!(cli.command, Command::Admin(_)) {
+        "off"
+    } else {
+        cli.common.log_level.as_str()
+    };
+    telemetry::init_logging(level, cli.common.log_format);
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -124,6 +134,15 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_args(&cli.common)?;
     match cli.command {
+        Command::Admin(args) => {
+            let ctx = crate::admin::AdminContext::connect(&config)?;
+            let output = crate::admin::execute(&ctx, &args).await?;
+            print!("{}", output.render(args.json));
+            if args.json {
+                println!();
+            }
+            Ok(())
+        }
         Command::Serve { http, lifecycle } => {
             let http = HttpSettings::from_args(&http)?;
             run_process(

@@ -5,6 +5,7 @@
 //! binary and the integration tests build on and the `courier` command itself.
 //!
 //! Module map:
+//! - [`admin`]: `courier admin …`, the operators' commands.
 //! - [`config`]: every setting, parsed and validated once from flags and environment.
 //! - [`startup`]: builds the HTTP application ([`startup::Application`]) and the worker process.
 //! - [`api`]: the HTTP surface, one router per resource group, merged in one place.
@@ -29,6 +30,7 @@
 //! - [`seed`]: the synthetic city of `courier seed`.
 //! - [`shutdown`]: signal handling and the shutdown token shared by background tasks.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bench;

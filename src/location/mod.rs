@@ -396,8 +396,8 @@ impl LocationService {
         pipe.query_async(&mut conn).await
     }
 
-    /// A driver's last reported position, if it is fresh (within [`FRESHNESS`]).
-    pub async fn position(&self, driver_id: i64) -> redis::RedisResult<Option<Point>> {
+    /// A driver's last reported position and when it arrived (unix ms), however old.
+    pub async fn last_fix(&self, driver_id: i64) -> redis::RedisResult<Option<(Point, i64)>> {
         let mut conn = self.conn();
         let (lat, lon, updated_at): (Option<f64>, Option<f64>, Option<i64>) = redis::cmd("HMGET")
             .arg(self.keys.driver(driver_id))
@@ -406,11 +406,18 @@ impl LocationService {
             .arg("updated_at")
             .query_async(&mut conn)
             .await?;
-        let fresh = updated_at.is_some_and(|t| t >= now_ms() - freshness_ms());
-        Ok(match (lat, lon) {
-            (Some(lat), Some(lon)) if fresh => Point::new(lat, lon),
+        Ok(match (lat, lon, updated_at) {
+            (Some(lat), Some(lon), Some(at)) => Point::new(lat, lon).map(|p| (p, at)),
             _ => None,
         })
+    }
+
+    /// A driver's last reported position, if it is fresh (within [`FRESHNESS`]).
+    pub async fn position(&self, driver_id: i64) -> redis::RedisResult<Option<Point>> {
+        let fix = self.last_fix(driver_id).await?;
+        Ok(fix
+            .filter(|(_, at)| *at >= now_ms() - freshness_ms())
+            .map(|(p, _)| p))
     }
 
     /// The channel on which an order's driver positions are published.

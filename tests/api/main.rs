@@ -2,6 +2,7 @@
 //! fresh database and key prefix (see [`helpers`]), against the real Postgres and Valkey that
 //! `just test` brings up.
 
+mod admin;
 mod auth;
 mod cron;
 mod errors;
