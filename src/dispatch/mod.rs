@@ -99,11 +99,7 @@ pub fn retry_delay(settings: &DispatchSettings, round: u32) -> Duration {
     if round >= settings.alert_after_rounds {
         return settings.retry_cap;
     }
-    let factor = 2u32.saturating_pow(round.saturating_sub(1));
-    settings
-        .retry_base
-        .checked_mul(factor)
-        .map_or(settings.retry_cap, |d| d.min(settings.retry_cap))
+    crate::jobs::backoff(settings.retry_base, settings.retry_cap, round)
 }
 
 /// What matching needs: the database, the location service, the settings and the breaker

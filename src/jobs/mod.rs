@@ -74,6 +74,14 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     const MAX_ATTEMPTS: usize;
 }
 
+/// Capped exponential backoff: the delay before attempt `attempt + 1` is
+/// `base × 2^(attempt − 1)`, at most `cap` (and never an overflow, however large `attempt`).
+/// Retries that need a delay are new delayed tasks (see the module docs); this is their delay.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+    base.checked_mul(factor).map_or(cap, |d| d.min(cap))
+}
+
 /// Why a job could not be enqueued. The caller's transaction must then roll back.
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
@@ -246,4 +254,18 @@ pub async fn run(ctx: JobContext, token: CancellationToken, drain: Duration) -> 
         .await?;
     tracing::info!("job workers stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let (base, cap) = (Duration::from_secs(10), Duration::from_secs(600));
+        let delays: Vec<u64> = (1..=8).map(|a| backoff(base, cap, a).as_secs()).collect();
+        assert_eq!(delays, vec![10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(backoff(base, cap, 0).as_secs(), 10);
+        assert_eq!(backoff(base, cap, u32::MAX), cap);
+    }
 }

@@ -108,11 +108,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 /// Delay before attempt `attempt + 1`.
 pub fn retry_delay(settings: &WebhookSettings, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    settings
-        .retry_base
-        .checked_mul(factor)
-        .map_or(settings.retry_cap, |d| d.min(settings.retry_cap))
+    jobs::backoff(settings.retry_base, settings.retry_cap, attempt)
 }
 
 /// The webhook body.

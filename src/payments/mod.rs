@@ -128,11 +128,7 @@ impl Default for PaymentSettings {
 
 /// Delay before attempt `attempt + 1`: `base × 2^(attempt−1)`, at most `cap`.
 pub fn retry_delay(settings: &PaymentSettings, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    settings
-        .retry_base
-        .checked_mul(factor)
-        .map_or(settings.retry_cap, |d| d.min(settings.retry_cap))
+    jobs::backoff(settings.retry_base, settings.retry_cap, attempt)
 }
 
 /// Payments: the provider and the settings. Cheap to clone.
@@ -357,17 +353,4 @@ async fn record_outcome(
         );
     }
     Ok(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capture_retries_back_off_exponentially_up_to_the_cap() {
-        let s = PaymentSettings::default();
-        let delays: Vec<u64> = (1..=8).map(|a| retry_delay(&s, a).as_secs()).collect();
-        assert_eq!(delays, vec![10, 20, 40, 80, 160, 320, 600, 600]);
-        assert_eq!(retry_delay(&s, u32::MAX).as_secs(), 600);
-    }
 }

@@ -15,8 +15,7 @@ use courier::jobs::confirm_timeout::ConfirmTimeout;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    RESTAURANT_AT, TestApp, cast, database_url, eventually, fast_dispatch, insert_driver,
-    spawn_app, valkey_url,
+    RESTAURANT_AT, TestApp, cast, database_url, eventually, fast_dispatch, spawn_app, valkey_url,
 };
 
 /// Parses `args` as `courier admin …` would.
@@ -244,25 +243,10 @@ async fn bad_input_gets_a_clear_one_line_error() {
 async fn order_show_tells_the_story_of_two_offers_and_a_timeout() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let mut drivers = Vec::new();
-    for north_m in [300.0, 1_500.0] {
-        let driver = insert_driver(&app.db).await;
-        app.post_as(
-            &format!("/v1/drivers/{driver}/status"),
-            Role::Driver,
-            driver,
-            &json!({"status": "online"}),
-        )
-        .await;
-        app.post_as(
-            &format!("/v1/drivers/{driver}/location"),
-            Role::Driver,
-            driver,
-            &json!({"lat": RESTAURANT_AT.0 + north_m / 111_195.0, "lon": RESTAURANT_AT.1}),
-        )
-        .await;
-        drivers.push(driver);
-    }
+    let drivers = [
+        app.online_driver_at(300.0).await,
+        app.online_driver_at(1_500.0).await,
+    ];
     let order = app.placed_order(&cast).await;
     app.act(order, "confirm", Role::Restaurant, cast.restaurant)
         .await;
@@ -349,9 +333,9 @@ async fn order_show_tells_the_story_of_two_offers_and_a_timeout() {
         .collect();
     assert_eq!(statuses, ["expired", "accepted"]);
     let story: Vec<Value> = json["story"].as_array().expect("story").clone();
-    let times: Vec<&str> = story
+    let times: Vec<chrono::DateTime<chrono::Utc>> = story
         .iter()
-        .map(|e| e["at"].as_str().expect("at"))
+        .map(|e| e["at"].as_str().expect("at").parse().expect("rfc3339"))
         .collect();
     let mut sorted = times.clone();
     sorted.sort_unstable();
@@ -460,18 +444,18 @@ async fn rematch_cancel_and_stuck_orders() {
 async fn workers_cron_and_drivers() {
     let app = spawn_app().await;
     let _workers = app.spawn_workers();
+    // One worker per job queue registers and heartbeats.
+    let queues = courier::admin::jobs::QUEUES.len();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            ok(&app, &["workers"]).await.text.contains("alive")
+        eventually(Duration::from_secs(20), || async {
+            let workers = ok(&app, &["--json", "workers"]).await.json;
+            workers["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["alive"] == true).count() >= queues)
         })
         .await
     );
-    let workers = ok(&app, &["--json", "workers"]).await;
-    assert!(
-        workers.json["workers"]
-            .as_array()
-            .is_some_and(|w| w.len() >= 7)
-    );
+    assert!(ok(&app, &["workers"]).await.text.contains("alive"));
     let cron = ok(&app, &["cron"]).await;
     for task in [
         "auto_complete",
@@ -484,21 +468,7 @@ async fn workers_cron_and_drivers() {
     let cron_json = ok(&app, &["--json", "cron"]).await;
     assert!(cron_json.json["cron"][0]["next_tick"].is_string());
 
-    let driver = insert_driver(&app.db).await;
-    app.post_as(
-        &format!("/v1/drivers/{driver}/status"),
-        Role::Driver,
-        driver,
-        &json!({"status": "online"}),
-    )
-    .await;
-    app.post_as(
-        &format!("/v1/drivers/{driver}/location"),
-        Role::Driver,
-        driver,
-        &json!({"lat": RESTAURANT_AT.0, "lon": RESTAURANT_AT.1}),
-    )
-    .await;
+    let driver = app.online_driver_at(0.0).await;
     let lat = RESTAURANT_AT.0.to_string();
     let lon = RESTAURANT_AT.1.to_string();
     let nearby = ok(&app, &["--json", "drivers", "nearby", &lat, &lon]).await;

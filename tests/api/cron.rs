@@ -14,33 +14,13 @@ use courier::jobs::Job;
 use courier::jobs::match_driver::MatchDriver;
 use serde_json::json;
 
-use crate::helpers::{Cast, TestApp, WorkerSettings, cast, insert_driver, spawn_app};
+use crate::helpers::{Cast, TestApp, WorkerSettings, cast, spawn_app};
 
-/// An order taken to DELIVERED by a directly assigned driver.
+/// An order taken to DELIVERED.
 async fn delivered_order(app: &TestApp, cast: &Cast) -> i64 {
-    let order = app.placed_order(cast).await;
-    let driver = insert_driver(&app.db).await;
-    app.act(order, "confirm", Role::Restaurant, cast.restaurant)
-        .await;
-    sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
-        .bind(order)
-        .bind(driver)
-        .execute(&app.db)
-        .await
-        .expect("assign");
-    for step in ["start-preparing", "ready"] {
-        app.act(order, step, Role::Restaurant, cast.restaurant)
-            .await;
-    }
-    for step in ["pickup", "deliver"] {
-        assert_eq!(
-            app.act(order, step, Role::Driver, driver)
-                .await
-                .status()
-                .as_u16(),
-            200
-        );
-    }
+    let (order, driver) = app.picked_up_order(cast).await;
+    let delivered = app.act(order, "deliver", Role::Driver, driver).await;
+    assert_eq!(delivered.status().as_u16(), 200);
     order
 }
 

@@ -317,24 +317,7 @@ async fn an_orders_eta_moves_the_right_way_through_its_life() {
 
     // A driver 5 km away is assigned: the driver (~15 min), not the kitchen (10 min left),
     // sets the pace.
-    let driver = insert_driver(&app.db).await;
-    app.post_as(
-        &format!("/v1/drivers/{driver}/status"),
-        Role::Driver,
-        driver,
-        &json!({"status": "online"}),
-    )
-    .await;
-    let p = north(5_000.0);
-    let reported = app
-        .post_as(
-            &format!("/v1/drivers/{driver}/location"),
-            Role::Driver,
-            driver,
-            &json!({"lat": p.lat, "lon": p.lon}),
-        )
-        .await;
-    assert_eq!(reported.status().as_u16(), 200);
+    let driver = app.online_driver_at(5_000.0).await;
     sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
         .bind(order)
         .bind(driver)

@@ -621,6 +621,78 @@ pub fn fast_dispatch() -> DispatchSettings {
     }
 }
 
+/// Metres per degree of latitude.
+pub const M_PER_DEG: f64 = 111_195.0;
+
+impl TestApp {
+    /// A new driver, online, who reported from `north_m` metres north of the restaurant of
+    /// [`Cast`] (and is therefore searchable).
+    pub async fn online_driver_at(&self, north_m: f64) -> i64 {
+        let driver = insert_driver(&self.db).await;
+        let online = self
+            .post_as(
+                &format!("/v1/drivers/{driver}/status"),
+                Role::Driver,
+                driver,
+                &serde_json::json!({"status": "online"}),
+            )
+            .await;
+        assert_eq!(online.status().as_u16(), 200);
+        let reported = self
+            .post_as(
+                &format!("/v1/drivers/{driver}/location"),
+                Role::Driver,
+                driver,
+                &serde_json::json!({"lat": RESTAURANT_AT.0 + north_m / M_PER_DEG, "lon": RESTAURANT_AT.1}),
+            )
+            .await;
+        assert_eq!(reported.status().as_u16(), 200);
+        let body: serde_json::Value = reported.json().await.expect("json");
+        assert_eq!(body["result"], "available");
+        driver
+    }
+
+    /// An order of `cast` taken to PICKED_UP by a directly assigned driver (with a payment
+    /// intent); returns (order, driver).
+    pub async fn picked_up_order(&self, cast: &Cast) -> (i64, i64) {
+        let order = self.placed_order(cast).await;
+        let driver = insert_driver(&self.db).await;
+        self.act(order, "confirm", Role::Restaurant, cast.restaurant)
+            .await;
+        sqlx::query("UPDATE orders SET driver_id = $2, payment_intent_id = $3 WHERE id = $1")
+            .bind(order)
+            .bind(driver)
+            .bind(format!("pi_test_{order}"))
+            .execute(&self.db)
+            .await
+            .expect("assign");
+        for step in ["start-preparing", "ready"] {
+            self.act(order, step, Role::Restaurant, cast.restaurant)
+                .await;
+        }
+        assert_eq!(
+            self.act(order, "pickup", Role::Driver, driver)
+                .await
+                .status()
+                .as_u16(),
+            200
+        );
+        (order, driver)
+    }
+
+    /// Outbox events of `order` with `event_type`.
+    pub async fn outbox_events(&self, order: i64, event_type: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2",
+        )
+        .bind(order)
+        .bind(event_type)
+        .fetch_one(&self.db)
+        .await
+        .expect("outbox")
+    }
+}
+
 /// Stops in-process workers when dropped.
 #[derive(Debug)]
 pub struct WorkerGuard(CancellationToken);

@@ -21,35 +21,6 @@ use crate::helpers::{
     insert_driver, spawn_app,
 };
 
-/// Metres per degree of latitude.
-const M_PER_DEG: f64 = 111_195.0;
-
-/// A new driver, online, who reported from `north_m` metres north of the restaurant.
-async fn driver_at(app: &TestApp, north_m: f64) -> i64 {
-    let driver = insert_driver(&app.db).await;
-    let online = app
-        .post_as(
-            &format!("/v1/drivers/{driver}/status"),
-            Role::Driver,
-            driver,
-            &json!({"status": "online"}),
-        )
-        .await;
-    assert_eq!(online.status().as_u16(), 200);
-    let reported = app
-        .post_as(
-            &format!("/v1/drivers/{driver}/location"),
-            Role::Driver,
-            driver,
-            &json!({"lat": RESTAURANT_AT.0 + north_m / M_PER_DEG, "lon": RESTAURANT_AT.1}),
-        )
-        .await;
-    assert_eq!(reported.status().as_u16(), 200);
-    let body: serde_json::Value = reported.json().await.expect("json");
-    assert_eq!(body["result"], "available");
-    driver
-}
-
 /// A placed and confirmed order of `cast`.
 async fn confirmed_order(app: &TestApp, cast: &Cast) -> i64 {
     let id = app.placed_order(cast).await;
@@ -87,15 +58,6 @@ async fn audit(app: &TestApp, order: i64, event_type: &str) -> Vec<serde_json::V
     .fetch_all(&app.db)
     .await
     .expect("audit rows")
-}
-
-async fn outbox_events(app: &TestApp, order: i64, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2")
-        .bind(order)
-        .bind(event_type)
-        .fetch_one(&app.db)
-        .await
-        .expect("outbox")
 }
 
 /// Match-driver jobs of `order` not yet run.
@@ -146,6 +108,38 @@ async fn insert_offer(app: &TestApp, order: i64, driver: i64) -> i64 {
     .expect("insert offer")
 }
 
+/// Available drivers within 1 km of the restaurant.
+async fn available_near_restaurant(app: &TestApp) -> Vec<courier::location::NearbyDriver> {
+    app.state
+        .location
+        .find_nearby_drivers(
+            courier::geo::Point {
+                lat: RESTAURANT_AT.0,
+                lon: RESTAURANT_AT.1,
+            },
+            1.0,
+            10,
+        )
+        .await
+        .expect("search")
+}
+
+/// How many of `answers` are 200s; every other must be a 409 with `conflict_code`.
+async fn successes(answers: Vec<reqwest::Response>, conflict_code: &str) -> usize {
+    let mut ok = 0;
+    for answer in answers {
+        match answer.status().as_u16() {
+            200 => ok += 1,
+            409 => {
+                let body: serde_json::Value = answer.json().await.expect("json");
+                assert_eq!(body["error"]["code"], conflict_code);
+            }
+            status => panic!("unexpected {status}"),
+        }
+    }
+    ok
+}
+
 fn offered(outcome: &RoundOutcome) -> (i64, i64) {
     match outcome {
         RoundOutcome::Offered {
@@ -161,9 +155,9 @@ fn offered(outcome: &RoundOutcome) -> (i64, i64) {
 async fn the_best_driver_is_offered_first_then_the_next_after_a_timeout_and_accepts() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let nearest = driver_at(&app, 300.0).await;
-    let second = driver_at(&app, 1_500.0).await;
-    let third = driver_at(&app, 4_000.0).await;
+    let nearest = app.online_driver_at(300.0).await;
+    let second = app.online_driver_at(1_500.0).await;
+    let third = app.online_driver_at(4_000.0).await;
     let order = confirmed_order(&app, &cast).await;
     let _workers = app.spawn_workers_with(DispatchSettings {
         first_offer_ttl: Duration::from_secs(2),
@@ -223,7 +217,7 @@ async fn the_best_driver_is_offered_first_then_the_next_after_a_timeout_and_acce
     assert_eq!(audit(&app, order, "offer_made").await.len(), 2);
     assert_eq!(audit(&app, order, "offer_expired").await.len(), 1);
     assert_eq!(audit(&app, order, "driver_assigned").await.len(), 1);
-    assert_eq!(outbox_events(&app, order, "driver_assigned").await, 1);
+    assert_eq!(app.outbox_events(order, "driver_assigned").await, 1);
     let breakdown = &audit(&app, order, "offer_made").await[0]["breakdown"];
     assert!(breakdown["distance_km"].as_f64().expect("distance") < 0.35);
     assert!(breakdown["total"].as_f64().is_some());
@@ -249,7 +243,7 @@ async fn empty_rounds_back_off_flag_the_order_and_the_radius_expands_to_10_km() 
     // No driver anywhere: rounds 1, 2, 3 find nobody; after the third the order is flagged.
     assert!(
         eventually(Duration::from_secs(30), || async {
-            outbox_events(&app, order, "order_unmatched").await == 1
+            app.outbox_events(order, "order_unmatched").await == 1
         })
         .await
     );
@@ -287,7 +281,7 @@ async fn empty_rounds_back_off_flag_the_order_and_the_radius_expands_to_10_km() 
     assert!(scheduled.windows(2).all(|w| w[1].1 > w[0].1));
 
     // A driver appears 7 km away: beyond 5 km, within 10. The next round offers to them.
-    let far = driver_at(&app, 7_000.0).await;
+    let far = app.online_driver_at(7_000.0).await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             !offers_of(&app, order).await.is_empty()
@@ -298,15 +292,15 @@ async fn empty_rounds_back_off_flag_the_order_and_the_radius_expands_to_10_km() 
     let made = audit(&app, order, "offer_made").await;
     assert_eq!(made[0]["radius_km"], 10.0);
     // Flagged once only, even though rounds kept running.
-    assert_eq!(outbox_events(&app, order, "order_unmatched").await, 1);
+    assert_eq!(app.outbox_events(order, "order_unmatched").await, 1);
 }
 
 #[tokio::test]
 async fn a_round_at_5_km_does_not_look_further() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let near = driver_at(&app, 2_000.0).await;
-    let _far = driver_at(&app, 7_000.0).await;
+    let near = app.online_driver_at(2_000.0).await;
+    let _far = app.online_driver_at(7_000.0).await;
     let order = confirmed_order(&app, &cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     let (_, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
@@ -324,7 +318,7 @@ async fn concurrent_rounds_make_exactly_one_offer() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     for north in [200.0, 400.0, 600.0] {
-        driver_at(&app, north).await;
+        app.online_driver_at(north).await;
     }
     let order = confirmed_order(&app, &cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
@@ -375,8 +369,8 @@ async fn concurrent_rounds_make_exactly_one_offer() {
 async fn racing_accepts_of_one_offer_assign_the_order_once() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let driver = driver_at(&app, 300.0).await;
-    let other = driver_at(&app, 900.0).await;
+    let driver = app.online_driver_at(300.0).await;
+    let other = app.online_driver_at(900.0).await;
     let order = confirmed_order(&app, &cast).await;
     let (offer, offered_to) = offered(
         &app.dispatcher(fast_dispatch())
@@ -387,17 +381,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
     assert_eq!(offered_to, driver);
     assert_error(accept(&app, offer, other).await, 403, "offer_not_yours").await;
     let answers = futures::future::join_all((0..10).map(|_| accept(&app, offer, driver))).await;
-    let mut ok = 0;
-    for answer in answers {
-        match answer.status().as_u16() {
-            200 => ok += 1,
-            409 => {
-                let body: serde_json::Value = answer.json().await.expect("json");
-                assert_eq!(body["error"]["code"], "offer_already_accepted");
-            }
-            status => panic!("unexpected {status}"),
-        }
-    }
+    let ok = successes(answers, "offer_already_accepted").await;
     assert_eq!(ok, 1);
     assert_eq!(driver_of(&app, order).await, Some(driver));
     assert_eq!(audit(&app, order, "driver_assigned").await.len(), 1);
@@ -408,19 +392,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
         .expect("version");
     assert_eq!(version, 3, "placed 1, confirmed 2, assigned 3");
     // The driver's load reached Valkey: a search now reports one active order.
-    let nearby = app
-        .state
-        .location
-        .find_nearby_drivers(
-            courier::geo::Point {
-                lat: RESTAURANT_AT.0,
-                lon: RESTAURANT_AT.1,
-            },
-            1.0,
-            10,
-        )
-        .await
-        .expect("search");
+    let nearby = available_near_restaurant(&app).await;
     let me = nearby
         .iter()
         .find(|d| d.driver_id == driver)
@@ -432,7 +404,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
 async fn a_driver_never_holds_more_than_two_orders_when_accepts_race() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let driver = driver_at(&app, 300.0).await;
+    let driver = app.online_driver_at(300.0).await;
     let mut offer_ids = Vec::new();
     for _ in 0..4 {
         let order = confirmed_order(&app, &cast).await;
@@ -440,17 +412,7 @@ async fn a_driver_never_holds_more_than_two_orders_when_accepts_race() {
     }
     let answers =
         futures::future::join_all(offer_ids.iter().map(|&offer| accept(&app, offer, driver))).await;
-    let mut ok = 0;
-    for answer in answers {
-        match answer.status().as_u16() {
-            200 => ok += 1,
-            409 => {
-                let body: serde_json::Value = answer.json().await.expect("json");
-                assert_eq!(body["error"]["code"], "driver_at_capacity");
-            }
-            status => panic!("unexpected {status}"),
-        }
-    }
+    let ok = successes(answers, "driver_at_capacity").await;
     assert_eq!(ok, 2);
     let carried: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE driver_id = $1")
         .bind(driver)
@@ -459,19 +421,7 @@ async fn a_driver_never_holds_more_than_two_orders_when_accepts_race() {
         .expect("count");
     assert_eq!(carried, 2);
     // Fully loaded: gone from the available set.
-    let nearby = app
-        .state
-        .location
-        .find_nearby_drivers(
-            courier::geo::Point {
-                lat: RESTAURANT_AT.0,
-                lon: RESTAURANT_AT.1,
-            },
-            1.0,
-            10,
-        )
-        .await
-        .expect("search");
+    let nearby = available_near_restaurant(&app).await;
     assert!(nearby.iter().all(|d| d.driver_id != driver));
 }
 
@@ -519,7 +469,7 @@ async fn accept_and_timeout_racing_on_one_offer_have_exactly_one_winner() {
 async fn every_ended_offer_leaves_a_next_offer_or_a_scheduled_round() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let only = driver_at(&app, 300.0).await;
+    let only = app.online_driver_at(300.0).await;
     let order = confirmed_order(&app, &cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     // The confirm's own round-1 job is pending; run round 1 by hand (no workers).
@@ -551,8 +501,8 @@ async fn every_ended_offer_leaves_a_next_offer_or_a_scheduled_round() {
 async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let first = driver_at(&app, 300.0).await;
-    let second = driver_at(&app, 800.0).await;
+    let first = app.online_driver_at(300.0).await;
+    let second = app.online_driver_at(800.0).await;
     let order = confirmed_order(&app, &cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     let (offer, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
@@ -592,7 +542,7 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
 async fn cancelling_the_order_withdraws_its_offer() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let driver = driver_at(&app, 300.0).await;
+    let driver = app.online_driver_at(300.0).await;
     let order = confirmed_order(&app, &cast).await;
     let (offer, _) = offered(
         &app.dispatcher(fast_dispatch())
@@ -632,7 +582,7 @@ async fn cancelling_the_order_withdraws_its_offer() {
 async fn going_offline_declines_the_drivers_offers() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let driver = driver_at(&app, 300.0).await;
+    let driver = app.online_driver_at(300.0).await;
     let order = confirmed_order(&app, &cast).await;
     let (offer, _) = offered(
         &app.dispatcher(fast_dispatch())

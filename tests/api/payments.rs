@@ -23,9 +23,7 @@ use courier::payments::{self, CaptureResult, PaymentSettings};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::helpers::{
-    Cast, TestApp, WorkerProcess, WorkerSettings, cast, eventually, insert_driver, spawn_app,
-};
+use crate::helpers::{TestApp, WorkerProcess, WorkerSettings, cast, eventually, spawn_app};
 
 const SECRET_KEY: &str = "sk_test_courier";
 
@@ -136,33 +134,6 @@ fn stripe_workers(url: &str) -> WorkerSettings {
     }
 }
 
-/// An order taken to PICKED_UP by a directly assigned driver, with a payment intent.
-async fn picked_up_order(app: &TestApp, cast: &Cast) -> (i64, i64) {
-    let order = app.placed_order(cast).await;
-    let driver = insert_driver(&app.db).await;
-    app.act(order, "confirm", Role::Restaurant, cast.restaurant)
-        .await;
-    sqlx::query("UPDATE orders SET driver_id = $2, payment_intent_id = $3 WHERE id = $1")
-        .bind(order)
-        .bind(driver)
-        .bind(format!("pi_test_{order}"))
-        .execute(&app.db)
-        .await
-        .expect("assign");
-    for step in ["start-preparing", "ready"] {
-        app.act(order, step, Role::Restaurant, cast.restaurant)
-            .await;
-    }
-    assert_eq!(
-        app.act(order, "pickup", Role::Driver, driver)
-            .await
-            .status()
-            .as_u16(),
-        200
-    );
-    (order, driver)
-}
-
 async fn deliver(app: &TestApp, order: i64, driver: i64) {
     assert_eq!(
         app.act(order, "deliver", Role::Driver, driver)
@@ -189,21 +160,12 @@ async fn attempts(app: &TestApp, order: i64) -> Vec<String> {
         .expect("attempts")
 }
 
-async fn outbox(app: &TestApp, order: i64, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type = $2")
-        .bind(order)
-        .bind(event_type)
-        .fetch_one(&app.db)
-        .await
-        .expect("outbox")
-}
-
 #[tokio::test]
 async fn a_worker_killed_right_after_the_capture_request_never_charges_twice() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let (url, fake) = spawn_fake_stripe(Mode::HangAfterCapture).await;
-    let (order, driver) = picked_up_order(&app, &cast).await;
+    let (order, driver) = app.picked_up_order(&cast).await;
     let worker = WorkerProcess::start(
         &app,
         &[
@@ -239,7 +201,7 @@ async fn a_worker_killed_right_after_the_capture_request_never_charges_twice() {
         "the re-run asked again"
     );
     assert_eq!(attempts(&app, order).await, vec!["captured"]);
-    assert_eq!(outbox(&app, order, "payment_captured").await, 1);
+    assert_eq!(app.outbox_events(order, "payment_captured").await, 1);
     let reference: Option<String> =
         sqlx::query_scalar("SELECT provider_reference FROM payments WHERE order_id = $1")
             .bind(order)
@@ -254,7 +216,7 @@ async fn a_declined_capture_is_recorded_and_not_retried() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let (url, fake) = spawn_fake_stripe(Mode::Decline).await;
-    let (order, driver) = picked_up_order(&app, &cast).await;
+    let (order, driver) = app.picked_up_order(&cast).await;
     let _workers = app.spawn_workers_custom(stripe_workers(&url));
     deliver(&app, order, driver).await;
     assert!(
@@ -271,7 +233,7 @@ async fn a_declined_capture_is_recorded_and_not_retried() {
             .expect("payment");
     assert_eq!(code.as_deref(), Some("insufficient_funds"));
     assert!(message.is_some_and(|m| m.contains("insufficient funds")));
-    assert_eq!(outbox(&app, order, "payment_declined").await, 1);
+    assert_eq!(app.outbox_events(order, "payment_declined").await, 1);
     // Longer than the retry base: nothing more happens.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
@@ -284,7 +246,7 @@ async fn a_503_is_retried_with_growing_delays_then_succeeds() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let (url, fake) = spawn_fake_stripe(Mode::Unavailable(2)).await;
-    let (order, driver) = picked_up_order(&app, &cast).await;
+    let (order, driver) = app.picked_up_order(&cast).await;
     let _workers = app.spawn_workers_custom(stripe_workers(&url));
     deliver(&app, order, driver).await;
     assert!(
@@ -333,7 +295,7 @@ async fn a_503_is_retried_with_growing_delays_then_succeeds() {
 async fn the_ledger_captures_once_however_often_the_job_runs() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let (order, driver) = picked_up_order(&app, &cast).await;
+    let (order, driver) = app.picked_up_order(&cast).await;
     let _workers = app.spawn_workers();
     deliver(&app, order, driver).await;
     assert!(
@@ -422,7 +384,7 @@ async fn webhooks_are_signed_and_a_failing_endpoint_blocks_nobody() {
         },
         ..WorkerSettings::default()
     });
-    let (order, _driver) = picked_up_order(&app, &cast).await;
+    let (order, _driver) = app.picked_up_order(&cast).await;
 
     let delivered = |event: &'static str| {
         let app = &app;
@@ -501,7 +463,7 @@ async fn webhooks_are_signed_and_a_failing_endpoint_blocks_nobody() {
 async fn a_review_is_requested_once_and_not_for_a_cancelled_order() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let (order, driver) = picked_up_order(&app, &cast).await;
+    let (order, driver) = app.picked_up_order(&cast).await;
     deliver(&app, order, driver).await;
     let context = app.job_context(WorkerSettings::default());
     for _ in 0..2 {
