@@ -129,12 +129,15 @@ pub enum IssueError {
     Sign(#[from] jsonwebtoken::errors::Error),
 }
 
-/// Signs and verifies tokens with one secret.
+/// Signs and verifies tokens with one secret. Cheap to clone (every request's extractor
+/// does): the keys are shared.
 #[derive(Clone)]
-pub struct TokenKeys {
+pub struct TokenKeys(Arc<Keys>);
+
+struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
-    validation: Arc<Validation>,
+    validation: Validation,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -150,11 +153,11 @@ impl TokenKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        Self {
+        Self(Arc::new(Keys {
             encoding: EncodingKey::from_secret(secret.expose()),
             decoding: DecodingKey::from_secret(secret.expose()),
-            validation: Arc::new(validation),
-        }
+            validation,
+        }))
     }
 
     /// Mints a token for `principal`, issued at `issued_at` (unix seconds), valid for `ttl`.
@@ -181,13 +184,13 @@ impl TokenKeys {
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &self.encoding,
+            &self.0.encoding,
         )?)
     }
 
     /// Verifies a token's signature, issuer and expiry, and returns its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::auth::TokenKeys;
 use crate::clock::Clock;
 use crate::config::{Config, HttpSettings};
@@ -37,14 +37,14 @@ impl AppState {
             .context("cannot build the routing client")?;
         let sweeper_stop = CancellationToken::new();
         let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));
-        let state = Self {
+        let state = Self::new(Shared {
             db,
             valkey,
             tokens: TokenKeys::new(&config.jwt_secret),
             location,
             routing,
             clock: Clock::default(),
-        };
+        });
         Ok((
             state,
             Background {

@@ -1,8 +1,11 @@
 //! The Valkey connection and key namespacing.
 //!
-//! One multiplexed connection per process ([`redis::aio::ConnectionManager`]): commands from
-//! all tasks are pipelined over it, and it reconnects by itself when Valkey comes back, so
-//! readiness recovers without a restart. The connection is made lazily, so a process starts
+//! Two multiplexed connections per process ([`redis::aio::ConnectionManager`]): commands from
+//! all tasks are pipelined over the main one; latency-sensitive reads (nearby-driver searches)
+//! use the second, so they never wait in one socket's FIFO behind a stream of location
+//! writes (Valkey serves its clients in turn, so a separate connection is served between
+//! them). Both reconnect by themselves when Valkey comes back, so readiness recovers without
+//! a restart. The connection is made lazily, so a process starts
 //! (and reports not-ready) while Valkey is down. Every key goes through [`Valkey::key`], which
 //! puts the configured prefix in front: tenants and parallel tests never see each other's keys.
 
@@ -22,6 +25,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Valkey {
     connection: ConnectionManager,
+    queries: ConnectionManager,
     prefix: Arc<str>,
 }
 
@@ -42,9 +46,11 @@ impl Valkey {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let queries = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             connection,
+            queries,
             prefix: Arc::from(settings.key_prefix.as_str()),
         })
     }
@@ -65,6 +71,11 @@ impl Valkey {
     /// A connection to run commands on (a clone of the shared multiplexed one).
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
+    }
+
+    /// The connection for latency-sensitive reads (see the module docs).
+    pub fn query_connection(&self) -> ConnectionManager {
+        self.queries.clone()
     }
 
     /// Round trip to the server, bounded by the response timeout.

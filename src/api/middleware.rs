@@ -1,7 +1,8 @@
 //! Cross-cutting request handling: request ids, access logs, the latency metric, the request
 //! timeout, panic capture, and the guarantee that no error leaves in a non-JSON shape.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -66,7 +67,7 @@ pub async fn observe(
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_acceptable_request_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
@@ -87,20 +88,24 @@ pub async fn observe(
     });
     let mut response = tracing::Instrument::instrument(handled, span.clone()).await;
 
-    let route = response
+    // Labels without per-request allocations where the values are known: the route is the
+    // router's shared string, common methods and statuses are static.
+    let route: metrics::SharedString = response
         .extensions()
         .get::<RouteLabel>()
-        .map(|l| l.0.to_string())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map_or(metrics::SharedString::const_str("unmatched"), |l| {
+            metrics::SharedString::from_shared(l.0.clone())
+        });
     let status = response.status();
     let elapsed = started.elapsed();
     metrics::histogram!(
         HTTP_REQUEST_DURATION,
-        "method" => method.to_string(),
+        "method" => method_label(&method),
         "route" => route.clone(),
-        "status_code" => status.as_u16().to_string(),
+        "status_code" => status_label(status),
     )
     .record(elapsed.as_secs_f64());
+    let route: &str = &route;
     span.in_scope(|| {
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         if status.is_server_error() {
@@ -133,6 +138,59 @@ pub async fn observe(
 }
 
 /// Request ids are echoed into headers and logs: accept only short, visible ASCII.
+/// A fresh request id, UUID-shaped: a random half drawn once per process and a counter, so
+/// ids are unique across processes without a random-number syscall per request.
+fn new_request_id() -> String {
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    uuid::Uuid::from_u64_pair(process, NEXT.fetch_add(1, Ordering::Relaxed)).to_string()
+}
+
+fn method_label(method: &axum::http::Method) -> metrics::SharedString {
+    use axum::http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    const NAMES: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    known.iter().position(|m| m == method).map_or_else(
+        || metrics::SharedString::from_owned(method.as_str().to_owned()),
+        |i| metrics::SharedString::const_str(NAMES[i]),
+    )
+}
+
+fn status_label(status: axum::http::StatusCode) -> metrics::SharedString {
+    const COMMON: [(u16, &str); 16] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (409, "409"),
+        (413, "413"),
+        (415, "415"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+    ];
+    let code = status.as_u16();
+    COMMON.iter().find(|(c, _)| *c == code).map_or_else(
+        || metrics::SharedString::from_owned(code.to_string()),
+        |(_, name)| metrics::SharedString::const_str(name),
+    )
+}
+
 fn is_acceptable_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -198,6 +256,22 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 mod tests {
     use super::*;
     use axum::http::StatusCode;
+
+    #[test]
+    fn generated_request_ids_are_unique_uuids() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert!(uuid::Uuid::parse_str(&a).is_ok());
+        assert_eq!(a[..18], b[..18], "one process prefix");
+    }
+
+    #[test]
+    fn labels_of_common_methods_and_statuses_are_static() {
+        use axum::http::{Method, StatusCode};
+        assert_eq!(&*method_label(&Method::POST), "POST");
+        assert_eq!(&*status_label(StatusCode::CONFLICT), "409");
+        assert_eq!(&*status_label(StatusCode::IM_A_TEAPOT), "418");
+    }
 
     #[test]
     fn request_ids_are_checked() {

@@ -341,7 +341,7 @@ impl LocationService {
         limit: usize,
     ) -> redis::RedisResult<Vec<NearbyDriver>> {
         let keys = &self.keys;
-        let mut conn = self.conn();
+        let mut conn = self.valkey.query_connection();
         let cutoff = now_ms() - freshness_ms();
         let rings = RINGS_KM
             .iter()
