@@ -140,6 +140,14 @@ async fn successes(answers: Vec<reqwest::Response>, conflict_code: &str) -> usiz
     ok
 }
 
+/// Round 1 of `order` with the test settings.
+async fn round_one(app: &TestApp, order: i64) -> RoundOutcome {
+    app.dispatcher(fast_dispatch())
+        .run_round(order, 1)
+        .await
+        .expect("round")
+}
+
 fn offered(outcome: &RoundOutcome) -> (i64, i64) {
     match outcome {
         RoundOutcome::Offered {
@@ -372,12 +380,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
     let driver = app.online_driver_at(300.0).await;
     let other = app.online_driver_at(900.0).await;
     let order = confirmed_order(&app, &cast).await;
-    let (offer, offered_to) = offered(
-        &app.dispatcher(fast_dispatch())
-            .run_round(order, 1)
-            .await
-            .expect("round"),
-    );
+    let (offer, offered_to) = offered(&round_one(&app, order).await);
     assert_eq!(offered_to, driver);
     assert_error(accept(&app, offer, other).await, 403, "offer_not_yours").await;
     let answers = futures::future::join_all((0..10).map(|_| accept(&app, offer, driver))).await;
@@ -544,12 +547,7 @@ async fn cancelling_the_order_withdraws_its_offer() {
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
     let order = confirmed_order(&app, &cast).await;
-    let (offer, _) = offered(
-        &app.dispatcher(fast_dispatch())
-            .run_round(order, 1)
-            .await
-            .expect("round"),
-    );
+    let (offer, _) = offered(&round_one(&app, order).await);
     let cancelled = app
         .act(order, "cancel", Role::Customer, cast.customer)
         .await;
@@ -569,13 +567,7 @@ async fn cancelling_the_order_withdraws_its_offer() {
     assert_eq!(listed["offers"], json!([]));
     // The timeout job, when it fires, finds nothing to do.
     assert!(!offers::expire(&app.db, offer).await.expect("expire"));
-    assert_eq!(
-        app.dispatcher(fast_dispatch())
-            .run_round(order, 1)
-            .await
-            .expect("round"),
-        RoundOutcome::NotWaiting
-    );
+    assert_eq!(round_one(&app, order).await, RoundOutcome::NotWaiting);
 }
 
 #[tokio::test]
@@ -584,12 +576,7 @@ async fn going_offline_declines_the_drivers_offers() {
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
     let order = confirmed_order(&app, &cast).await;
-    let (offer, _) = offered(
-        &app.dispatcher(fast_dispatch())
-            .run_round(order, 1)
-            .await
-            .expect("round"),
-    );
+    let (offer, _) = offered(&round_one(&app, order).await);
     assert_error(
         app.get_as(
             &format!("/v1/drivers/{driver}/offers"),
