@@ -484,9 +484,10 @@ async fn stats(ctx: &AdminContext) -> Result<Output, AdminError> {
                     WHERE j.status IN ('Pending', 'Queued') AND j.run_at <= now()))::float8 AS oldest_pending_s,
                 count(*) FILTER (WHERE j.status = 'Running' AND NOT EXISTS (
                     SELECT 1 FROM apalis.workers w WHERE w.id = j.lock_by
-                      AND w.last_seen > now() - INTERVAL '60 seconds')) AS stuck_running
+                      AND w.last_seen > now() - make_interval(secs => $1))) AS stuck_running
          FROM apalis.jobs j GROUP BY j.job_type ORDER BY j.job_type",
     )
+    .bind(crate::jobs::WORKER_DEAD_AFTER.as_secs_f64())
     .fetch_all(&ctx.db)
     .await?;
     let table_rows: Vec<Vec<String>> = rows

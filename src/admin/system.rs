@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::admin::{AdminContext, AdminError, Output, table};
 use crate::cron::{auto_complete, housekeeping, partitions, stuck_orders};
-use crate::jobs::HEARTBEAT_INTERVAL;
+use crate::jobs::WORKER_DEAD_AFTER;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct WorkerRow {
@@ -19,13 +19,13 @@ struct WorkerRow {
 
 /// Workers, live first.
 pub async fn workers(ctx: &AdminContext) -> Result<Output, AdminError> {
-    // Alive: seen within three heartbeats.
+    // Alive: heartbeating within apalis's own limit.
     let rows: Vec<WorkerRow> = sqlx::query_as(
         "SELECT id, worker_type AS queue, last_seen, started_at,
                 last_seen > now() - make_interval(secs => $1) AS alive
          FROM apalis.workers ORDER BY alive DESC, worker_type, id",
     )
-    .bind(HEARTBEAT_INTERVAL.as_secs_f64() * 3.0)
+    .bind(WORKER_DEAD_AFTER.as_secs_f64())
     .fetch_all(&ctx.db)
     .await?;
     let table_rows: Vec<Vec<String>> = rows

@@ -260,7 +260,11 @@ impl Routing {
             return self.leg(route, false, traffic);
         }
         metrics::counter!("route_cache_total", "result" => "miss").increment(1);
-        match self.breaker.call(osrm.route(from, to)).await {
+        match self
+            .breaker
+            .call(RoutingProvider::route(osrm, from, to))
+            .await
+        {
             Ok(route) => {
                 self.store(&[(key, route)]).await;
                 self.leg(route, false, traffic)
@@ -290,7 +294,11 @@ impl Routing {
         let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             let ask: Vec<Point> = missing.iter().map(|&i| snapped[i]).collect();
-            match self.breaker.call(osrm.table(&ask, to_snapped)).await {
+            match self
+                .breaker
+                .call(RoutingProvider::table(osrm, &ask, to_snapped))
+                .await
+            {
                 Ok(routes) => {
                     let mut fresh = Vec::new();
                     for (&i, route) in missing.iter().zip(routes) {
@@ -318,6 +326,25 @@ impl Routing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_estimator_answers_as_a_provider_for_every_source() {
+        let e = Estimator::default();
+        let to = Point {
+            lat: 40.0,
+            lon: -74.0,
+        };
+        let from = Point {
+            lat: 40.02,
+            lon: -74.0,
+        };
+        let single = RoutingProvider::route(&e, from, to).await.expect("route");
+        assert_eq!(single, e.route(from, to));
+        let table = RoutingProvider::table(&e, &[from, to], to)
+            .await
+            .expect("table");
+        assert_eq!(table, vec![Some(single), Some(e.route(to, to))]);
+    }
 
     #[test]
     fn nearby_points_snap_to_one_cell_and_distant_ones_do_not() {

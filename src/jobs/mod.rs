@@ -61,6 +61,9 @@ use crate::shutdown::CancellationToken;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Missed heartbeats after which a worker counts as dead and its running jobs are re-queued.
 pub const MISSED_HEARTBEATS: usize = 3;
+/// How long a worker may go without a heartbeat before it counts as dead (apalis's own rule).
+pub const WORKER_DEAD_AFTER: Duration =
+    Duration::from_secs(HEARTBEAT_INTERVAL.as_secs() * MISSED_HEARTBEATS as u64);
 /// The fallback poll interval (NOTIFY covers immediate inserts).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest one job run may take before it counts as a transient failure.

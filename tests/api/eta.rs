@@ -22,7 +22,7 @@ use courier::jobs::refresh_eta::RefreshEta;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    RESTAURANT_AT, TestApp, TestAppOptions, cast, dead_port, eventually, insert_driver, spawn_app,
+    M_PER_DEG, TestApp, TestAppOptions, cast, dead_port, eventually, insert_driver, spawn_app,
     spawn_app_with,
 };
 
@@ -126,10 +126,7 @@ fn night() -> DateTime<Utc> {
 }
 
 fn north(m: f64) -> Point {
-    Point {
-        lat: RESTAURANT_AT.0 + m / 111_195.0,
-        lon: RESTAURANT_AT.1,
-    }
+    TestApp::north_of_restaurant(m)
 }
 
 /// The value of a counter series in `/metrics` (0 when absent).
@@ -279,7 +276,7 @@ async fn an_orders_eta_moves_the_right_way_through_its_life() {
     let cast = cast(&app.db).await;
     let order = app.placed_order(&cast).await;
     let leg = Estimator::DEFAULT
-        .route(north(0.0), north(0.01 * 111_195.0))
+        .route(north(0.0), north(0.01 * M_PER_DEG))
         .duration
         .as_secs_f64();
 

@@ -625,11 +625,9 @@ pub fn fast_dispatch() -> DispatchSettings {
 pub const M_PER_DEG: f64 = 111_195.0;
 
 impl TestApp {
-    /// A new driver, online, who reported from `north_m` metres north of the restaurant of
-    /// [`Cast`] (and is therefore searchable).
-    pub async fn online_driver_at(&self, north_m: f64) -> i64 {
-        let driver = insert_driver(&self.db).await;
-        let online = self
+    /// `POST /v1/drivers/{driver}/status` online, as the driver.
+    pub async fn go_online(&self, driver: i64) {
+        let response = self
             .post_as(
                 &format!("/v1/drivers/{driver}/status"),
                 Role::Driver,
@@ -637,13 +635,28 @@ impl TestApp {
                 &serde_json::json!({"status": "online"}),
             )
             .await;
-        assert_eq!(online.status().as_u16(), 200);
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
+    /// The point `north_m` metres north of the restaurant of [`Cast`].
+    pub fn north_of_restaurant(north_m: f64) -> courier::geo::Point {
+        courier::geo::Point {
+            lat: RESTAURANT_AT.0 + north_m / M_PER_DEG,
+            lon: RESTAURANT_AT.1,
+        }
+    }
+
+    /// A new driver, online, who reported from `north_m` metres north of the restaurant of
+    /// [`Cast`] (and is therefore searchable).
+    pub async fn online_driver_at(&self, north_m: f64) -> i64 {
+        let driver = insert_driver(&self.db).await;
+        self.go_online(driver).await;
         let reported = self
             .post_as(
                 &format!("/v1/drivers/{driver}/location"),
                 Role::Driver,
                 driver,
-                &serde_json::json!({"lat": RESTAURANT_AT.0 + north_m / M_PER_DEG, "lon": RESTAURANT_AT.1}),
+                &serde_json::json!({"lat": Self::north_of_restaurant(north_m).lat, "lon": RESTAURANT_AT.1}),
             )
             .await;
         assert_eq!(reported.status().as_u16(), 200);

@@ -21,24 +21,12 @@ async fn report(app: &TestApp, driver: i64, body: serde_json::Value) -> reqwest:
     .await
 }
 
-async fn go_online(app: &TestApp, driver: i64) {
-    let response = app
-        .post_as(
-            &format!("/v1/drivers/{driver}/status"),
-            Role::Driver,
-            driver,
-            &serde_json::json!({"status": "online"}),
-        )
-        .await;
-    assert_eq!(response.status().as_u16(), 200);
-}
-
 /// `N` new drivers, online, each having reported from [`CENTER`].
 async fn online_at_center<const N: usize>(app: &TestApp) -> [i64; N] {
     let mut drivers = [0; N];
     for driver in &mut drivers {
         *driver = insert_driver(&app.db).await;
-        go_online(app, *driver).await;
+        app.go_online(*driver).await;
         report(
             app,
             *driver,
@@ -158,7 +146,7 @@ async fn an_offline_driver_is_tracked_but_never_searchable() {
             .is_empty()
     );
 
-    go_online(&app, driver).await;
+    app.go_online(driver).await;
     assert_eq!(
         nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await,
         vec![driver]
@@ -202,7 +190,7 @@ async fn an_offline_driver_is_tracked_but_never_searchable() {
 async fn an_older_report_is_ignored_not_an_error() {
     let app = spawn_app().await;
     let driver = insert_driver(&app.db).await;
-    go_online(&app, driver).await;
+    app.go_online(driver).await;
     let now = chrono::Utc::now();
     let newer =
         serde_json::json!({"lat": CENTER.0, "lon": CENTER.1, "recorded_at": now.to_rfc3339()});
@@ -565,7 +553,7 @@ async fn nearby_matches_a_brute_force_search_on_random_points() {
 async fn a_driver_twice_in_one_batch_ends_at_its_newest_report() {
     let app = spawn_app().await;
     let driver = insert_driver(&app.db).await;
-    go_online(&app, driver).await;
+    app.go_online(driver).await;
     let now = chrono::Utc::now();
     let at = |seconds_ago: i64, lat: f64| {
         serde_json::json!({"driver_id": driver, "lat": lat, "lon": CENTER.1,
