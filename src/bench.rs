@@ -502,6 +502,8 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             Ok(all)
         })
     });
+    let mut stats_conn = valkey.connection();
+    let before_phase = evalsha_stats(&mut stats_conn).await?;
     let phase_started = Instant::now();
     let mut update_samples = Samples::default();
     for sender in senders {
@@ -511,6 +513,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         .await?
         .map_err(|_| anyhow::anyhow!("the query thread panicked"))??;
     let phase_secs = phase_started.elapsed().as_secs_f64();
+    let after_phase = evalsha_stats(&mut stats_conn).await?;
     let accepted_single = accepted_single.load(Ordering::Relaxed);
 
     // Stop the server: it drains and flushes its history.
@@ -702,6 +705,14 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         "Valkey server time per script call (INFO commandstats): ingest {:.1} µs, nearby ring {:.1} µs",
         per_call_us(before_ingest, after_ingest),
         per_call_us(before_nearby, after_nearby)
+    );
+    let phase_calls = after_phase.0.saturating_sub(before_phase.0);
+    let update_calls = phase_calls.saturating_sub(query_samples.0.len() as u64);
+    println!(
+        "HTTP phase: {phase_calls} script calls for {} single updates and {} searches ({:.1} updates per ingest call)",
+        update_samples.0.len(),
+        query_samples.0.len(),
+        update_samples.0.len() as f64 / update_calls.max(1) as f64
     );
     println!("HTTP update errors: {}", errors.load(Ordering::Relaxed));
     println!(

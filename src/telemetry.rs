@@ -17,7 +17,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 use crate::dispatch::{MATCH_BUCKETS, MATCH_DURATION};
-use crate::location::{GEO_BUCKETS, GEO_QUERY_DURATION};
+use crate::location::{GEO_BUCKETS, GEO_QUERY_DURATION, INGEST_GROUP_BUCKETS, INGEST_GROUP_SIZE};
 
 /// The service name written on every log line.
 pub const SERVICE_NAME: &str = "courier";
@@ -103,9 +103,10 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         // The spec's buckets; a histogram without buckets would be exported as a summary.
-        let buckets: [(&str, &[f64]); 3] = [
+        let buckets: [(&str, &[f64]); 4] = [
             (HTTP_REQUEST_DURATION, &HTTP_BUCKETS),
             (GEO_QUERY_DURATION, &GEO_BUCKETS),
+            (INGEST_GROUP_SIZE, &INGEST_GROUP_BUCKETS),
             (MATCH_DURATION, &MATCH_BUCKETS),
         ];
         let builder = buckets
@@ -128,6 +129,11 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             GEO_QUERY_DURATION,
             metrics::Unit::Seconds,
             "Valkey geo query latency"
+        );
+        metrics::describe_histogram!(
+            INGEST_GROUP_SIZE,
+            metrics::Unit::Count,
+            "Single location reports per coalesced Valkey script call"
         );
         metrics::describe_histogram!(
             MATCH_DURATION,

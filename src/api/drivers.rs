@@ -75,11 +75,7 @@ async fn report(
     require_self(&principal, id)?;
     let update = raw.validate(id, now_ms())?;
     require_known(&state, id).await?;
-    let outcome = state.location.ingest(&[update]).await?;
-    let result = outcome
-        .first()
-        .copied()
-        .ok_or_else(|| ApiError::internal("ingest returned no outcome"))?;
+    let result = state.location.ingest_one(update).await?;
     Ok(Json(ReportBody {
         driver_id: id,
         result,

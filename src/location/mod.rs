@@ -6,6 +6,9 @@
 //! Lua script on one slot — atomic, and unchanged on Valkey Cluster; a second market would be a
 //! second tag, and markets spread across a cluster. Reports are ingested in groups of up to
 //! [`INGEST_GROUP`] per script call, all groups of a request in one pipelined round trip.
+//! Single reports from many requests are coalesced into such groups by [`coalesce`]: at
+//! 10K reports/s one script call per report would cost Valkey a read, a script run and a
+//! write each, CPU that every other client of the machine then waits for.
 //! - `avail` — GEO set of **available** drivers only (online, seen within 30 s, fewer than 2
 //!   active orders). Offline or loaded drivers are not in it, so searches never wade through them.
 //! - `seen` — sorted set driver → last receipt time (ms); the sweeper removes drivers silent for
@@ -26,13 +29,15 @@
 //! only available drivers are in the set, and a search starts with a 500 m ring and widens
 //! (0.5 → 1 → 2.5 → 5 → 10 km, then the requested radius) only when the ring holds fewer than the
 //! wanted drivers — a dense centre is answered from a few hundred members, a sparse suburb
-//! still finds drivers far away.
+//! still finds drivers far away. The widening happens inside the script, so a search is one
+//! round trip however many rings it takes.
 //!
 //! # History
 //! Accepted fixes go to the day-partitioned `driver_locations` table through
 //! [`history::HistorySender`] (drained by a [`history::HistoryTask`]): batched multi-row inserts, never on the request path, a bounded
 //! buffer whose overflow is counted and logged, and a flush on shutdown.
 
+mod coalesce;
 pub mod history;
 pub mod scripts;
 pub mod sweeper;
@@ -47,6 +52,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::geo::Point;
+use crate::location::coalesce::Coalescer;
 use crate::location::history::{HistoryRow, HistorySender};
 use crate::location::update::LocationUpdate;
 use crate::valkey::Valkey;
@@ -64,6 +70,10 @@ pub const INGEST_GROUP: usize = 200;
 pub const GEO_QUERY_DURATION: &str = "geo_query_duration_seconds";
 /// The spec's buckets for it.
 pub const GEO_BUCKETS: [f64; 6] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1];
+/// Name of the histogram of single reports per coalesced script call.
+pub const INGEST_GROUP_SIZE: &str = "location_ingest_group_size";
+/// Buckets for it, up to [`INGEST_GROUP`].
+pub const INGEST_GROUP_BUCKETS: [f64; 8] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
 /// What happened to one report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -90,12 +100,20 @@ pub struct NearbyDriver {
 /// The location service. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LocationService {
-    valkey: Valkey,
+    core: Arc<Core>,
     db: PgPool,
-    history: HistorySender,
     known_drivers: Arc<RwLock<HashSet<i64>>>,
-    scripts: Arc<Scripts>,
-    keys: Arc<Keys>,
+    single: Coalescer,
+}
+
+/// What writing reports needs; shared by the service and its [`Coalescer`] task, which stops
+/// when the last service clone is dropped.
+#[derive(Debug)]
+struct Core {
+    valkey: Valkey,
+    history: HistorySender,
+    scripts: Scripts,
+    keys: Keys,
 }
 
 #[derive(Debug)]
@@ -147,25 +165,30 @@ fn freshness_ms() -> i64 {
 }
 
 impl LocationService {
-    /// A service on `valkey` and `db` whose history goes to `history`.
+    /// A service on `valkey` and `db` whose history goes to `history`. Starts the task that
+    /// coalesces single reports, so it must be called within a Tokio runtime.
     pub fn new(valkey: Valkey, db: PgPool, history: HistorySender) -> Self {
-        Self {
-            keys: Arc::new(Keys::new(&valkey)),
+        let core = Arc::new(Core {
+            keys: Keys::new(&valkey),
             valkey,
-            db,
             history,
-            known_drivers: Arc::new(RwLock::new(HashSet::new())),
-            scripts: Arc::new(Scripts {
+            scripts: Scripts {
                 ingest: redis::Script::new(scripts::INGEST),
                 set_status: redis::Script::new(scripts::SET_STATUS),
                 sweep: redis::Script::new(scripts::SWEEP),
                 nearby: redis::Script::new(scripts::NEARBY),
-            }),
+            },
+        });
+        Self {
+            single: Coalescer::spawn(core.clone()),
+            core,
+            db,
+            known_drivers: Arc::new(RwLock::new(HashSet::new())),
         }
     }
 
     fn conn(&self) -> ConnectionManager {
-        self.valkey.connection()
+        self.core.valkey.connection()
     }
 
     /// Whether a driver with this id exists.
@@ -206,6 +229,159 @@ impl LocationService {
         Ok(found)
     }
 
+    /// Applies validated reports in one pipelined round trip; one outcome per report, in order.
+    /// Accepted reports are queued for history.
+    pub async fn ingest(&self, updates: &[LocationUpdate]) -> redis::RedisResult<Vec<Ingested>> {
+        self.core.ingest(updates).await
+    }
+
+    /// Applies one report, in the same script call as the other single reports arriving
+    /// meanwhile (see [`coalesce`]). Accepted, it is queued for history.
+    pub async fn ingest_one(&self, update: LocationUpdate) -> redis::RedisResult<Ingested> {
+        self.single.ingest(update).await
+    }
+
+    /// Sets a driver online (searchable again at its last fresh position) or offline (gone
+    /// from searches at once). Returns whether the driver is now searchable.
+    pub async fn set_online(&self, driver_id: i64, online: bool) -> redis::RedisResult<bool> {
+        let keys = &self.core.keys;
+        let mut conn = self.conn();
+        let searchable: i64 = self
+            .core
+            .scripts
+            .set_status
+            .key(&keys.online)
+            .key(&keys.avail)
+            .key(keys.driver(driver_id))
+            .key(&keys.load)
+            .arg(driver_id)
+            .arg(if online { "1" } else { "0" })
+            .arg(now_ms() - freshness_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(searchable == 1)
+    }
+
+    /// Removes drivers silent for longer than [`FRESHNESS`] from the searchable structures;
+    /// returns how many. Safe to run from several processes at once.
+    pub async fn sweep(&self) -> redis::RedisResult<u64> {
+        const BATCH: u64 = 1_000;
+        let keys = &self.core.keys;
+        let mut conn = self.conn();
+        let cutoff = now_ms() - freshness_ms();
+        let mut removed = 0;
+        loop {
+            let n: u64 = self
+                .core
+                .scripts
+                .sweep
+                .key(&keys.seen)
+                .key(&keys.avail)
+                .arg(cutoff)
+                .arg(BATCH)
+                .invoke_async(&mut conn)
+                .await?;
+            removed += n;
+            if n < BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// How many drivers have reported within [`FRESHNESS`].
+    pub async fn active_count(&self) -> redis::RedisResult<u64> {
+        let keys = &self.core.keys;
+        let mut conn = self.conn();
+        redis::cmd("ZCOUNT")
+            .arg(&keys.seen)
+            .arg(now_ms() - freshness_ms())
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Up to `limit` available drivers within `radius_km` of `at`, nearest first, searching
+    /// in widening rings (see the module docs) in one script call.
+    pub async fn find_nearby_drivers(
+        &self,
+        at: Point,
+        radius_km: f64,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<NearbyDriver>> {
+        let keys = &self.core.keys;
+        let mut conn = self.core.valkey.query_connection();
+        let mut invocation = self.core.scripts.nearby.prepare_invoke();
+        invocation
+            .key(&keys.avail)
+            .key(&keys.seen)
+            .key(&keys.load)
+            .arg(at.lon)
+            .arg(at.lat)
+            .arg(limit)
+            .arg(now_ms() - freshness_ms());
+        for ring in rings(radius_km) {
+            invocation.arg(ring);
+        }
+        let started = Instant::now();
+        let flat: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        metrics::histogram!(GEO_QUERY_DURATION).record(started.elapsed().as_secs_f64());
+        Ok(parse_nearby(&flat))
+    }
+
+    /// Records which order a driver carries, so its reports reach that order's live channel
+    /// (`None` stops it), and its number of active orders.
+    pub async fn set_assignment(
+        &self,
+        driver_id: i64,
+        tracking_order: Option<i64>,
+        active_orders: u32,
+    ) -> redis::RedisResult<()> {
+        let keys = &self.core.keys;
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match tracking_order {
+            Some(order) => pipe.hset(&keys.tracking, driver_id, order).ignore(),
+            None => pipe.hdel(&keys.tracking, driver_id).ignore(),
+        };
+        pipe.hset(&keys.load, driver_id, active_orders).ignore();
+        if active_orders >= MAX_ACTIVE_ORDERS {
+            pipe.zrem(&keys.avail, driver_id).ignore();
+        }
+        pipe.query_async(&mut conn).await
+    }
+
+    /// A driver's last reported position and when it arrived (unix ms), however old.
+    pub async fn last_fix(&self, driver_id: i64) -> redis::RedisResult<Option<(Point, i64)>> {
+        let mut conn = self.conn();
+        let (lat, lon, updated_at): (Option<f64>, Option<f64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.core.keys.driver(driver_id))
+            .arg("lat")
+            .arg("lon")
+            .arg("updated_at")
+            .query_async(&mut conn)
+            .await?;
+        Ok(match (lat, lon, updated_at) {
+            (Some(lat), Some(lon), Some(at)) => Point::new(lat, lon).map(|p| (p, at)),
+            _ => None,
+        })
+    }
+
+    /// A driver's last reported position, if it is fresh (within [`FRESHNESS`]).
+    pub async fn position(&self, driver_id: i64) -> redis::RedisResult<Option<Point>> {
+        let fix = self.last_fix(driver_id).await?;
+        Ok(fix
+            .filter(|(_, at)| *at >= now_ms() - freshness_ms())
+            .map(|(p, _)| p))
+    }
+
+    /// The channel on which an order's driver positions are published.
+    pub fn tracking_channel(&self, order_id: i64) -> String {
+        format!("{}{order_id}:location", self.core.keys.channel_prefix)
+    }
+}
+
+impl Core {
     /// Applies validated reports in one pipelined round trip; one outcome per report, in order.
     /// Accepted reports are queued for history.
     pub async fn ingest(&self, updates: &[LocationUpdate]) -> redis::RedisResult<Vec<Ingested>> {
@@ -263,7 +439,7 @@ impl LocationService {
         script: &redis::Script,
         build: impl Fn(&mut redis::Pipeline),
     ) -> redis::RedisResult<Vec<T>> {
-        let mut conn = self.conn();
+        let mut conn = self.valkey.connection();
         let mut pipe = redis::pipe();
         build(&mut pipe);
         match pipe.query_async::<Vec<T>>(&mut conn).await {
@@ -274,156 +450,14 @@ impl LocationService {
             other => other,
         }
     }
+}
 
-    /// Sets a driver online (searchable again at its last fresh position) or offline (gone
-    /// from searches at once). Returns whether the driver is now searchable.
-    pub async fn set_online(&self, driver_id: i64, online: bool) -> redis::RedisResult<bool> {
-        let keys = &self.keys;
-        let mut conn = self.conn();
-        let searchable: i64 = self
-            .scripts
-            .set_status
-            .key(&keys.online)
-            .key(&keys.avail)
-            .key(keys.driver(driver_id))
-            .key(&keys.load)
-            .arg(driver_id)
-            .arg(if online { "1" } else { "0" })
-            .arg(now_ms() - freshness_ms())
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(searchable == 1)
-    }
-
-    /// Removes drivers silent for longer than [`FRESHNESS`] from the searchable structures;
-    /// returns how many. Safe to run from several processes at once.
-    pub async fn sweep(&self) -> redis::RedisResult<u64> {
-        const BATCH: u64 = 1_000;
-        let keys = &self.keys;
-        let mut conn = self.conn();
-        let cutoff = now_ms() - freshness_ms();
-        let mut removed = 0;
-        loop {
-            let n: u64 = self
-                .scripts
-                .sweep
-                .key(&keys.seen)
-                .key(&keys.avail)
-                .arg(cutoff)
-                .arg(BATCH)
-                .invoke_async(&mut conn)
-                .await?;
-            removed += n;
-            if n < BATCH {
-                return Ok(removed);
-            }
-        }
-    }
-
-    /// How many drivers have reported within [`FRESHNESS`].
-    pub async fn active_count(&self) -> redis::RedisResult<u64> {
-        let keys = &self.keys;
-        let mut conn = self.conn();
-        redis::cmd("ZCOUNT")
-            .arg(&keys.seen)
-            .arg(now_ms() - freshness_ms())
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
-    }
-
-    /// Up to `limit` available drivers within `radius_km` of `at`, nearest first, searching
-    /// in widening rings (see the module docs).
-    pub async fn find_nearby_drivers(
-        &self,
-        at: Point,
-        radius_km: f64,
-        limit: usize,
-    ) -> redis::RedisResult<Vec<NearbyDriver>> {
-        let keys = &self.keys;
-        let mut conn = self.valkey.query_connection();
-        let cutoff = now_ms() - freshness_ms();
-        let rings = RINGS_KM
-            .iter()
-            .copied()
-            .filter(|r| *r < radius_km)
-            .chain(std::iter::once(radius_km));
-        let mut found = Vec::new();
-        for ring in rings {
-            let started = Instant::now();
-            let flat: Vec<String> = self
-                .scripts
-                .nearby
-                .key(&keys.avail)
-                .key(&keys.seen)
-                .key(&keys.load)
-                .arg(at.lon)
-                .arg(at.lat)
-                .arg(ring)
-                .arg(limit)
-                .arg(cutoff)
-                .invoke_async(&mut conn)
-                .await?;
-            metrics::histogram!(GEO_QUERY_DURATION).record(started.elapsed().as_secs_f64());
-            found = parse_nearby(&flat);
-            if found.len() >= limit {
-                break;
-            }
-        }
-        Ok(found)
-    }
-
-    /// Records which order a driver carries, so its reports reach that order's live channel
-    /// (`None` stops it), and its number of active orders.
-    pub async fn set_assignment(
-        &self,
-        driver_id: i64,
-        tracking_order: Option<i64>,
-        active_orders: u32,
-    ) -> redis::RedisResult<()> {
-        let keys = &self.keys;
-        let mut conn = self.conn();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match tracking_order {
-            Some(order) => pipe.hset(&keys.tracking, driver_id, order).ignore(),
-            None => pipe.hdel(&keys.tracking, driver_id).ignore(),
-        };
-        pipe.hset(&keys.load, driver_id, active_orders).ignore();
-        if active_orders >= MAX_ACTIVE_ORDERS {
-            pipe.zrem(&keys.avail, driver_id).ignore();
-        }
-        pipe.query_async(&mut conn).await
-    }
-
-    /// A driver's last reported position and when it arrived (unix ms), however old.
-    pub async fn last_fix(&self, driver_id: i64) -> redis::RedisResult<Option<(Point, i64)>> {
-        let mut conn = self.conn();
-        let (lat, lon, updated_at): (Option<f64>, Option<f64>, Option<i64>) = redis::cmd("HMGET")
-            .arg(self.keys.driver(driver_id))
-            .arg("lat")
-            .arg("lon")
-            .arg("updated_at")
-            .query_async(&mut conn)
-            .await?;
-        Ok(match (lat, lon, updated_at) {
-            (Some(lat), Some(lon), Some(at)) => Point::new(lat, lon).map(|p| (p, at)),
-            _ => None,
-        })
-    }
-
-    /// A driver's last reported position, if it is fresh (within [`FRESHNESS`]).
-    pub async fn position(&self, driver_id: i64) -> redis::RedisResult<Option<Point>> {
-        let fix = self.last_fix(driver_id).await?;
-        Ok(fix
-            .filter(|(_, at)| *at >= now_ms() - freshness_ms())
-            .map(|(p, _)| p))
-    }
-
-    /// The channel on which an order's driver positions are published.
-    pub fn tracking_channel(&self, order_id: i64) -> String {
-        format!("{}{order_id}:location", self.keys.channel_prefix)
-    }
+/// The search rings for a radius: the standard rings inside it, then the radius itself.
+fn rings(radius_km: f64) -> impl Iterator<Item = f64> {
+    RINGS_KM
+        .into_iter()
+        .filter(move |r| *r < radius_km)
+        .chain(std::iter::once(radius_km))
 }
 
 /// Parses the flat reply of [`scripts::NEARBY`].
@@ -459,5 +493,16 @@ mod tests {
         assert_eq!(parsed[0].distance_m, 500.0);
         assert_eq!(parsed[1].active_orders, 0);
         assert_eq!(parsed[1].lat, 40.71);
+    }
+
+    #[test]
+    fn rings_widen_up_to_the_requested_radius() {
+        assert_eq!(rings(5.0).collect::<Vec<_>>(), [0.5, 1.0, 2.5, 5.0]);
+        assert_eq!(rings(3.0).collect::<Vec<_>>(), [0.5, 1.0, 2.5, 3.0]);
+        assert_eq!(rings(0.2).collect::<Vec<_>>(), [0.2]);
+        assert_eq!(
+            rings(20.0).collect::<Vec<_>>(),
+            [0.5, 1.0, 2.5, 5.0, 10.0, 20.0]
+        );
     }
 }

@@ -99,39 +99,47 @@ end
 return #stale
 ";
 
-/// Available drivers within a radius, nearest first.
+/// Available drivers within a radius, nearest first, searched in widening rings.
 ///
 /// KEYS: 1 available geo set, 2 seen zset, 3 load hash.
-/// ARGV: 1 lon, 2 lat, 3 radius km, 4 how many to return, 5 freshness cutoff ms.
+/// ARGV: 1 lon, 2 lat, 3 how many to return, 4 freshness cutoff ms, then the ring radii in km,
+///       ascending (the last is the radius asked for).
 /// Returns a flat list: id, distance km, lon, lat, active orders — for each driver that is
-/// fresh and has fewer than 2 active orders.
+/// fresh and has fewer than 2 active orders — from the first ring holding enough of them, or
+/// from the last ring. Each ring asks `GEOSEARCH` for 8 more than wanted, so a few stale or
+/// loaded members (not yet swept) do not widen the search.
 pub const NEARBY: &str = r"
-local want = tonumber(ARGV[4])
-local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2], 'BYRADIUS', ARGV[3], 'km',
-  'ASC', 'COUNT', want + 8, 'WITHDIST', 'WITHCOORD')
-local cutoff = tonumber(ARGV[5])
+local want = tonumber(ARGV[3])
+local cutoff = tonumber(ARGV[4])
 local out = {}
-if #found == 0 then
-  return out
-end
--- One ZMSCORE and one HMGET for all candidates, not two calls per candidate.
-local ids = {}
-for i, row in ipairs(found) do
-  ids[i] = row[1]
-end
-local seen = redis.call('ZMSCORE', KEYS[2], unpack(ids))
-local loads = redis.call('HMGET', KEYS[3], unpack(ids))
-local n = 0
-for i, row in ipairs(found) do
-  if n >= want then break end
-  local load = tonumber(loads[i] or '0')
-  if tonumber(seen[i] or '0') >= cutoff and load < 2 then
-    table.insert(out, row[1])
-    table.insert(out, row[2])
-    table.insert(out, row[3][1])
-    table.insert(out, row[3][2])
-    table.insert(out, tostring(load))
-    n = n + 1
+for r = 5, #ARGV do
+  out = {}
+  local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2], 'BYRADIUS', ARGV[r], 'km',
+    'ASC', 'COUNT', want + 8, 'WITHDIST', 'WITHCOORD')
+  local n = 0
+  if #found > 0 then
+    -- One ZMSCORE and one HMGET for all candidates, not two calls per candidate.
+    local ids = {}
+    for i, row in ipairs(found) do
+      ids[i] = row[1]
+    end
+    local seen = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+    local loads = redis.call('HMGET', KEYS[3], unpack(ids))
+    for i, row in ipairs(found) do
+      if n >= want then break end
+      local load = tonumber(loads[i] or '0')
+      if tonumber(seen[i] or '0') >= cutoff and load < 2 then
+        table.insert(out, row[1])
+        table.insert(out, row[2])
+        table.insert(out, row[3][1])
+        table.insert(out, row[3][2])
+        table.insert(out, tostring(load))
+        n = n + 1
+      end
+    end
+  end
+  if n >= want then
+    return out
   end
 end
 return out

@@ -590,3 +590,166 @@ async fn a_driver_twice_in_one_batch_ends_at_its_newest_report() {
     );
     assert_eq!(nearby_ids(&app, far, CENTER.1, 0.5, 10).await, vec![driver]);
 }
+
+/// Groups of more than 20 single reports coalesced so far, by this test process.
+async fn large_groups(app: &TestApp) -> f64 {
+    let text = app
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    let bucket = |le: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("location_ingest_group_size_bucket{{le=\"{le}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    bucket("+Inf") - bucket("20")
+}
+
+#[tokio::test]
+async fn single_reports_arriving_together_share_a_script_call_and_keep_their_own_outcomes() {
+    let app = spawn_app().await;
+    // 30 online drivers, 10 offline ones, and 10 online ones whose report comes late.
+    let mut drivers = Vec::new();
+    for i in 0..50 {
+        let driver = insert_driver(&app.db).await;
+        if !(30..40).contains(&i) {
+            app.go_online(driver).await;
+        }
+        drivers.push(driver);
+    }
+    let now = chrono::Utc::now();
+    for driver in &drivers[40..] {
+        let fresh =
+            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1, "recorded_at": now.to_rfc3339()});
+        assert_eq!(report(&app, *driver, fresh).await.status().as_u16(), 200);
+    }
+    let groups_before = large_groups(&app).await;
+
+    // Hold the Valkey connection the reports go through: a blocking pop on it delays every
+    // command queued behind it, so the reports pile up while the first group waits.
+    let mut held = app.state.valkey.connection();
+    let hold = tokio::spawn(async move {
+        let _: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("test:nothing-ever-arrives")
+            .arg(0.5)
+            .query_async(&mut held)
+            .await
+            .expect("blpop");
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let position = |i: usize| (CENTER.0 + i as f64 * 0.001, CENTER.1);
+    let earlier = (now - chrono::Duration::seconds(10)).to_rfc3339();
+    let responses = futures::future::join_all(drivers.iter().enumerate().map(|(i, driver)| {
+        let (lat, lon) = position(i);
+        let body = if i >= 40 {
+            serde_json::json!({"lat": lat, "lon": lon, "recorded_at": earlier})
+        } else {
+            serde_json::json!({"lat": lat, "lon": lon})
+        };
+        report(&app, *driver, body)
+    }))
+    .await;
+    hold.await.expect("hold task");
+
+    for (i, response) in responses.into_iter().enumerate() {
+        assert_eq!(response.status().as_u16(), 200, "report {i}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        let expected = match i {
+            0..30 => "available",
+            30..40 => "unavailable",
+            _ => "stale",
+        };
+        assert_eq!(body["result"], expected, "report {i}");
+        assert_eq!(body["driver_id"], drivers[i]);
+    }
+    for (i, driver) in drivers.iter().enumerate() {
+        let (point, _) = app
+            .state
+            .location
+            .last_fix(*driver)
+            .await
+            .expect("valkey")
+            .expect("a position");
+        let (lat, lon) = if i >= 40 { CENTER } else { position(i) };
+        assert!(
+            (point.lat - lat).abs() < 1e-9 && (point.lon - lon).abs() < 1e-9,
+            "driver {i} at {point:?}"
+        );
+    }
+    assert!(
+        large_groups(&app).await > groups_before,
+        "the reports queued behind the held connection went out as one group"
+    );
+}
+
+#[tokio::test]
+async fn a_report_while_valkey_is_down_is_a_clear_503() {
+    let mut app = crate::helpers::spawn_app_with(crate::helpers::TestAppOptions {
+        valkey_url: format!("redis://127.0.0.1:{}", crate::helpers::dead_port()),
+        ..crate::helpers::TestAppOptions::default()
+    })
+    .await;
+    let driver = insert_driver(&app.db).await;
+    let response = report(
+        &app,
+        driver,
+        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+    )
+    .await;
+    assert_error(response, 503, "cache_unavailable").await;
+    // Shutting down flushes the history writer: nothing was queued for it.
+    app.shutdown().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM driver_locations")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(
+        rows, 0,
+        "nothing is recorded for a report that was not applied"
+    );
+}
+
+#[tokio::test]
+async fn a_search_widens_its_rings_until_it_has_enough_drivers() {
+    let app = spawn_app().await;
+    // Drivers 300 m, 3 km and 8 km north of the centre: in the first, the third and the
+    // fifth ring.
+    let mut drivers = Vec::new();
+    for north_m in [300.0, 3_000.0, 8_000.0] {
+        let driver = insert_driver(&app.db).await;
+        app.go_online(driver).await;
+        let lat = CENTER.0 + north_m / 111_320.0;
+        let response = report(
+            &app,
+            driver,
+            serde_json::json!({"lat": lat, "lon": CENTER.1}),
+        )
+        .await;
+        assert_eq!(response.status().as_u16(), 200);
+        drivers.push(driver);
+    }
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 10.0, 1).await,
+        drivers[..1]
+    );
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 10.0, 2).await,
+        drivers[..2]
+    );
+    assert_eq!(nearby_ids(&app, CENTER.0, CENTER.1, 10.0, 5).await, drivers);
+    assert_eq!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 5.0, 5).await,
+        drivers[..2]
+    );
+    assert!(
+        nearby_ids(&app, CENTER.0, CENTER.1, 0.2, 5)
+            .await
+            .is_empty()
+    );
+}
