@@ -138,6 +138,93 @@ fn elapsed_us(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+/// One keep-alive HTTP/1.1 connection to the server under test, as a load generator wants it:
+/// no pool, no retries, no redirects — each request goes straight onto its own socket. The
+/// load generator shares the machine's two cores with the server, so what it spends per
+/// request is taken from the system it measures.
+struct Conn {
+    address: std::net::SocketAddr,
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    fn new(address: std::net::SocketAddr) -> Self {
+        Self {
+            address,
+            sender: None,
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>
+    {
+        let stream = tokio::net::TcpStream::connect(self.address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "bench connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request (opening the connection first if it is new or broken); the status
+    /// and the whole body.
+    async fn send(
+        &mut self,
+        method: axum::http::Method,
+        path: &str,
+        authorization: &axum::http::HeaderValue,
+        body: Option<String>,
+    ) -> anyhow::Result<(axum::http::StatusCode, bytes::Bytes)> {
+        use http_body_util::BodyExt;
+        let mut sender = match self.sender.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.connect().await?,
+        };
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(axum::http::header::HOST, "courier")
+            .header(axum::http::header::AUTHORIZATION, authorization);
+        if body.is_some() {
+            request = request.header(axum::http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default(),
+        )))?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        self.sender = Some(sender);
+        Ok((status, body))
+    }
+}
+
+/// The part of a single report's answer the benchmark reads.
+#[derive(serde::Deserialize)]
+struct ReportAnswer {
+    result: Ingested,
+}
+
+fn bearer(token: &str) -> anyhow::Result<axum::http::HeaderValue> {
+    Ok(axum::http::HeaderValue::from_str(&format!(
+        "Bearer {token}"
+    ))?)
+}
+
 /// `EVALSHA` calls and microseconds spent in them so far, from `INFO commandstats`.
 async fn evalsha_stats(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<(u64, u64)> {
     let info: String = redis::cmd("INFO")
@@ -382,19 +469,19 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     let accepted_batch = accepted_batch.load(Ordering::Relaxed);
 
     // Phase 2: single updates at the target rate, with nearby queries alongside.
-    let tokens: Arc<Vec<String>> = Arc::new(
+    let tokens: Arc<Vec<axum::http::HeaderValue>> = Arc::new(
         ids.iter()
             .map(|id| {
-                keys.issue(
+                bearer(&keys.issue(
                     Principal {
                         role: Role::Driver,
                         subject: *id,
                     },
                     now_s,
                     Duration::from_secs(3600),
-                )
+                )?)
             })
-            .collect::<Result<_, _>>()?,
+            .collect::<anyhow::Result<_>>()?,
     );
     let ids = Arc::new(ids);
     let positions = Arc::new(positions);
@@ -405,35 +492,32 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     let errors = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for task in 0..opts.concurrency {
-        let (client, base, tokens, ids, positions) = (
-            client.clone(),
-            base.clone(),
-            tokens.clone(),
-            ids.clone(),
-            positions.clone(),
-        );
-        let (accepted, errors) = (accepted_single.clone(), errors.clone());
+        let (tokens, ids, positions) = (tokens.clone(), ids.clone(), positions.clone());
+        let (accepted, errors, listen) = (accepted_single.clone(), errors.clone(), opts.listen);
         senders.push(tokio::spawn(async move {
             let mut rng = Rng(task as u64 + 1);
             let mut samples = Samples::default();
+            let mut conn = Conn::new(listen);
             let mut ticks = staggered(per_task_interval, task, concurrency);
             while Instant::now() < deadline {
                 ticks.tick().await;
                 let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
                 let p = positions[i];
-                let body = serde_json::json!({"lat": p.lat + (rng.unit() - 0.5) * 1e-3, "lon": p.lon + (rng.unit() - 0.5) * 1e-3});
+                let body = format!(
+                    r#"{{"lat":{},"lon":{}}}"#,
+                    p.lat + (rng.unit() - 0.5) * 1e-3,
+                    p.lon + (rng.unit() - 0.5) * 1e-3
+                );
+                let path = format!("/v1/drivers/{}/location", ids[i]);
                 let sent = Instant::now();
-                let outcome = client
-                    .post(format!("{base}/v1/drivers/{}/location", ids[i]))
-                    .bearer_auth(&tokens[i])
-                    .json(&body)
-                    .send()
-                    .await;
-                match outcome {
-                    Ok(r) if r.status().is_success() => {
+                match conn
+                    .send(axum::http::Method::POST, &path, &tokens[i], Some(body))
+                    .await
+                {
+                    Ok((status, answer)) if status.is_success() => {
                         samples.0.push(elapsed_us(sent));
-                        if let Ok(v) = r.json::<serde_json::Value>().await
-                            && v["result"] != "stale"
+                        if serde_json::from_slice::<ReportAnswer>(&answer)
+                            .is_ok_and(|a| a.result != Ingested::Stale)
                         {
                             accepted.fetch_add(1, Ordering::Relaxed);
                         }
@@ -446,15 +530,12 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             samples
         }));
     }
-    // The queries come from their own client on its own thread and runtime, as matching
-    // would from a worker process: their latency is the server's, not the update generator's
-    // task queue. Several loops, so one slow answer does not hold the query rate down.
+    // The queries come from their own connections on their own thread and runtime, as
+    // matching would from a worker process: their latency is the server's, not the update
+    // generator's task queue. Several loops, so one slow answer does not hold the query rate
+    // down.
     const QUERY_LOOPS: u32 = 4;
-    let query_client = reqwest::Client::builder()
-        .pool_max_idle_per_host(QUERY_LOOPS as usize)
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let (query_base, query_operator) = (base.clone(), operator.clone());
+    let (listen, query_operator) = (opts.listen, bearer(&operator)?);
     let (layout, query_rate) = (opts.layout, opts.query_rate.max(1));
     let query_thread = std::thread::spawn(move || -> anyhow::Result<Samples> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -463,31 +544,26 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         runtime.block_on(async move {
             let interval = Duration::from_secs_f64(f64::from(QUERY_LOOPS) / f64::from(query_rate));
             let lanes = (0..QUERY_LOOPS).map(|lane| {
-                let (client, base, operator) = (
-                    query_client.clone(),
-                    query_base.clone(),
-                    query_operator.clone(),
-                );
+                let operator = query_operator.clone();
                 async move {
                     let mut rng = Rng(7 + u64::from(lane));
                     let mut samples = Samples::default();
+                    let mut conn = Conn::new(listen);
                     let mut ticks = staggered(interval, lane as usize, QUERY_LOOPS as usize);
                     let mut n = 0;
                     while Instant::now() < deadline {
                         ticks.tick().await;
                         let at = point_in(&mut rng, city_of(layout, n % 100, 100));
                         n += 1;
-                        let sent = Instant::now();
-                        let url = format!(
-                            "{base}/v1/drivers/nearby?lat={}&lon={}&radius_km=5&limit=20",
+                        let path = format!(
+                            "/v1/drivers/nearby?lat={}&lon={}&radius_km=5&limit=20",
                             at.lat, at.lon
                         );
-                        if client
-                            .get(url)
-                            .bearer_auth(&operator)
-                            .send()
+                        let sent = Instant::now();
+                        if conn
+                            .send(axum::http::Method::GET, &path, &operator, None)
                             .await
-                            .is_ok_and(|r| r.status().is_success())
+                            .is_ok_and(|(status, _)| status.is_success())
                         {
                             samples.0.push(elapsed_us(sent));
                         }
