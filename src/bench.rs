@@ -357,12 +357,32 @@ impl Drop for Server {
     }
 }
 
+/// The benchmark adds drivers, empties the location history and deletes location keys:
+/// it refuses to run unless its database is a dedicated one (its name contains `bench`) and
+/// its keys live under a prefix of their own.
+fn ensure_dedicated(database_url: &str, key_prefix: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(database_url).context("the database URL is not a URL")?;
+    let database = url.path().trim_start_matches('/');
+    anyhow::ensure!(
+        database.contains("bench"),
+        "the benchmark empties the location history of its database; give it a dedicated one \
+         whose name contains \"bench\" (database \"{database}\" refused)"
+    );
+    anyhow::ensure!(
+        !key_prefix.is_empty(),
+        "the benchmark deletes the location keys under its key prefix; set one (e.g. \
+         COURIER_KEY_PREFIX=bench:)"
+    );
+    Ok(())
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Result<()> {
     anyhow::ensure!(
         opts.drivers >= 1_000 && opts.concurrency >= 1 && opts.rate >= 1,
         "use at least 1,000 drivers, a concurrency and a rate of at least 1"
     );
+    ensure_dedicated(&config.database.url, &config.valkey.key_prefix)?;
     let started_at = chrono::Utc::now();
     store::ensure_database(&config.database).await?;
     let db = store::pool(&config.database)?;
@@ -374,6 +394,12 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     );
     let ids = ensure_drivers(&db, opts.drivers).await?;
     clear_location_keys(&valkey).await?;
+    // Every run starts with an empty history, as a day's partition does at midnight: the
+    // cost of an insert grows with the partition's index, so runs that inherited earlier
+    // runs' rows would measure each other (docs/benchmarks.md).
+    sqlx::query("TRUNCATE driver_locations")
+        .execute(&db)
+        .await?;
     let (history_sender, history_task) = history::spawn(db.clone());
     let location = LocationService::new(valkey.clone(), db.clone(), history_sender);
     futures::stream::iter(ids.iter().copied())
@@ -801,6 +827,18 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dedicated_database_and_prefix_are_benchmarked() {
+        assert!(ensure_dedicated("postgres://h/courier_bench", "bench:").is_ok());
+        let refused =
+            ensure_dedicated("postgres://h/courier", "bench:").expect_err("not a bench database");
+        assert!(
+            refused.to_string().contains("\"courier\" refused"),
+            "{refused}"
+        );
+        assert!(ensure_dedicated("postgres://h/courier_bench", "").is_err());
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {
