@@ -753,3 +753,60 @@ async fn a_search_widens_its_rings_until_it_has_enough_drivers() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn history_goes_in_small_batches_and_a_lone_row_within_the_flush_interval() {
+    use courier::location::history::{self, HistoryRow, SMALL_BATCH_ROWS};
+    let app = spawn_app().await;
+    let driver = insert_driver(&app.db).await;
+    let row = |i: i64| HistoryRow {
+        driver_id: driver,
+        lat: CENTER.0,
+        lon: CENTER.1,
+        heading: None,
+        speed_mps: None,
+        accuracy_m: None,
+        recorded_at_ms: chrono::Utc::now().timestamp_millis() - 60_000 + i,
+    };
+    let (sender, task) = history::spawn(app.db.clone());
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM driver_locations")
+            .fetch_one(&app.db)
+            .await
+            .expect("count")
+    };
+
+    // A lone row is not held back until a batch fills: it is written within the interval.
+    sender.record(row(0));
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async { count().await == 1 }).await,
+        "a lone row was never written"
+    );
+
+    // 550 rows queued at once go as small inserts; rows of one insert share a transaction id.
+    for i in 1..=550 {
+        sender.record(row(i));
+    }
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(10), || async { count().await == 551 })
+            .await,
+        "the queued rows were never written"
+    );
+    task.shutdown().await;
+    let inserts: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM driver_locations GROUP BY xmin::text ORDER BY count(*) DESC",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("xmins");
+    let largest = i64::try_from(SMALL_BATCH_ROWS).expect("small");
+    assert!(
+        inserts.iter().all(|n| *n <= largest),
+        "an insert was larger than a small batch: {inserts:?}"
+    );
+    assert!(
+        inserts.len() <= 1 + 550 / SMALL_BATCH_ROWS + 1,
+        "rows were not batched: {} inserts",
+        inserts.len()
+    );
+}
