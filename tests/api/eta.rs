@@ -129,22 +129,6 @@ fn north(m: f64) -> Point {
     TestApp::north_of_restaurant(m)
 }
 
-/// The value of a counter series in `/metrics` (0 when absent).
-async fn counter(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).map(str::trim))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn osrm_answers_are_used_and_every_failure_falls_back_to_the_estimator() {
     let app = spawn_app().await;
@@ -167,7 +151,7 @@ async fn osrm_answers_are_used_and_every_failure_falls_back_to_the_estimator() {
     for (i, (mode, reason)) in cases.into_iter().enumerate() {
         fake.set(mode);
         let series = format!("routing_fallbacks_total{{reason=\"{reason}\"}}");
-        let before = counter(&app, &series).await;
+        let before = app.metric(&series).await;
         // A new pair of points each time: the cache must not answer.
         let to = north(4_000.0 + 500.0 * i as f64);
         let leg = routing.route(from, to, night()).await;
@@ -178,7 +162,7 @@ async fn osrm_answers_are_used_and_every_failure_falls_back_to_the_estimator() {
         );
         assert_eq!(leg.duration, expected.duration, "{reason}");
         assert!(
-            counter(&app, &series).await >= before + 1.0,
+            app.metric(&series).await >= before + 1.0,
             "{reason} counted"
         );
     }
@@ -186,12 +170,12 @@ async fn osrm_answers_are_used_and_every_failure_falls_back_to_the_estimator() {
     // until the reset timeout has passed.
     fake.set(OK);
     let series = "routing_fallbacks_total{reason=\"circuit_open\"}";
-    let before = counter(&app, series).await;
+    let before = app.metric(series).await;
     let calls = fake.route_calls();
     let leg = routing.route(from, north(9_000.0), night()).await;
     assert!(leg.estimated);
     assert_eq!(fake.route_calls(), calls);
-    assert!(counter(&app, series).await >= before + 1.0);
+    assert!(app.metric(series).await >= before + 1.0);
 }
 
 #[tokio::test]
@@ -435,12 +419,12 @@ async fn with_the_routing_service_down_orders_still_get_etas() {
     let cast = cast(&app.db).await;
     let order = app.placed_order(&cast).await;
     let series = "routing_fallbacks_total{reason=\"unavailable\"}";
-    let before = counter(&app, series).await;
+    let before = app.metric(series).await;
     let eta = eta_of(&app, order, cast.customer).await;
     assert!(eta["eta"].is_string());
     assert!(eta["breakdown"]["to_customer_s"].as_f64().expect("leg") > 0.0);
     assert!((eta["confidence"].as_f64().expect("c") - 0.4).abs() < 1e-9);
-    assert!(counter(&app, series).await >= before + 1.0);
+    assert!(app.metric(series).await >= before + 1.0);
 }
 
 #[tokio::test]

@@ -263,6 +263,22 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
 }
 
 impl TestApp {
+    /// The value of a series in `/metrics`, e.g. `name{label="v"}` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .request(reqwest::Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).map(str::trim))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Stops the HTTP server and the background tasks as a process shutdown does (flushing
     /// the location history).
     pub async fn shutdown(&mut self) {

@@ -401,12 +401,9 @@ async fn history_is_written_in_batches_and_flushed_on_shutdown() {
     assert_eq!(accepted, 100);
 
     app.shutdown().await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM driver_locations")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
     assert_eq!(
-        rows, accepted,
+        history_rows(&app.db).await,
+        accepted,
         "every accepted report is in history after shutdown"
     );
     let per_driver: Vec<i64> =
@@ -593,22 +590,19 @@ async fn a_driver_twice_in_one_batch_ends_at_its_newest_report() {
 
 /// Groups of more than 20 single reports coalesced so far, by this test process.
 async fn large_groups(app: &TestApp) -> f64 {
-    let text = app
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
+    app.metric(r#"location_ingest_group_size_bucket{le="+Inf"}"#)
         .await
-        .expect("sent")
-        .text()
+        - app
+            .metric(r#"location_ingest_group_size_bucket{le="20"}"#)
+            .await
+}
+
+/// Rows in the location history.
+async fn history_rows(db: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM driver_locations")
+        .fetch_one(db)
         .await
-        .expect("text");
-    let bucket = |le: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("location_ingest_group_size_bucket{{le=\"{le}\"}}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    bucket("+Inf") - bucket("20")
+        .expect("count")
 }
 
 #[tokio::test]
@@ -705,12 +699,9 @@ async fn a_report_while_valkey_is_down_is_a_clear_503() {
     assert_error(response, 503, "cache_unavailable").await;
     // Shutting down flushes the history writer: nothing was queued for it.
     app.shutdown().await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM driver_locations")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
     assert_eq!(
-        rows, 0,
+        history_rows(&app.db).await,
+        0,
         "nothing is recorded for a report that was not applied"
     );
 }
@@ -769,12 +760,7 @@ async fn history_goes_in_small_batches_and_a_lone_row_within_the_flush_interval(
         recorded_at_ms: chrono::Utc::now().timestamp_millis() - 60_000 + i,
     };
     let (sender, task) = history::spawn(app.db.clone());
-    let count = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM driver_locations")
-            .fetch_one(&app.db)
-            .await
-            .expect("count")
-    };
+    let count = || history_rows(&app.db);
 
     // A lone row is not held back until a batch fills: it is written within the interval.
     sender.record(row(0));
