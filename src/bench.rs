@@ -604,8 +604,9 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             Ok(all)
         })
     });
-    let mut stats_conn = valkey.connection();
-    let before_phase = evalsha_stats(&mut stats_conn).await?;
+    // One connection for the benchmark's own Valkey calls (statistics, the naive search).
+    let mut conn = valkey.connection();
+    let before_phase = evalsha_stats(&mut conn).await?;
     let phase_started = Instant::now();
     let mut update_samples = Samples::default();
     for sender in senders {
@@ -615,7 +616,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         .await?
         .map_err(|_| anyhow::anyhow!("the query thread panicked"))??;
     let phase_secs = phase_started.elapsed().as_secs_f64();
-    let after_phase = evalsha_stats(&mut stats_conn).await?;
+    let after_phase = evalsha_stats(&mut conn).await?;
     let accepted_single = accepted_single.load(Ordering::Relaxed);
 
     // Stop the server: it drains and flushes its history.
@@ -652,7 +653,6 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             samples
         }));
     }
-    let mut conn = valkey.connection();
     let before_ingest = evalsha_stats(&mut conn).await?;
     let raw_started = Instant::now();
     let mut raw_update_samples = Samples::default();
