@@ -15,6 +15,10 @@
 //!   30 s from `avail` and `seen`, and searches also check it, so a driver whose phone died is
 //!   never offered an order even between sweeps.
 //! - `d:{id}` — hash lat, lon, recorded_at, updated_at with the spec's 30 s TTL.
+//! - `pos` — hash driver → `recorded_at,lat,lon` of its last accepted report: read once per
+//!   ingest group for the out-of-order check (instead of one read per driver hash) and once
+//!   per search for the positions of the candidates (cheaper than asking `GEOSEARCH` for
+//!   coordinates). The sweeper removes drivers from it with `seen`.
 //! - `online` — set of drivers who said they are online; `load` — hash driver → active orders;
 //!   `tracking` — hash driver → the order whose customer watches them (live tracking).
 //!
@@ -132,6 +136,7 @@ struct Keys {
     online: String,
     load: String,
     tracking: String,
+    pos: String,
     driver_prefix: String,
     channel_prefix: String,
 }
@@ -145,6 +150,7 @@ impl Keys {
             online: valkey.key(&format!("{tag}online")),
             load: valkey.key(&format!("{tag}load")),
             tracking: valkey.key(&format!("{tag}tracking")),
+            pos: valkey.key(&format!("{tag}pos")),
             driver_prefix: valkey.key(&format!("{tag}d:")),
             channel_prefix: valkey.key("order:"),
         }
@@ -277,6 +283,7 @@ impl LocationService {
                 .sweep
                 .key(&keys.seen)
                 .key(&keys.avail)
+                .key(&keys.pos)
                 .arg(cutoff)
                 .arg(BATCH)
                 .invoke_async(&mut conn)
@@ -315,6 +322,7 @@ impl LocationService {
             .key(&keys.avail)
             .key(&keys.seen)
             .key(&keys.load)
+            .key(&keys.pos)
             .arg(at.lon)
             .arg(at.lat)
             .arg(limit)
@@ -325,7 +333,7 @@ impl LocationService {
         let started = Instant::now();
         let flat: Vec<String> = invocation.invoke_async(&mut conn).await?;
         metrics::histogram!(GEO_QUERY_DURATION).record(started.elapsed().as_secs_f64());
-        Ok(parse_nearby(&flat))
+        Ok(parse_nearby(at, &flat))
     }
 
     /// Records which order a driver carries, so its reports reach that order's live channel
@@ -396,12 +404,13 @@ impl Core {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.ingest.get_hash())
-                    .arg(5 + group.len())
+                    .arg(6 + group.len())
                     .arg(&keys.seen)
                     .arg(&keys.avail)
                     .arg(&keys.online)
                     .arg(&keys.load)
-                    .arg(&keys.tracking);
+                    .arg(&keys.tracking)
+                    .arg(&keys.pos);
                 for u in group {
                     cmd.arg(keys.driver(u.driver_id));
                 }
@@ -460,19 +469,28 @@ fn rings(radius_km: f64) -> impl Iterator<Item = f64> {
         .chain(std::iter::once(radius_km))
 }
 
-/// Parses the flat reply of [`scripts::NEARBY`].
-fn parse_nearby(flat: &[String]) -> Vec<NearbyDriver> {
-    flat.chunks_exact(5)
+/// Parses the flat reply of [`scripts::NEARBY`] (rows of id, active orders, position) into
+/// drivers with their distance from `at`, nearest first. A row that does not parse is skipped.
+fn parse_nearby(at: Point, flat: &[String]) -> Vec<NearbyDriver> {
+    let mut drivers: Vec<NearbyDriver> = flat
+        .chunks_exact(3)
         .filter_map(|row| {
+            let mut position = row[2].splitn(3, ',').skip(1);
+            let point = Point::new(
+                position.next()?.parse().ok()?,
+                position.next()?.parse().ok()?,
+            )?;
             Some(NearbyDriver {
                 driver_id: row[0].parse().ok()?,
-                distance_m: row[1].parse::<f64>().ok()? * 1_000.0,
-                lon: row[2].parse().ok()?,
-                lat: row[3].parse().ok()?,
-                active_orders: row[4].parse().ok()?,
+                distance_m: crate::geo::haversine_m(at, point),
+                lat: point.lat,
+                lon: point.lon,
+                active_orders: row[1].parse().ok()?,
             })
         })
-        .collect()
+        .collect();
+    drivers.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m));
+    drivers
 }
 
 #[cfg(test)]
@@ -480,19 +498,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearby_replies_parse_in_rows_of_five() {
+    fn nearby_replies_parse_into_drivers_nearest_first() {
+        let at = Point {
+            lat: 40.7,
+            lon: -74.0,
+        };
         let flat: Vec<String> = [
-            "7", "0.5", "-74.0", "40.7", "1", "9", "1.25", "-74.01", "40.71", "0",
+            "9",
+            "0",
+            "1795584960123,40.71,-74.0",
+            "7",
+            "1",
+            "1795584960000,40.7,-74.001",
+            "8",
+            "0",
+            "garbled",
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        let parsed = parse_nearby(&flat);
+        let parsed = parse_nearby(at, &flat);
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[0].driver_id, 7);
-        assert_eq!(parsed[0].distance_m, 500.0);
-        assert_eq!(parsed[1].active_orders, 0);
+        assert_eq!(parsed[0].active_orders, 1);
+        assert_eq!(parsed[0].lon, -74.001);
+        assert!((parsed[0].distance_m - 84.3).abs() < 0.5, "{:?}", parsed[0]);
+        assert_eq!(parsed[1].driver_id, 9);
         assert_eq!(parsed[1].lat, 40.71);
+        assert!(
+            (parsed[1].distance_m - 1_111.9).abs() < 0.5,
+            "{:?}",
+            parsed[1]
+        );
     }
 
     #[test]

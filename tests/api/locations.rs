@@ -240,6 +240,13 @@ async fn a_silent_driver_disappears_from_queries_and_the_set() {
         .await
         .expect("ZSCORE");
     assert_eq!(in_set, None);
+    let position_kept: bool = redis::cmd("HEXISTS")
+        .arg(app.state.valkey.key("loc:{default}:pos"))
+        .arg(silent)
+        .query_async(&mut conn)
+        .await
+        .expect("HEXISTS");
+    assert!(!position_kept);
     assert_eq!(app.state.location.active_count().await.expect("count"), 1);
     // It comes back with its next report.
     report(
@@ -539,10 +546,37 @@ async fn nearby_matches_a_brute_force_search_on_random_points() {
             })
             .collect();
         assert!(
-            distances.windows(2).all(|w| w[0] <= w[1] + 5.0),
+            distances.windows(2).all(|w| w[0] <= w[1]),
             "not nearest first: {distances:?}"
         );
         assert!(distances.iter().all(|d| *d <= radius_km * 1_000.0 + 10.0));
+    }
+
+    // Each driver comes with the position it reported (not a geohash approximation) and its
+    // exact distance from the search point.
+    let body: serde_json::Value = app
+        .get_as(
+            &format!(
+                "/v1/drivers/nearby?lat={}&lon={}&radius_km=2&limit=50",
+                CENTER.0, CENTER.1
+            ),
+            Role::Operator,
+            1,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let drivers = body["drivers"].as_array().expect("array");
+    assert!(!drivers.is_empty());
+    for d in drivers {
+        let id = d["driver_id"].as_i64().expect("id");
+        let (_, reported) = points.iter().find(|(p, _)| *p == id).expect("known");
+        assert_eq!(d["lat"].as_f64(), Some(reported.lat));
+        assert_eq!(d["lon"].as_f64(), Some(reported.lon));
+        let distance = d["distance_m"].as_f64().expect("distance");
+        assert!((distance - haversine_m(center, *reported)).abs() < 1e-6);
+        assert_eq!(d["active_orders"], 0);
     }
 }
 
