@@ -11,6 +11,8 @@
 //! stops the server with SIGTERM, and compares the history rows written with the updates
 //! accepted. Everything it prints is measured in that run.
 
+mod conn;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ use crate::location::update::LocationUpdate;
 use crate::location::{Ingested, LocationService};
 use crate::store;
 use crate::valkey::Valkey;
+use conn::Conn;
 
 /// How drivers are spread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -138,91 +141,10 @@ fn elapsed_us(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// One keep-alive HTTP/1.1 connection to the server under test, as a load generator wants it:
-/// no pool, no retries, no redirects — each request goes straight onto its own socket. The
-/// load generator shares the machine's two cores with the server, so what it spends per
-/// request is taken from the system it measures.
-struct Conn {
-    address: std::net::SocketAddr,
-    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Conn {
-    fn new(address: std::net::SocketAddr) -> Self {
-        Self {
-            address,
-            sender: None,
-        }
-    }
-
-    async fn connect(
-        &self,
-    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>
-    {
-        let stream = tokio::net::TcpStream::connect(self.address).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "bench connection closed");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// Sends one request (opening the connection first if it is new or broken); the status
-    /// and the whole body.
-    async fn send(
-        &mut self,
-        method: axum::http::Method,
-        path: &str,
-        authorization: &axum::http::HeaderValue,
-        body: Option<String>,
-    ) -> anyhow::Result<(axum::http::StatusCode, bytes::Bytes)> {
-        use http_body_util::BodyExt;
-        let mut sender = match self.sender.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.connect().await?,
-        };
-        let mut request = axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(axum::http::header::HOST, "courier")
-            .header(axum::http::header::AUTHORIZATION, authorization);
-        if body.is_some() {
-            request = request.header(axum::http::header::CONTENT_TYPE, "application/json");
-        }
-        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(
-            body.unwrap_or_default(),
-        )))?;
-        sender.ready().await?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        self.sender = Some(sender);
-        Ok((status, body))
-    }
-}
-
 /// The part of a single report's answer the benchmark reads.
 #[derive(serde::Deserialize)]
 struct ReportAnswer {
     result: Ingested,
-}
-
-fn bearer(token: &str) -> anyhow::Result<axum::http::HeaderValue> {
-    Ok(axum::http::HeaderValue::from_str(&format!(
-        "Bearer {token}"
-    ))?)
 }
 
 /// `EVALSHA` calls and microseconds spent in them so far, from `INFO commandstats`.
@@ -495,17 +417,18 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     let accepted_batch = accepted_batch.load(Ordering::Relaxed);
 
     // Phase 2: single updates at the target rate, with nearby queries alongside.
-    let tokens: Arc<Vec<axum::http::HeaderValue>> = Arc::new(
+    let tokens: Arc<Vec<String>> = Arc::new(
         ids.iter()
             .map(|id| {
-                bearer(&keys.issue(
+                let token = keys.issue(
                     Principal {
                         role: Role::Driver,
                         subject: *id,
                     },
                     now_s,
                     Duration::from_secs(3600),
-                )?)
+                )?;
+                anyhow::Ok(format!("Bearer {token}"))
             })
             .collect::<anyhow::Result<_>>()?,
     );
@@ -536,13 +459,10 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
                 );
                 let path = format!("/v1/drivers/{}/location", ids[i]);
                 let sent = Instant::now();
-                match conn
-                    .send(axum::http::Method::POST, &path, &tokens[i], Some(body))
-                    .await
-                {
-                    Ok((status, answer)) if status.is_success() => {
+                match conn.send("POST", &path, &tokens[i], Some(&body)).await {
+                    Ok((status, answer)) if (200..300).contains(&status) => {
                         samples.0.push(elapsed_us(sent));
-                        if serde_json::from_slice::<ReportAnswer>(&answer)
+                        if serde_json::from_slice::<ReportAnswer>(answer)
                             .is_ok_and(|a| a.result != Ingested::Stale)
                         {
                             accepted.fetch_add(1, Ordering::Relaxed);
@@ -561,7 +481,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     // generator's task queue. Several loops, so one slow answer does not hold the query rate
     // down.
     const QUERY_LOOPS: u32 = 4;
-    let (listen, query_operator) = (opts.listen, bearer(&operator)?);
+    let (listen, query_operator) = (opts.listen, format!("Bearer {operator}"));
     let (layout, query_rate) = (opts.layout, opts.query_rate.max(1));
     let query_thread = std::thread::spawn(move || -> anyhow::Result<Samples> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -587,9 +507,9 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
                         );
                         let sent = Instant::now();
                         if conn
-                            .send(axum::http::Method::GET, &path, &operator, None)
+                            .send("GET", &path, &operator, None)
                             .await
-                            .is_ok_and(|(status, _)| status.is_success())
+                            .is_ok_and(|(status, _)| (200..300).contains(&status))
                         {
                             samples.0.push(elapsed_us(sent));
                         }
