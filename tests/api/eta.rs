@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use courier::auth::Role;
 use courier::eta::estimator::Estimator;
 use courier::eta::routing::{Routing, RoutingSettings};
@@ -254,9 +254,41 @@ async fn confirmed_at(app: &TestApp, order: i64) -> DateTime<Utc> {
         .expect("confirmed_at")
 }
 
+/// A market whose local time is now about 02:00, hours away from any traffic peak, so a
+/// test that expects traffic-free legs does not depend on when it runs. (In UTC, the tests'
+/// default market, the same test would fail from 07:00 to 09:59, 11:00 to 13:59 and 17:00 to
+/// 19:59.)
+fn off_peak_market() -> chrono_tz::Tz {
+    let utc_hour = i32::try_from(Utc::now().hour()).expect("an hour");
+    let mut offset = (2 - utc_hour).rem_euclid(24);
+    if offset > 14 {
+        offset -= 24;
+    }
+    // IANA's Etc zones have inverted signs: Etc/GMT-3 is UTC+3.
+    let name = match offset {
+        0 => "Etc/GMT".to_owned(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    };
+    name.parse().expect("an Etc zone")
+}
+
+#[test]
+fn the_off_peak_market_is_at_two_in_the_morning() {
+    let local = Utc::now().with_timezone(&off_peak_market());
+    assert!((1..=3).contains(&local.hour()), "{local}");
+}
+
 #[tokio::test]
 async fn an_orders_eta_moves_the_right_way_through_its_life() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(TestAppOptions {
+        routing: RoutingSettings {
+            market: off_peak_market(),
+            ..RoutingSettings::default()
+        },
+        ..TestAppOptions::default()
+    })
+    .await;
     let cast = cast(&app.db).await;
     let order = app.placed_order(&cast).await;
     let leg = Estimator::DEFAULT
