@@ -126,6 +126,11 @@ impl Samples {
         let rank = ((p / 100.0) * (self.0.len() - 1) as f64).round() as usize;
         self.0[rank.min(self.0.len() - 1)] as f64 / 1_000.0
     }
+
+    /// The median and the 99th percentile, in ms.
+    fn p50_p99(&mut self) -> (f64, f64) {
+        (self.percentile_ms(50.0), self.percentile_ms(99.0))
+    }
 }
 
 /// Ticks every `period`, the first one offset by `lane / lanes` of a period: loops started
@@ -654,26 +659,11 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
 
     let update_rate = update_samples.0.len() as f64 / phase_secs;
     let raw_rate = raw_update_samples.0.len() as f64 / raw_secs;
-    let (u50, u99) = (
-        update_samples.percentile_ms(50.0),
-        update_samples.percentile_ms(99.0),
-    );
-    let (r50, r99) = (
-        raw_update_samples.percentile_ms(50.0),
-        raw_update_samples.percentile_ms(99.0),
-    );
-    let (q50, q99) = (
-        query_samples.percentile_ms(50.0),
-        query_samples.percentile_ms(99.0),
-    );
-    let (rq50, rq99) = (
-        raw_query_samples.percentile_ms(50.0),
-        raw_query_samples.percentile_ms(99.0),
-    );
-    let (n50, n99) = (
-        naive_samples.percentile_ms(50.0),
-        naive_samples.percentile_ms(99.0),
-    );
+    let (u50, u99) = update_samples.p50_p99();
+    let (r50, r99) = raw_update_samples.p50_p99();
+    let (q50, q99) = query_samples.p50_p99();
+    let (rq50, rq99) = raw_query_samples.p50_p99();
+    let (n50, n99) = naive_samples.p50_p99();
     println!();
     println!(
         "location benchmark: {} drivers, {:?} layout, target {}/s for {:?}, {} connections",
