@@ -9,9 +9,12 @@
 //! directly against Valkey (the ingest and nearby scripts, no HTTP, no application) for the
 //! baseline, plus one naive `GEOSEARCH … BYRADIUS 5 km` over a single key holding every driver,
 //! stops the server with SIGTERM, and compares the history rows written with the updates
-//! accepted. Everything it prints is measured in that run.
+//! accepted. It also reports where the CPU went during the update phase (`cpu.rs`): the load
+//! generator shares the machine with what it measures. Everything it prints is measured in
+//! that run.
 
 mod conn;
+mod cpu;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,6 +164,22 @@ async fn evalsha_stats(conn: &mut redis::aio::ConnectionManager) -> anyhow::Resu
     Ok(parse_evalsha_stats(&info))
 }
 
+/// Valkey's process id (`INFO server`), for the CPU report; `None` if it does not say.
+async fn valkey_pid(conn: &mut redis::aio::ConnectionManager) -> Option<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .ok()?;
+    parse_process_id(&info)
+}
+
+fn parse_process_id(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn parse_evalsha_stats(info: &str) -> (u64, u64) {
     let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
         return (0, 0);
@@ -263,6 +282,10 @@ impl Server {
             .spawn()
             .context("cannot start courier serve")?;
         Ok(Self(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
     }
 
     /// SIGTERM, then wait: the server drains and flushes its history.
@@ -531,6 +554,8 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     });
     // One connection for the benchmark's own Valkey calls (statistics, the naive search).
     let mut conn = valkey.connection();
+    let probe = cpu::Probe::new(server.pid(), valkey_pid(&mut conn).await);
+    let cpu_before = probe.snapshot();
     let before_phase = evalsha_stats(&mut conn).await?;
     let phase_started = Instant::now();
     let mut update_samples = Samples::default();
@@ -541,6 +566,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         .await?
         .map_err(|_| anyhow::anyhow!("the query thread panicked"))??;
     let phase_secs = phase_started.elapsed().as_secs_f64();
+    let cpu_after = probe.snapshot();
     let after_phase = evalsha_stats(&mut conn).await?;
     let accepted_single = accepted_single.load(Ordering::Relaxed);
 
@@ -726,6 +752,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         query_samples.0.len(),
         update_samples.0.len() as f64 / update_calls.max(1) as f64
     );
+    println!("HTTP phase {}", probe.report(&cpu_before, &cpu_after));
     println!("HTTP update errors: {}", errors.load(Ordering::Relaxed));
     println!(
         "history: {history_rows} rows written, {accepted_total} updates accepted, {} missing",
@@ -765,6 +792,13 @@ mod tests {
         assert_eq!(parse_evalsha_stats(info), (10, 250));
         assert_eq!(parse_evalsha_stats("# Commandstats\r\n"), (0, 0));
         assert_eq!(per_call_us((10, 250), (20, 450)), 20.0);
+    }
+
+    #[test]
+    fn valkeys_process_id_parses_from_info() {
+        let info = "# Server\r\nvalkey_version:9.1.2\r\nprocess_id:21126\r\ntcp_port:6380\r\n";
+        assert_eq!(parse_process_id(info), Some(21_126));
+        assert_eq!(parse_process_id("# Server\r\n"), None);
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! Where the machine's CPU went while the benchmark measured: the load generator shares the
+//! cores with the server, Valkey and Postgres it measures, so a latency figure means little
+//! without knowing how busy the machine was and who kept it busy.
+//!
+//! Read from Linux's `/proc`: each party's time on a CPU and time spent runnable but waiting for
+//! one (`/proc/<pid>/task/*/schedstat`, summed over threads), and the machine's busy share
+//! (`/proc/stat`). Valkey's wait is the figure that matters most: it is single-threaded and
+//! every search waits whenever it waits. Elsewhere (no `/proc`, a Valkey on another host) the
+//! parties that cannot be read are left out of the report.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Time on a CPU and time runnable but waiting for one, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Sched {
+    on_cpu_ns: u64,
+    waiting_ns: u64,
+}
+
+/// The first two fields of a `schedstat` file.
+fn parse_schedstat(text: &str) -> Option<Sched> {
+    let mut fields = text.split_whitespace();
+    Some(Sched {
+        on_cpu_ns: fields.next()?.parse().ok()?,
+        waiting_ns: fields.next()?.parse().ok()?,
+    })
+}
+
+/// Busy and total time of the whole machine (in clock ticks) from the first line of
+/// `/proc/stat`: user, nice, system, idle, iowait, irq, softirq, steal; idle and iowait are
+/// not busy.
+fn parse_cpu_line(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if ticks.len() < 5 {
+        return None;
+    }
+    let total: u64 = ticks.iter().sum();
+    Some((total - ticks[3] - ticks[4], total))
+}
+
+/// A process's threads, summed; `None` when it cannot be read (gone, or not on this host).
+fn process_sched(pid: u32) -> Option<Sched> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut sum = Sched::default();
+    for task in tasks.flatten() {
+        let Some(s) = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_schedstat)
+        else {
+            continue;
+        };
+        sum.on_cpu_ns += s.on_cpu_ns;
+        sum.waiting_ns += s.waiting_ns;
+    }
+    Some(sum)
+}
+
+/// Every process whose command name is `comm`.
+fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Who is measured: a name and how to find its processes.
+#[derive(Debug)]
+enum Party {
+    Pid(&'static str, u32),
+    Named(&'static str, &'static str),
+}
+
+impl Party {
+    fn name(&self) -> &'static str {
+        match self {
+            Party::Pid(name, _) | Party::Named(name, _) => name,
+        }
+    }
+
+    fn read(&self) -> HashMap<u32, Sched> {
+        let pids = match self {
+            Party::Pid(_, pid) => vec![*pid],
+            Party::Named(_, comm) => pids_named(comm),
+        };
+        pids.into_iter()
+            .filter_map(|pid| Some((pid, process_sched(pid)?)))
+            .collect()
+    }
+}
+
+/// The parties of one benchmark run.
+#[derive(Debug)]
+pub(super) struct Probe {
+    parties: Vec<Party>,
+}
+
+/// What the probe read at one instant.
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    at: Instant,
+    machine: Option<(u64, u64)>,
+    parties: Vec<HashMap<u32, Sched>>,
+}
+
+impl Probe {
+    /// The server child, this process (the load generator), Valkey's process when it runs on
+    /// this host (`valkey_pid` from `INFO server`, kept only if that pid is a Valkey or Redis
+    /// server here) and every Postgres process.
+    pub(super) fn new(server_pid: u32, valkey_pid: Option<u32>) -> Self {
+        let mut parties = vec![
+            Party::Pid("server", server_pid),
+            Party::Pid("load generator", std::process::id()),
+        ];
+        let local_valkey = valkey_pid.filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.contains("valkey") || c.contains("redis"))
+        });
+        if let Some(pid) = local_valkey {
+            parties.push(Party::Pid("Valkey", pid));
+        }
+        parties.push(Party::Named("Postgres", "postgres"));
+        Self { parties }
+    }
+
+    pub(super) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            machine: std::fs::read_to_string("/proc/stat")
+                .ok()
+                .as_deref()
+                .and_then(parse_cpu_line),
+            parties: self.parties.iter().map(Party::read).collect(),
+        }
+    }
+
+    /// One line: each party's share of one core between the snapshots, Valkey's time waiting
+    /// for a core, and how busy the whole machine was.
+    pub(super) fn report(&self, before: &Snapshot, after: &Snapshot) -> String {
+        let elapsed_ns = after.at.duration_since(before.at).as_nanos() as f64;
+        let names = self.parties.iter().map(Party::name);
+        report_line(
+            names.zip(before.parties.iter().zip(&after.parties)),
+            elapsed_ns,
+            before.machine.zip(after.machine),
+        )
+    }
+}
+
+/// Sums what each process of a party did between two readings; a process that started in
+/// between counts whole, one that ended is lost.
+fn delta(before: &HashMap<u32, Sched>, after: &HashMap<u32, Sched>) -> Sched {
+    after.iter().fold(Sched::default(), |sum, (pid, end)| {
+        let start = before.get(pid).copied().unwrap_or_default();
+        Sched {
+            on_cpu_ns: sum.on_cpu_ns + end.on_cpu_ns.saturating_sub(start.on_cpu_ns),
+            waiting_ns: sum.waiting_ns + end.waiting_ns.saturating_sub(start.waiting_ns),
+        }
+    })
+}
+
+type PartyReadings<'a> = (&'a HashMap<u32, Sched>, &'a HashMap<u32, Sched>);
+
+fn report_line<'a>(
+    parties: impl Iterator<Item = (&'static str, PartyReadings<'a>)>,
+    elapsed_ns: f64,
+    machine: Option<((u64, u64), (u64, u64))>,
+) -> String {
+    let percent = |ns: u64| ns as f64 / elapsed_ns.max(1.0) * 100.0;
+    let mut shares = Vec::new();
+    for (name, (before, after)) in parties {
+        if after.is_empty() {
+            continue;
+        }
+        let d = delta(before, after);
+        let mut share = format!("{name} {:.0}", percent(d.on_cpu_ns));
+        if name == "Valkey" {
+            share.push_str(&format!(
+                " (runnable but waiting for a core {:.1} % of the time)",
+                percent(d.waiting_ns)
+            ));
+        }
+        shares.push(share);
+    }
+    let mut line = format!("CPU, % of one core: {}", shares.join(", "));
+    if let Some(((busy0, total0), (busy1, total1))) = machine {
+        let total = total1.saturating_sub(total0).max(1) as f64;
+        line.push_str(&format!(
+            "; machine {:.0} % busy",
+            busy1.saturating_sub(busy0) as f64 / total * 100.0
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_gives_cpu_and_wait_time() {
+        assert_eq!(
+            parse_schedstat("229166428957 56983680153 544124\n"),
+            Some(Sched {
+                on_cpu_ns: 229_166_428_957,
+                waiting_ns: 56_983_680_153
+            })
+        );
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat("x y z"), None);
+    }
+
+    #[test]
+    fn the_machine_line_counts_idle_and_iowait_as_not_busy() {
+        let stat = "cpu  100 5 20 800 50 1 4 20 0 0\ncpu0 50 2 10 400 25 0 2 10 0 0\n";
+        assert_eq!(parse_cpu_line(stat), Some((150, 1000)));
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4 5\n"), None);
+        assert_eq!(parse_cpu_line("cpu  1 2\n"), None);
+    }
+
+    #[test]
+    fn the_report_gives_shares_of_one_core_over_the_interval() {
+        let at = |on: u64, wait: u64| Sched {
+            on_cpu_ns: on,
+            waiting_ns: wait,
+        };
+        let server = (
+            HashMap::from([(1, at(0, 0))]),
+            HashMap::from([(1, at(500, 0))]),
+        );
+        let valkey = (
+            HashMap::from([(2, at(100, 100))]),
+            HashMap::from([(2, at(500, 150))]),
+        );
+        // A Postgres backend that started during the interval counts whole.
+        let postgres = (
+            HashMap::from([(3, at(0, 0))]),
+            HashMap::from([(3, at(100, 0)), (4, at(150, 0))]),
+        );
+        let gone = (HashMap::new(), HashMap::new());
+        let parties = [
+            ("server", (&server.0, &server.1)),
+            ("Valkey", (&valkey.0, &valkey.1)),
+            ("Postgres", (&postgres.0, &postgres.1)),
+            ("elsewhere", (&gone.0, &gone.1)),
+        ];
+        let line = report_line(
+            parties.into_iter(),
+            1_000.0,
+            Some(((100, 1_000), (250, 1_200))),
+        );
+        assert_eq!(
+            line,
+            "CPU, % of one core: server 50, Valkey 40 (runnable but waiting for a core 5.0 % of \
+             the time), Postgres 25; machine 75 % busy"
+        );
+    }
+
+    #[test]
+    fn this_process_can_be_read() {
+        let me = process_sched(std::process::id()).expect("this process's schedstat");
+        assert!(me.on_cpu_ns > 0);
+    }
+}
