@@ -63,38 +63,45 @@ fn process_sched(pid: u32) -> Option<Sched> {
     Some(sum)
 }
 
-/// Every process whose command name is `comm`.
-fn pids_named(comm: &str) -> Vec<u32> {
+/// A process's command name, if it runs on this host.
+fn comm(pid: u32) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(name.trim().to_owned())
+}
+
+/// Every process whose command name is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
+        .filter(|pid| comm(*pid).is_some_and(|c| c == name))
         .collect()
 }
 
-/// Who is measured: a name and how to find its processes.
+/// How a party's processes are found.
 #[derive(Debug)]
-enum Party {
-    Pid(&'static str, u32),
-    Named(&'static str, &'static str),
+enum Processes {
+    Pid(u32),
+    Named(&'static str),
+}
+
+/// Who is measured.
+#[derive(Debug)]
+struct Party {
+    name: &'static str,
+    processes: Processes,
+    /// Whether its run-queue wait is reported too.
+    show_wait: bool,
 }
 
 impl Party {
-    fn name(&self) -> &'static str {
-        match self {
-            Party::Pid(name, _) | Party::Named(name, _) => name,
-        }
-    }
-
     fn read(&self) -> HashMap<u32, Sched> {
-        let pids = match self {
-            Party::Pid(_, pid) => vec![*pid],
-            Party::Named(_, comm) => pids_named(comm),
+        let pids = match self.processes {
+            Processes::Pid(pid) => vec![pid],
+            Processes::Named(name) => pids_named(name),
         };
         pids.into_iter()
             .filter_map(|pid| Some((pid, process_sched(pid)?)))
@@ -121,18 +128,21 @@ impl Probe {
     /// this host (`valkey_pid` from `INFO server`, kept only if that pid is a Valkey or Redis
     /// server here) and every Postgres process.
     pub(super) fn new(server_pid: u32, valkey_pid: Option<u32>) -> Self {
+        let party = |name, processes, show_wait| Party {
+            name,
+            processes,
+            show_wait,
+        };
         let mut parties = vec![
-            Party::Pid("server", server_pid),
-            Party::Pid("load generator", std::process::id()),
+            party("server", Processes::Pid(server_pid), false),
+            party("load generator", Processes::Pid(std::process::id()), false),
         ];
-        let local_valkey = valkey_pid.filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.contains("valkey") || c.contains("redis"))
-        });
+        let local_valkey = valkey_pid
+            .filter(|pid| comm(*pid).is_some_and(|c| c.contains("valkey") || c.contains("redis")));
         if let Some(pid) = local_valkey {
-            parties.push(Party::Pid("Valkey", pid));
+            parties.push(party("Valkey", Processes::Pid(pid), true));
         }
-        parties.push(Party::Named("Postgres", "postgres"));
+        parties.push(party("Postgres", Processes::Named("postgres"), false));
         Self { parties }
     }
 
@@ -151,9 +161,9 @@ impl Probe {
     /// for a core, and how busy the whole machine was.
     pub(super) fn report(&self, before: &Snapshot, after: &Snapshot) -> String {
         let elapsed_ns = after.at.duration_since(before.at).as_nanos() as f64;
-        let names = self.parties.iter().map(Party::name);
+        let labels = self.parties.iter().map(|p| (p.name, p.show_wait));
         report_line(
-            names.zip(before.parties.iter().zip(&after.parties)),
+            labels.zip(before.parties.iter().zip(&after.parties)),
             elapsed_ns,
             before.machine.zip(after.machine),
         )
@@ -174,20 +184,21 @@ fn delta(before: &HashMap<u32, Sched>, after: &HashMap<u32, Sched>) -> Sched {
 
 type PartyReadings<'a> = (&'a HashMap<u32, Sched>, &'a HashMap<u32, Sched>);
 
+/// `parties`: each party's name, whether to show its run-queue wait, and its two readings.
 fn report_line<'a>(
-    parties: impl Iterator<Item = (&'static str, PartyReadings<'a>)>,
+    parties: impl Iterator<Item = ((&'static str, bool), PartyReadings<'a>)>,
     elapsed_ns: f64,
     machine: Option<((u64, u64), (u64, u64))>,
 ) -> String {
     let percent = |ns: u64| ns as f64 / elapsed_ns.max(1.0) * 100.0;
     let mut shares = Vec::new();
-    for (name, (before, after)) in parties {
+    for ((name, show_wait), (before, after)) in parties {
         if after.is_empty() {
             continue;
         }
         let d = delta(before, after);
         let mut share = format!("{name} {:.0}", percent(d.on_cpu_ns));
-        if name == "Valkey" {
+        if show_wait {
             share.push_str(&format!(
                 " (runnable but waiting for a core {:.1} % of the time)",
                 percent(d.waiting_ns)
@@ -252,10 +263,10 @@ mod tests {
         );
         let gone = (HashMap::new(), HashMap::new());
         let parties = [
-            ("server", (&server.0, &server.1)),
-            ("Valkey", (&valkey.0, &valkey.1)),
-            ("Postgres", (&postgres.0, &postgres.1)),
-            ("elsewhere", (&gone.0, &gone.1)),
+            (("server", false), (&server.0, &server.1)),
+            (("Valkey", true), (&valkey.0, &valkey.1)),
+            (("Postgres", false), (&postgres.0, &postgres.1)),
+            (("elsewhere", true), (&gone.0, &gone.1)),
         ];
         let line = report_line(
             parties.into_iter(),
