@@ -217,8 +217,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             let seeded = crate::seed::seed(&pool, &plan).await?;
             println!(
-                "seeded {} restaurants, {} menu items, {} drivers, {} customers",
-                seeded.restaurants, seeded.menu_items, seeded.drivers, seeded.customers
+                "seeded {} restaurants, {} menu items, {} drivers, {} customers and operator user {}",
+                seeded.restaurants,
+                seeded.menu_items,
+                seeded.drivers,
+                seeded.customers,
+                seeded.operator
             );
             Ok(())
         }

@@ -17,6 +17,7 @@ use crate::eta::estimator::Estimator;
 use crate::eta::routing::RoutingSettings;
 use crate::notify::WebhookSettings;
 use crate::payments::PaymentSettings;
+use crate::workflows::place::OrderLimits;
 
 /// The development signing secret used when `--dev` is given without `COURIER_JWT_SECRET`.
 /// Tokens signed with it are worthless outside a developer's machine, which is the point.
@@ -74,7 +75,14 @@ pub struct CommonArgs {
     pub jwt_secret: Option<String>,
 
     /// Development mode: allows a built-in signing secret. Never set this in production.
-    #[arg(long, env = "COURIER_DEV", global = true)]
+    /// `COURIER_DEV` takes the usual words: 1/0, true/false, yes/no, on/off.
+    #[arg(
+        long,
+        env = "COURIER_DEV",
+        global = true,
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub dev: bool,
 
     /// Log level or filter (e.g. `info`, `courier=debug,sqlx=warn`); `RUST_LOG` wins if set.
@@ -128,6 +136,15 @@ pub struct CommonArgs {
     /// `America/New_York`.
     #[arg(long, env = "COURIER_MARKET_TZ", default_value = "UTC", global = true)]
     pub market_tz: String,
+
+    /// Largest order total a customer may place, in cents (items and delivery fee).
+    #[arg(
+        long,
+        env = "COURIER_MAX_ORDER_TOTAL_CENTS",
+        default_value_t = OrderLimits::default().max_total_cents,
+        global = true
+    )]
+    pub max_order_total_cents: i64,
 
     /// Payments, notifications and cron.
     #[command(flatten)]
@@ -307,6 +324,10 @@ pub struct HttpArgs {
     /// Longest a request may take before it is answered with 503 `timeout`, e.g. `30s`.
     #[arg(long, env = "COURIER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// Longest a connection may take to send a request's headers before it is closed, e.g. `10s`.
+    #[arg(long, env = "COURIER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
 }
 
 /// Settings of process lifetime shared by `serve`, `worker` and `run`.
@@ -340,6 +361,8 @@ pub enum ConfigError {
     DbMaxConnections,
     #[error("COURIER_MAX_BODY_BYTES must be between 1 KiB and 64 MiB")]
     MaxBodyBytes,
+    #[error("COURIER_HEADER_READ_TIMEOUT must be between 100ms and 5m")]
+    HeaderReadTimeout,
     #[error(
         "COURIER_OFFER_TTL and COURIER_LATER_OFFER_TTL must be between 1 second and 10 minutes"
     )]
@@ -399,6 +422,7 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
 }
 
 /// Validated settings of one courier process.
@@ -413,6 +437,7 @@ pub struct Config {
     pub payments: PaymentSettings,
     pub webhooks: WebhookSettings,
     pub cron: CronSettings,
+    pub order_limits: OrderLimits,
 }
 
 impl Config {
@@ -434,6 +459,11 @@ impl Config {
         let dispatch = dispatch_settings(args)?;
         let routing = routing_settings(args)?;
         let (payments, webhooks, cron) = workflow_settings(&args.workflow)?;
+        if !(100..=MAX_ORDER_TOTAL_CAP_CENTS).contains(&args.max_order_total_cents) {
+            return Err(ConfigError::Workflow(format!(
+                "COURIER_MAX_ORDER_TOTAL_CENTS must be 100 to {MAX_ORDER_TOTAL_CAP_CENTS}"
+            )));
+        }
         Ok(Self {
             database: DatabaseSettings {
                 url: args.database_url.clone(),
@@ -450,9 +480,15 @@ impl Config {
             payments,
             webhooks,
             cron,
+            order_limits: OrderLimits {
+                max_total_cents: args.max_order_total_cents,
+            },
         })
     }
 }
+
+/// The highest order-total limit that may be configured ($10M): a sanity bound, not a policy.
+const MAX_ORDER_TOTAL_CAP_CENTS: i64 = 1_000_000_000;
 
 fn http_url(name: &str, raw: &str) -> Result<String, ConfigError> {
     url::Url::parse(raw)
@@ -620,10 +656,16 @@ impl HttpSettings {
         if !(1024..=64 * 1024 * 1024).contains(&args.max_body_bytes) {
             return Err(ConfigError::MaxBodyBytes);
         }
+        if !(Duration::from_millis(100)..=Duration::from_secs(300))
+            .contains(&args.header_read_timeout)
+        {
+            return Err(ConfigError::HeaderReadTimeout);
+        }
         Ok(Self {
             listen: args.listen,
             max_body_bytes: args.max_body_bytes,
             request_timeout: args.request_timeout,
+            header_read_timeout: args.header_read_timeout,
         })
     }
 }

@@ -12,6 +12,10 @@ pub const CELL_DEG: f64 = 0.005;
 /// diagonal of a 0.005° × 0.005° cell at the equator (where cells are widest) is about 393 m.
 pub const CELL_HALF_DIAGONAL_M: f64 = 400.0;
 
+/// Largest latitude (north or south) that Valkey's geo index can hold: its geohashes cover the
+/// Web Mercator square, so `GEOADD` and `GEOSEARCH` refuse points nearer the poles.
+pub const GEO_INDEX_MAX_LAT: f64 = 85.051_128_78;
+
 /// A validated position.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Point {
@@ -27,6 +31,11 @@ impl Point {
             && (-90.0..=90.0).contains(&lat)
             && (-180.0..=180.0).contains(&lon);
         ok.then_some(Self { lat, lon })
+    }
+
+    /// Whether Valkey's geo index can hold this point (|lat| ≤ [`GEO_INDEX_MAX_LAT`]).
+    pub fn indexable(self) -> bool {
+        self.lat.abs() <= GEO_INDEX_MAX_LAT
     }
 }
 

@@ -52,5 +52,6 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod valkey;
 pub mod workflows;

@@ -23,6 +23,9 @@ pub struct SeedPlan {
 /// What was created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seeded {
+    /// The operator account (user 1 in an empty database): `courier token issue --role
+    /// operator --subject <it>` gives a token that works.
+    pub operator: i64,
     pub restaurants: u64,
     pub menu_items: u64,
     pub drivers: u64,
@@ -165,6 +168,13 @@ pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
     .rows_affected();
 
     let tag = plan.seed;
+    let operator: i64 = sqlx::query_scalar(
+        "INSERT INTO users (role, name, email)
+         VALUES ('operator', 'Operator', 'operator.' || $1 || '@seed.courier.invalid') RETURNING id",
+    )
+    .bind(tag.to_string())
+    .fetch_one(&mut *tx)
+    .await?;
     let customers = sqlx::query(
         "INSERT INTO users (role, name, email)
          SELECT 'customer', 'Customer ' || n, 'customer' || n || '.' || $2 || '@seed.courier.invalid'
@@ -207,6 +217,7 @@ pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
 
     tx.commit().await?;
     Ok(Seeded {
+        operator,
         restaurants: restaurant_ids.len() as u64,
         menu_items,
         drivers,

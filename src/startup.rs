@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::ConnectInfo;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Shared};
 use crate::auth::TokenKeys;
+use crate::auth::subjects::Subjects;
 use crate::clock::Clock;
 use crate::config::{Config, HttpSettings};
 use crate::dispatch::Dispatcher;
@@ -38,11 +40,13 @@ impl AppState {
         let sweeper_stop = CancellationToken::new();
         let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));
         let state = Self::new(Shared {
+            subjects: Subjects::new(db.clone()),
             db,
             valkey,
             tokens: TokenKeys::new(&config.jwt_secret),
             location,
             routing,
+            order_limits: config.order_limits,
             clock: Clock::default(),
         });
         Ok((
@@ -81,6 +85,7 @@ pub struct Application {
     local_addr: SocketAddr,
     state: AppState,
     router: axum::Router,
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -96,6 +101,7 @@ impl Application {
             local_addr,
             state,
             router,
+            header_read_timeout: http.header_read_timeout,
         })
     }
 
@@ -115,17 +121,65 @@ impl Application {
     }
 
     /// Serves until `token` is cancelled, then stops accepting and waits for in-flight
-    /// requests to finish.
+    /// requests to finish (idle connections are closed).
+    ///
+    /// The accept loop is ours rather than `axum::serve`'s for one setting it does not expose:
+    /// a connection must send a request's headers within `COURIER_HEADER_READ_TIMEOUT` (the
+    /// first request's, or the next one on a kept-alive connection), so clients that open
+    /// connections and trickle bytes, or send nothing, cannot hold them for long.
     pub async fn run_until_stopped(self, token: CancellationToken) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr, "HTTP API listening");
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let connections = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = token.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        accept_failed(&error).await;
+                        continue;
+                    }
+                },
+            };
+            let service = tower::ServiceExt::map_request(
+                self.router.clone(),
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                },
+            );
+            let connection = http.serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%peer, error = %error, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        connections.shutdown().await;
+        Ok(())
     }
+}
+
+/// A failed accept: connection-level errors (the peer gave up) are routine; anything else (out
+/// of file descriptors) is logged and waited out, so the loop does not spin.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %error, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// What the workers need, built from the process's state and configuration.

@@ -93,3 +93,10 @@ impl Valkey {
         }
     }
 }
+
+/// Whether `error` means the connection broke (Valkey restarted or the socket died) rather
+/// than that the command failed: the connection reconnects by itself, so a command that is
+/// safe to repeat may be sent once more.
+pub fn is_disconnect(error: &redis::RedisError) -> bool {
+    error.is_connection_dropped() && !error.is_timeout()
+}

@@ -6,8 +6,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::admin::{AdminContext, AdminError, Output, table};
-use crate::dispatch::ACTIVE_STATES;
 use crate::geo::Point;
+use crate::location::ACTIVE_STATES;
 
 /// `admin drivers …`
 #[derive(Debug, Subcommand)]

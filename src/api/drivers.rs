@@ -12,7 +12,7 @@ use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds
 use crate::auth::{Principal, Role};
 use crate::dispatch::offers;
 use crate::error::ApiError;
-use crate::location::update::{Invalid, LocationUpdate, RawUpdate};
+use crate::location::update::{Invalid, LocationUpdate, RawUpdate, VALID_RANGE};
 use crate::location::{Ingested, NearbyDriver, now_ms};
 
 /// Most reports in one batch.
@@ -311,6 +311,9 @@ async fn nearby(
 ) -> Result<Json<NearbyResponse>, ApiError> {
     principal.require_role(&[Role::Operator])?;
     let search = NearbySearch::parse(q.lat, q.lon, q.radius_km, q.limit, BOUNDS)?;
+    if !search.at.indexable() {
+        return Err(ApiError::unprocessable("invalid_location", VALID_RANGE));
+    }
     let drivers = state
         .location
         .find_nearby_drivers(search.at, search.radius_km, search.limit)

@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::text::forbidden_char;
 
 /// A JSON request body.
 #[derive(Debug)]
@@ -102,10 +103,34 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(query) = parts.uri.query() {
+            check_query_text(query)?;
+        }
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(query_rejection(rejection)),
         }
+    }
+}
+
+/// Every query value is a single line: a decoded control character (`%00` and the like) in
+/// a name or a value is refused here, for every route at once (see [`crate::text`]).
+fn check_query_text(query: &str) -> Result<(), ApiError> {
+    let found = url::form_urlencoded::parse(query.as_bytes()).find_map(|(name, value)| {
+        forbidden_char(&name, false)
+            .or_else(|| forbidden_char(&value, false))
+            .map(|c| (name.into_owned(), c))
+    });
+    match found {
+        None => Ok(()),
+        Some((name, c)) => Err(ApiError::unprocessable(
+            "invalid_query",
+            format!(
+                "query parameter `{}` must not contain control characters (found U+{:04X})",
+                name.chars().filter(|c| !c.is_control()).collect::<String>(),
+                u32::from(c)
+            ),
+        )),
     }
 }
 
@@ -194,5 +219,20 @@ impl NearbySearch {
             radius_km,
             limit,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_with_control_characters_are_refused() {
+        assert!(check_query_text("lat=1&lon=2&cuisine=thai+food").is_ok());
+        for query in ["cuisine=%00", "cuisine=a%0Ab", "na%00me=x", "status=%1B"] {
+            let error = check_query_text(query).expect_err(query);
+            assert_eq!(error.code(), "invalid_query");
+            assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        }
     }
 }

@@ -159,10 +159,13 @@ fn method_label(method: &axum::http::Method) -> metrics::SharedString {
         Method::OPTIONS,
     ];
     const NAMES: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-    known.iter().position(|m| m == method).map_or_else(
-        || metrics::SharedString::from_owned(method.as_str().to_owned()),
-        |i| metrics::SharedString::const_str(NAMES[i]),
-    )
+    // Anyone can send any method name: label values come from this closed set, or every
+    // made-up method would be a new series kept for the life of the process.
+    let name = known
+        .iter()
+        .position(|m| m == method)
+        .map_or("other", |i| NAMES[i]);
+    metrics::SharedString::const_str(name)
 }
 
 fn status_label(status: axum::http::StatusCode) -> metrics::SharedString {
@@ -184,11 +187,24 @@ fn status_label(status: axum::http::StatusCode) -> metrics::SharedString {
         (502, "502"),
         (503, "503"),
     ];
+    // Statuses are ours to choose, but a closed set keeps the series bounded whatever a
+    // layer answers: the common ones by code, the rest by class.
     let code = status.as_u16();
-    COMMON.iter().find(|(c, _)| *c == code).map_or_else(
-        || metrics::SharedString::from_owned(code.to_string()),
-        |(_, name)| metrics::SharedString::const_str(name),
-    )
+    let name = COMMON
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or(status_class(code), |(_, name)| name);
+    metrics::SharedString::const_str(name)
+}
+
+fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 fn is_acceptable_request_id(id: &str) -> bool {
@@ -270,7 +286,18 @@ mod tests {
         use axum::http::{Method, StatusCode};
         assert_eq!(&*method_label(&Method::POST), "POST");
         assert_eq!(&*status_label(StatusCode::CONFLICT), "409");
-        assert_eq!(&*status_label(StatusCode::IM_A_TEAPOT), "418");
+        assert_eq!(&*status_label(StatusCode::IM_A_TEAPOT), "4xx");
+        assert_eq!(&*status_label(StatusCode::GATEWAY_TIMEOUT), "5xx");
+        assert_eq!(&*status_label(StatusCode::SWITCHING_PROTOCOLS), "1xx");
+    }
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        use axum::http::Method;
+        for name in ["Q1", "Q2", "BREW", "PROPFIND"] {
+            let method = Method::from_bytes(name.as_bytes()).expect("a token");
+            assert_eq!(&*method_label(&method), "other");
+        }
     }
 
     #[test]

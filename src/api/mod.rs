@@ -17,18 +17,20 @@ pub mod users;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::auth::{self, TokenKeys};
+use crate::auth::subjects::Subjects;
+use crate::auth::{self, Authenticator, TokenKeys};
 use crate::clock::Clock;
 use crate::config::HttpSettings;
 use crate::error::ApiError;
 use crate::eta::routing::Routing;
 use crate::location::LocationService;
 use crate::valkey::Valkey;
+use crate::workflows::place::OrderLimits;
 
 /// What every handler can reach: the data stores and the token keys. Cloned for every
 /// request (axum's `State`), so it is one `Arc`: a clone is a reference-count increment, not
@@ -42,8 +44,12 @@ pub struct Shared {
     pub db: PgPool,
     pub valkey: Valkey,
     pub tokens: TokenKeys,
+    /// Which token subjects exist (every request's principal is checked against it).
+    pub subjects: Subjects,
     pub location: LocationService,
     pub routing: Routing,
+    /// Limits on placing an order.
+    pub order_limits: OrderLimits,
     /// The wall clock for time-dependent answers (ETAs); tests pin it.
     pub clock: Clock,
 }
@@ -63,12 +69,6 @@ impl std::ops::Deref for AppState {
     }
 }
 
-impl FromRef<AppState> for TokenKeys {
-    fn from_ref(state: &AppState) -> Self {
-        state.tokens.clone()
-    }
-}
-
 /// The whole API.
 pub fn router(state: AppState, http: &HttpSettings) -> Router {
     // Install the metrics recorder before the first request, so no measurement is dropped.
@@ -80,7 +80,10 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(orders::router())
         .merge(offers::router())
         .layer(axum::middleware::from_fn_with_state(
-            state.tokens.clone(),
+            Authenticator {
+                keys: state.tokens.clone(),
+                subjects: state.subjects.clone(),
+            },
             auth::require_auth,
         ));
     Router::new()

@@ -2,7 +2,6 @@
 //! [`crate::dispatch::offers`].
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -26,12 +25,9 @@ pub fn router() -> Router<AppState> {
 impl From<OfferError> for ApiError {
     fn from(error: OfferError) -> Self {
         match error {
-            OfferError::NotFound => ApiError::not_found("no such offer"),
-            OfferError::NotYours => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "offer_not_yours",
-                "this offer was made to another driver",
-            ),
+            // Another driver's offer is answered as one that does not exist: a driver must
+            // not learn which offer ids are live.
+            OfferError::NotFound | OfferError::NotYours => ApiError::not_found("no such offer"),
             OfferError::Expired | OfferError::NotPending(OfferStatus::Expired) => {
                 ApiError::conflict("offer_expired", "the offer has expired")
             }
@@ -53,6 +49,10 @@ impl From<OfferError> for ApiError {
                     "you already carry {} orders; deliver one first",
                     crate::location::MAX_ACTIVE_ORDERS
                 ),
+            ),
+            OfferError::CannotBatch(reason) => ApiError::conflict(
+                "cannot_batch",
+                format!("this order does not batch with the one you carry: {reason}"),
             ),
             OfferError::OrderUnavailable => {
                 ApiError::conflict("order_unavailable", "the order no longer needs a driver")
@@ -117,7 +117,7 @@ async fn accept(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<AnswerBody>, ApiError> {
     let driver_id = require_driver(&principal)?;
-    offers::accept(&state.db, &state.location, id, driver_id).await?;
+    offers::accept(&state.db, &state.location, &state.routing, id, driver_id).await?;
     answer_body(&state, id, true).await
 }
 

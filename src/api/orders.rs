@@ -19,6 +19,7 @@ use crate::eta::Eta;
 use crate::eta::order::{EtaError, order_eta};
 use crate::geo::Point;
 use crate::store::orders::{self, ListFilter, OrderView};
+use crate::text::{Line, Text};
 use crate::workflows::OrderStatus;
 use crate::workflows::machine::{Action, Actor, Parties, Refusal};
 use crate::workflows::place::{
@@ -64,7 +65,7 @@ struct CreateBody {
 struct ItemBody {
     menu_item_id: i64,
     quantity: i64,
-    special_instructions: Option<String>,
+    special_instructions: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,15 +73,15 @@ struct ItemBody {
 struct AddressBody {
     lat: f64,
     lon: f64,
-    line1: String,
-    line2: Option<String>,
-    city: Option<String>,
-    postal_code: Option<String>,
-    instructions: Option<String>,
+    line1: Line,
+    line2: Option<Line>,
+    city: Option<Line>,
+    postal_code: Option<Line>,
+    instructions: Option<Text>,
 }
 
 fn optional_text(
-    value: Option<String>,
+    value: Option<impl std::ops::Deref<Target = str>>,
     max: usize,
     field: &str,
 ) -> Result<Option<String>, ApiError> {
@@ -207,7 +208,7 @@ impl From<PlaceError> for ApiError {
             PlaceError::OutOfDeliveryRange { .. } => {
                 ApiError::unprocessable("out_of_delivery_range", message)
             }
-            PlaceError::TotalTooLarge => ApiError::unprocessable("total_too_large", message),
+            PlaceError::TotalTooLarge { .. } => ApiError::unprocessable("total_too_large", message),
             PlaceError::IdempotencyKeyReused => {
                 ApiError::unprocessable("idempotency_key_reused", message)
             }
@@ -235,7 +236,15 @@ async fn create(
     principal.require_role(&[Role::Customer])?;
     let key = idempotency_key(&headers)?;
     let order = validate(body)?;
-    let placed = place::place(&state.db, principal.subject, &key, &order, &meta.0).await?;
+    let placed = place::place(
+        &state.db,
+        state.order_limits,
+        principal.subject,
+        &key,
+        &order,
+        &meta.0,
+    )
+    .await?;
     let mut response = (StatusCode::CREATED, Json(placed.body)).into_response();
     if placed.replayed {
         response
@@ -286,7 +295,7 @@ impl From<TransitionError> for ApiError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
-    reason: Option<String>,
+    reason: Option<Text>,
 }
 
 /// `If-Match: <version>`: the version the client saw.

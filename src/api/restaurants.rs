@@ -24,6 +24,7 @@ use crate::geo::{self, Point};
 use crate::store::restaurants::{
     self, MenuItem, MenuItemFields, NearbyRestaurant, RestaurantWithMenu,
 };
+use crate::text::{Line, Text};
 
 /// Radius and result bounds of the nearby search.
 const BOUNDS: SearchBounds = SearchBounds {
@@ -242,12 +243,12 @@ where
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ItemBody {
-    name: Option<String>,
+    name: Option<Line>,
     #[serde(default, deserialize_with = "double_option")]
-    description: Option<Option<String>>,
+    description: Option<Option<Text>>,
     price_cents: Option<i64>,
     #[serde(default, deserialize_with = "double_option")]
-    category: Option<Option<String>>,
+    category: Option<Option<Line>>,
     is_available: Option<bool>,
 }
 
@@ -269,10 +270,11 @@ fn validate_item(body: ItemBody) -> Result<MenuItemFields, ApiError> {
         }
         None => None,
     };
-    let clean = |value: Option<Option<String>>,
-                 max: usize,
-                 field: &str|
-     -> Result<Option<Option<String>>, ApiError> {
+    fn clean(
+        value: Option<Option<impl std::ops::Deref<Target = str>>>,
+        max: usize,
+        field: &str,
+    ) -> Result<Option<Option<String>>, ApiError> {
         match value {
             Some(Some(text)) => {
                 let text = text.trim().to_owned();
@@ -281,9 +283,10 @@ fn validate_item(body: ItemBody) -> Result<MenuItemFields, ApiError> {
                 }
                 Ok(Some((!text.is_empty()).then_some(text)))
             }
-            other => Ok(other),
+            Some(None) => Ok(Some(None)),
+            None => Ok(None),
         }
-    };
+    }
     let description = clean(body.description, MAX_DESCRIPTION_CHARS, "description")?;
     let category = clean(body.category, MAX_CATEGORY_CHARS, "category")?;
     if body

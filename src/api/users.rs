@@ -13,6 +13,7 @@ use crate::api::extract::{ApiJson, ApiPath};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::store::users::{self, NewUser, User};
+use crate::text::Line;
 
 const MAX_NAME_CHARS: usize = 200;
 const MAX_EMAIL_CHARS: usize = 320;
@@ -31,9 +32,9 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     role: Role,
-    name: String,
-    email: String,
-    phone: Option<String>,
+    name: Line,
+    email: Line,
+    phone: Option<Line>,
 }
 
 async fn create_user(
@@ -135,12 +136,10 @@ mod tests {
     use super::*;
 
     fn body(name: &str, email: &str, phone: Option<&str>) -> CreateUser {
-        CreateUser {
-            role: Role::Customer,
-            name: name.to_owned(),
-            email: email.to_owned(),
-            phone: phone.map(str::to_owned),
-        }
+        serde_json::from_value(serde_json::json!({
+            "role": "customer", "name": name, "email": email, "phone": phone,
+        }))
+        .expect("a well-formed body")
     }
 
     #[test]

@@ -229,6 +229,23 @@ async fn ensure_drivers(db: &PgPool, n: usize) -> anyhow::Result<Vec<i64>> {
     )
 }
 
+/// The id of an operator account (tokens must name one that exists), created if there is none.
+async fn ensure_operator(db: &PgPool) -> anyhow::Result<i64> {
+    let existing: Option<i64> =
+        sqlx::query_scalar("SELECT min(id) FROM users WHERE role = 'operator'")
+            .fetch_one(db)
+            .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    Ok(sqlx::query_scalar(
+        "INSERT INTO users (role, name, email)
+         VALUES ('operator', 'Bench operator', 'bench-operator@bench.courier.invalid') RETURNING id",
+    )
+    .fetch_one(db)
+    .await?)
+}
+
 /// Deletes every location key under this process's prefix.
 async fn clear_location_keys(valkey: &Valkey) -> anyhow::Result<()> {
     let mut conn = valkey.connection();
@@ -397,7 +414,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     let operator = keys.issue(
         Principal {
             role: Role::Operator,
-            subject: 1,
+            subject: ensure_operator(&db).await?,
         },
         now_s,
         Duration::from_secs(3600),

@@ -1,5 +1,11 @@
-//! `auto_complete`: delivered orders older than the configured delay (default 1 h) become
-//! COMPLETED through the transition executor (audit row and event), in bounded batches.
+//! `auto_complete`: delivered orders older than the configured delay (default 1 h) whose
+//! payment is captured become COMPLETED through the transition executor (audit row and event),
+//! in bounded batches.
+//!
+//! The rule: an order completes only once it is paid. COMPLETED is the end of the story, so
+//! an order whose capture is still retrying waits (it completes on the first tick after the
+//! capture), and one whose capture failed for good stays DELIVERED with its `payment_failed`
+//! or `payment_declined` event for operators, rather than being closed unpaid.
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -18,9 +24,11 @@ pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> 
     let (mut completed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..MAX_BATCHES {
         let due: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM orders
-             WHERE status = 'DELIVERED' AND delivered_at < now() - make_interval(secs => $1)
-             ORDER BY delivered_at LIMIT $2",
+            "SELECT o.id FROM orders o
+             WHERE o.status = 'DELIVERED' AND o.delivered_at < now() - make_interval(secs => $1)
+               AND EXISTS (SELECT 1 FROM payments p
+                           WHERE p.order_id = o.id AND p.status = 'captured')
+             ORDER BY o.delivered_at LIMIT $2",
         )
         .bind(settings.auto_complete_after.as_secs_f64())
         .bind(settings.batch)

@@ -11,12 +11,12 @@ use sqlx::PgConnection;
 
 use chrono::Utc;
 
-use crate::dispatch::batch::{self, CarriedOrder, Conditions, NewOrder};
+use crate::dispatch::batch::{self, Batch, Conditions, NewOrder};
 use crate::dispatch::breaker::BreakerError;
+use crate::dispatch::carried::carried_orders;
 use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
 use crate::dispatch::{
-    ACTIVE_STATES, Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM, WAITING_STATES,
-    retry_delay,
+    Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM, WAITING_STATES, retry_delay,
 };
 use crate::eta::routing::Routing;
 use crate::geo::Point;
@@ -150,16 +150,6 @@ struct DriverRow {
     excluded: bool,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct CarriedRow {
-    driver_id: i64,
-    picked_up: bool,
-    r_lat: f64,
-    r_lon: f64,
-    c_lat: f64,
-    c_lon: f64,
-}
-
 /// A search that found candidates, and what the round can tell operators about it.
 #[derive(Debug)]
 struct Search {
@@ -194,34 +184,7 @@ async fn eligible(
     .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
-    let carried_rows: Vec<CarriedRow> = sqlx::query_as(
-        "SELECT o.driver_id, o.status = 'PICKED_UP' AS picked_up,
-                ST_Y(r.location::geometry) AS r_lat, ST_X(r.location::geometry) AS r_lon,
-                ST_Y(o.delivery_location::geometry) AS c_lat, ST_X(o.delivery_location::geometry) AS c_lon
-         FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
-         WHERE o.driver_id = ANY($1) AND o.status = ANY($2) ORDER BY o.id",
-    )
-    .bind(&ids)
-    .bind(&ACTIVE_STATES[..])
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut carried: HashMap<i64, Vec<CarriedOrder>> = HashMap::new();
-    for row in carried_rows {
-        carried
-            .entry(row.driver_id)
-            .or_default()
-            .push(CarriedOrder {
-                restaurant: Point {
-                    lat: row.r_lat,
-                    lon: row.r_lon,
-                },
-                customer: Point {
-                    lat: row.c_lat,
-                    lon: row.c_lon,
-                },
-                picked_up: row.picked_up,
-            });
-    }
+    let carried = carried_orders(&mut *conn, &ids).await?;
     let positions: HashMap<i64, &NearbyDriver> = nearby.iter().map(|d| (d.driver_id, d)).collect();
     let new_order = order.new_order();
     let now = Utc::now();
@@ -366,8 +329,26 @@ impl Dispatcher {
                 found,
                 ranked,
             }) if !ranked.is_empty() => {
-                self.offer(&mut tx, order_id, current_round, radius_km, found, &ranked)
+                match self
+                    .offer(
+                        &mut tx,
+                        order_id,
+                        locked.new_order(),
+                        current_round,
+                        radius_km,
+                        found,
+                        &ranked,
+                    )
                     .await?
+                {
+                    Some(offered) => offered,
+                    None if current_round != round => return Ok(RoundOutcome::Superseded),
+                    None => {
+                        let reason = "every eligible driver was taken meanwhile";
+                        self.reschedule(&mut tx, order_id, round, radius_km, found, reason)
+                            .await?
+                    }
+                }
             }
             other => {
                 if current_round != round {
@@ -399,17 +380,67 @@ impl Dispatcher {
         Ok(outcome)
     }
 
+    /// The best-ranked candidate that can still take the order, under its row lock: not
+    /// locked by another round or an accept right now (`SKIP LOCKED`: no waiting, so rounds
+    /// for different orders never deadlock), still online, holding no pending offer, and
+    /// carrying the orders it was scored with, with which this one still batches. `None` when
+    /// every candidate was taken meanwhile.
+    async fn lock_candidate<'a>(
+        &self,
+        tx: &mut PgConnection,
+        order: NewOrder,
+        ranked: &'a [(Candidate, Breakdown)],
+    ) -> Result<Option<(&'a Candidate, &'a Breakdown, Option<Batch>)>, MatchError> {
+        for (candidate, breakdown) in ranked {
+            let free: Option<bool> = sqlx::query_scalar(
+                "SELECT NOT EXISTS (SELECT 1 FROM offers f
+                                     WHERE f.driver_id = d.id AND f.status = 'pending')
+                 FROM drivers d WHERE d.id = $1 AND d.is_active FOR UPDATE SKIP LOCKED",
+            )
+            .bind(candidate.driver_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if free != Some(true) {
+                continue;
+            }
+            let carrying = carried_orders(&mut *tx, &[candidate.driver_id])
+                .await?
+                .remove(&candidate.driver_id)
+                .unwrap_or_default();
+            if u32::try_from(carrying.len()).ok() != Some(candidate.active_orders) {
+                continue;
+            }
+            let batch = if carrying.is_empty() {
+                None
+            } else {
+                let at = Conditions {
+                    driver: candidate.position,
+                    estimator: self.routing.estimator(),
+                    traffic: self.routing.traffic(Utc::now()),
+                };
+                match batch::check(&at, &carrying, &order) {
+                    Ok(batch) => Some(batch),
+                    Err(_) => continue,
+                }
+            };
+            return Ok(Some((candidate, breakdown, batch)));
+        }
+        Ok(None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn offer(
         &self,
         tx: &mut PgConnection,
         order_id: i64,
+        order: NewOrder,
         round: u32,
         radius_km: f64,
         found: usize,
         ranked: &[(Candidate, Breakdown)],
-    ) -> Result<RoundOutcome, MatchError> {
-        let Some((best, breakdown)) = ranked.first() else {
-            return Ok(RoundOutcome::Superseded);
+    ) -> Result<Option<RoundOutcome>, MatchError> {
+        let Some((best, breakdown, batch)) = self.lock_candidate(tx, order, ranked).await? else {
+            return Ok(None);
         };
         let offered_before: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offers WHERE order_id = $1)")
@@ -427,7 +458,7 @@ impl Dispatcher {
             "candidates_found": found,
             "candidates_eligible": ranked.len(),
             "breakdown": breakdown,
-            "batch": best.batch,
+            "batch": batch,
         });
         let offer_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
@@ -446,7 +477,7 @@ impl Dispatcher {
         // The driver was offered this order since the search (and answered already): whoever
         // ended that offer enqueued the next round.
         let Some(offer_id) = offer_id else {
-            return Ok(RoundOutcome::Superseded);
+            return Ok(Some(RoundOutcome::Superseded));
         };
         jobs::enqueue(tx, &OfferTimeout { offer_id }, ttl).await?;
         notify::enqueue(
@@ -476,11 +507,11 @@ impl Dispatcher {
             },
         )
         .await?;
-        Ok(RoundOutcome::Offered {
+        Ok(Some(RoundOutcome::Offered {
             offer_id,
             driver_id: best.driver_id,
             score: breakdown.total,
-        })
+        }))
     }
 
     async fn reschedule(

@@ -24,12 +24,18 @@
 //!   the order lock.
 //! - A driver carries at most two active orders: accept counts them under the driver's row
 //!   lock (lock order everywhere: order, then driver).
+//! - A driver holds at most one pending offer: a partial unique index, and the round takes the
+//!   driver's row lock (skipping drivers locked by another round) and re-checks under it.
+//! - A driver's second order batches with the first under the spec's rules: the round checks
+//!   them when it scores and again under the driver's lock; accept checks them once more under
+//!   that lock, since the driver may have taken an order between the offer and the answer.
 //! - Accept and expiry race on `UPDATE offers … WHERE status = 'pending'`: one wins.
 //! - No order is left waiting with nothing scheduled: a pending offer has its timeout job; an
 //!   ended offer enqueued a round; a round that offers nothing enqueued the next.
 
 pub mod batch;
 pub mod breaker;
+pub mod carried;
 pub mod matcher;
 pub mod offers;
 pub mod score;
@@ -57,8 +63,6 @@ pub const OFFERS_TOTAL: &str = "driver_offers_total";
 pub const MATCH_ROUNDS: &str = "driver_match_rounds";
 /// Order states in which an order waits for a driver (if it has none).
 pub const WAITING_STATES: [&str; 3] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP"];
-/// Order states in which an order counts against its driver's capacity.
-pub const ACTIVE_STATES: [&str; 4] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP", "PICKED_UP"];
 
 /// How matching behaves. The defaults are the spec's figures.
 #[derive(Clone, Debug, PartialEq)]

@@ -14,11 +14,14 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::dispatch::{ACTIVE_STATES, MATCH_DURATION, MATCH_ROUNDS, OFFERS_TOTAL, WAITING_STATES};
+use crate::dispatch::batch::{self, Conditions, NoBatch};
+use crate::dispatch::carried::{carried_orders, order_points};
+use crate::dispatch::{MATCH_DURATION, MATCH_ROUNDS, OFFERS_TOTAL, WAITING_STATES};
+use crate::eta::routing::Routing;
 use crate::jobs::match_driver::MatchDriver;
 use crate::jobs::refresh_eta::RefreshEta;
 use crate::jobs::{self, EnqueueError};
-use crate::location::{LocationService, MAX_ACTIVE_ORDERS};
+use crate::location::{ACTIVE_STATES, LocationService, MAX_ACTIVE_ORDERS};
 use crate::notify::{self, Audience};
 use crate::workflows::events::{OrderEvent, record};
 use crate::workflows::machine::Actor;
@@ -136,6 +139,8 @@ pub enum OfferError {
     Expired,
     #[error("the driver already carries {MAX_ACTIVE_ORDERS} orders")]
     AtCapacity,
+    #[error("the order does not batch with the one the driver carries: {0}")]
+    CannotBatch(NoBatch),
     #[error("the order no longer needs a driver")]
     OrderUnavailable,
     #[error("could not enqueue: {0}")]
@@ -297,10 +302,13 @@ pub struct Accepted {
 /// The driver accepts: in one transaction the offer becomes accepted and the order is
 /// assigned (audit row and `driver_assigned` event), provided the offer is pending and
 /// unexpired, the order still waits for a driver, and the driver carries fewer than
-/// [`MAX_ACTIVE_ORDERS`] orders. Then the driver's load is updated in Valkey.
+/// [`MAX_ACTIVE_ORDERS`] orders, with which this one batches under the spec's rules (checked
+/// under the driver's lock: the driver may have taken an order since the offer was made). Then
+/// the driver's load is updated in Valkey.
 pub async fn accept(
     db: &PgPool,
     location: &LocationService,
+    routing: &Routing,
     offer_id: i64,
     driver_id: i64,
 ) -> Result<Accepted, OfferError> {
@@ -316,14 +324,29 @@ pub async fn accept(
         .bind(driver_id)
         .execute(&mut *tx)
         .await?;
-    let carrying: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM orders WHERE driver_id = $1 AND status = ANY($2)")
-            .bind(driver_id)
-            .bind(&ACTIVE_STATES[..])
-            .fetch_one(&mut *tx)
-            .await?;
-    if carrying >= i64::from(MAX_ACTIVE_ORDERS) {
+    let carrying = carried_orders(&mut tx, &[driver_id])
+        .await?
+        .remove(&driver_id)
+        .unwrap_or_default();
+    if carrying.len() >= MAX_ACTIVE_ORDERS as usize {
         return Err(OfferError::AtCapacity);
+    }
+    if let Some(current) = carrying.first() {
+        let order = order_points(&mut tx, row.order_id)
+            .await?
+            .ok_or(OfferError::OrderUnavailable)?;
+        // Where the driver is; without a position, where it is headed next.
+        let position = match location.last_fix(driver_id).await {
+            Ok(Some((point, _))) => point,
+            _ if current.picked_up => current.customer,
+            _ => current.restaurant,
+        };
+        let at = Conditions {
+            driver: position,
+            estimator: routing.estimator(),
+            traffic: routing.traffic(Utc::now()),
+        };
+        batch::check(&at, &carrying, &order).map_err(OfferError::CannotBatch)?;
     }
     let accepted = sqlx::query(
         "UPDATE offers SET status = 'accepted', responded_at = now()
@@ -407,17 +430,21 @@ pub async fn accept(
 }
 
 /// Cancels an order's pending offer (the order was cancelled), on the cancel's transaction.
-pub async fn cancel_pending(conn: &mut PgConnection, order_id: i64) -> Result<u64, sqlx::Error> {
-    let cancelled = sqlx::query(
+/// Returns the offers cancelled and their drivers.
+pub async fn cancel_pending(
+    conn: &mut PgConnection,
+    order_id: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let cancelled: Vec<(i64, i64)> = sqlx::query_as(
         "UPDATE offers SET status = 'cancelled', responded_at = now()
-         WHERE order_id = $1 AND status = 'pending'",
+         WHERE order_id = $1 AND status = 'pending'
+         RETURNING id, driver_id",
     )
     .bind(order_id)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    if cancelled > 0 {
-        metrics::counter!(OFFERS_TOTAL, "outcome" => "cancelled").increment(cancelled);
+    .fetch_all(conn)
+    .await?;
+    if !cancelled.is_empty() {
+        metrics::counter!(OFFERS_TOTAL, "outcome" => "cancelled").increment(cancelled.len() as u64);
     }
     Ok(cancelled)
 }

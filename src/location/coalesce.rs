@@ -10,6 +10,9 @@
 //! trip — a handful at 10K/s). The ingest script applies a group's reports in order and
 //! answers each one, so a request gets exactly the outcome it would have had alone.
 //!
+//! A group that Valkey refuses (its script rejects one report) is applied again report by
+//! report, so one bad report never fails the others that shared its call.
+//!
 //! The queue is bounded (16,384 reports): when Valkey stalls, requests wait for room (and time out
 //! through the request deadline) instead of growing memory. The task ends when the last
 //! [`Coalescer`] handle is dropped, after answering everything queued.
@@ -91,6 +94,18 @@ async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Pending>) {
                     let _ = pending.reply.send(Err(error.clone()));
                 }
             }
+            Err(error) if group.len() > 1 && is_refusal(&error) => {
+                // Valkey refused the group's script call, which one report can cause: apply
+                // each report alone, so only the one at fault fails.
+                tracing::warn!(reports = group.len(), error = %error, "an ingest group was refused; applying its reports one by one");
+                for pending in group.drain(..) {
+                    let outcome = core
+                        .ingest(std::slice::from_ref(&pending.update))
+                        .await
+                        .and_then(|outcomes| outcomes.into_iter().next().ok_or_else(stopped));
+                    let _ = pending.reply.send(outcome);
+                }
+            }
             Err(error) => {
                 for pending in group.drain(..) {
                     let _ = pending.reply.send(Err(error.clone()));
@@ -98,4 +113,14 @@ async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Pending>) {
             }
         }
     }
+}
+
+/// Whether Valkey answered with an error of its own (the script refused its input) rather
+/// than being unreachable: only then can the reports of a group fare differently alone.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            | redis::ErrorKind::Extension
+    )
 }

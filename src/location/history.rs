@@ -12,11 +12,20 @@
 //! in Postgres (half of it the foreign-key check), and requests served meanwhile queue for the
 //! other core. With 1,000-row batches the nearby-search p99 under 10K updates/s was
 //! 6.4–6.7 ms; with 100-row batches 3.5–5.1 ms, for the same Postgres CPU
-//! (`docs/benchmarks.md`). When the buffer is full (Postgres too slow or
-//! down), new rows are dropped — counted in `location_history_dropped_total` and logged at most
-//! once a second — rather than slowing ingest or growing without bound. A failed insert is
-//! retried once (after creating missing day partitions); rows still not written are counted as
-//! dropped. [`HistoryTask::shutdown`] stops accepting, drains the buffer and flushes it.
+//! (`docs/benchmarks.md`).
+//!
+//! # Postgres unavailable
+//! A batch that fails because Postgres is unreachable (or any failure that is not the data's
+//! fault) is kept and retried with a growing pause (up to [`MAX_RETRY_PAUSE`]) while new rows
+//! wait in the buffer: a Postgres outage or restart loses no history as long as the buffer
+//! ([`BUFFER_ROWS`], ten seconds of peak load, hours of a quiet night) has room and the process
+//! lives. Past that, new rows are dropped — counted in `location_history_dropped_total` and
+//! logged at most once a second — rather than slowing ingest or growing without bound; so is a
+//! batch Postgres refuses for its content (after creating missing day partitions and trying
+//! once more), and whatever cannot be written at shutdown. History is a record for analysis,
+//! not the live position (that is in Valkey): the API accepts a report whether or not its
+//! history row is written yet. [`HistoryTask::shutdown`] stops accepting, drains the buffer and
+//! flushes it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +52,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
 pub const POLL_EVERY: Duration = Duration::from_millis(10);
 /// Rows the buffer holds before new ones are dropped.
 pub const BUFFER_ROWS: usize = 100_000;
+/// First pause after a failed write; it doubles per failure up to [`MAX_RETRY_PAUSE`].
+pub const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause between attempts to write a held batch.
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// One row of `driver_locations`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -137,6 +150,7 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(BATCH_ROWS);
     let mut oldest: Option<Instant> = None;
+    let mut retry = Retry::default();
     let mut ticks = tokio::time::interval(POLL_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,6 +158,9 @@ async fn run(
             biased;
             () = stop.cancelled() => break,
             _ = ticks.tick() => {}
+        }
+        if retry.waiting(Instant::now()) {
+            continue;
         }
         // Write batch after batch while full ones are waiting.
         let open = loop {
@@ -156,22 +173,81 @@ async fn run(
             if open && !is_due(batch.len(), limit, since.elapsed()) {
                 break open;
             }
-            write(&db, &mut batch, &stats).await;
-            oldest = None;
+            match write(&db, &mut batch, &stats).await {
+                Written::Done => {
+                    oldest = None;
+                    retry = Retry::default();
+                }
+                Written::Held => {
+                    retry.failed(Instant::now());
+                    break open;
+                }
+            }
         };
         if !open {
             break;
         }
     }
-    // Drain what is queued, then flush.
+    // Drain what is queued, then flush; what cannot be written now is lost.
     rx.close();
     while rx.recv_many(&mut batch, BATCH_ROWS).await > 0 {
         if batch.len() >= BATCH_ROWS {
-            write(&db, &mut batch, &stats).await;
+            write_or_drop(&db, &mut batch, &stats).await;
         }
     }
-    write(&db, &mut batch, &stats).await;
+    write_or_drop(&db, &mut batch, &stats).await;
     tracing::info!("location history flushed");
+}
+
+/// The pause after failed writes.
+#[derive(Debug, Default)]
+struct Retry {
+    pause: Option<Duration>,
+    until: Option<Instant>,
+}
+
+impl Retry {
+    /// Whether the writer should still wait at `now`.
+    fn waiting(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// A write failed at `now`: pause, twice as long as last time, at most [`MAX_RETRY_PAUSE`].
+    fn failed(&mut self, now: Instant) {
+        let pause = self
+            .pause
+            .map_or(FIRST_RETRY_PAUSE, |p| (p * 2).min(MAX_RETRY_PAUSE));
+        self.pause = Some(pause);
+        self.until = Some(now + pause);
+    }
+}
+
+/// What became of a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// Written, or dropped for good; the batch is empty.
+    Done,
+    /// Postgres could not take it now; the batch is kept for a later attempt.
+    Held,
+}
+
+/// Whether a failed insert may succeed later as it is: anything but Postgres refusing the
+/// rows themselves (data exceptions, constraint violations, errors in the statement).
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => !matches!(
+            db.code().as_deref().map(|code| code.get(..2)),
+            Some(Some("22" | "23" | "42"))
+        ),
+        _ => true,
+    }
+}
+
+async fn write_or_drop(db: &PgPool, batch: &mut Vec<HistoryRow>, stats: &Stats) {
+    if write(db, batch, stats).await == Written::Held {
+        stats.drop_rows(batch.len() as u64, "Postgres unavailable at shutdown");
+        batch.clear();
+    }
 }
 
 /// Moves queued rows into `batch` until it holds `limit`; false once the channel is closed
@@ -202,10 +278,11 @@ fn is_due(rows: usize, limit: usize, waited: Duration) -> bool {
     rows >= limit || waited >= FLUSH_EVERY
 }
 
-/// Writes and empties `batch`, retrying once after making sure the day partitions exist.
-async fn write(db: &PgPool, batch: &mut Vec<HistoryRow>, stats: &Stats) {
+/// Writes and empties `batch`, retrying once after making sure the day partitions exist;
+/// keeps it when Postgres is unavailable.
+async fn write(db: &PgPool, batch: &mut Vec<HistoryRow>, stats: &Stats) -> Written {
     if batch.is_empty() {
-        return;
+        return Written::Done;
     }
     let mut result = insert(db, batch).await;
     if let Err(error) = &result {
@@ -219,12 +296,17 @@ async fn write(db: &PgPool, batch: &mut Vec<HistoryRow>, stats: &Stats) {
     }
     match result {
         Ok(()) => metrics::counter!("location_history_written_total").increment(batch.len() as u64),
+        Err(error) if is_transient(&error) => {
+            tracing::warn!(error = %error, rows = batch.len(), "location history held until Postgres answers");
+            return Written::Held;
+        }
         Err(error) => {
             tracing::error!(error = %error, rows = batch.len(), "location history batch lost");
             stats.drop_rows(batch.len() as u64, "insert failed");
         }
     }
     batch.clear();
+    Written::Done
 }
 
 async fn insert(db: &PgPool, batch: &[HistoryRow]) -> Result<(), sqlx::Error> {
@@ -259,6 +341,29 @@ mod tests {
         assert!(is_due(SMALL_BATCH_ROWS, SMALL_BATCH_ROWS, Duration::ZERO));
         assert!(!is_due(SMALL_BATCH_ROWS, BATCH_ROWS, almost));
         assert!(is_due(1, SMALL_BATCH_ROWS, FLUSH_EVERY));
+    }
+
+    #[test]
+    fn pauses_after_failures_double_up_to_the_cap() {
+        let start = Instant::now();
+        let mut retry = Retry::default();
+        assert!(!retry.waiting(start));
+        retry.failed(start);
+        assert!(retry.waiting(start + FIRST_RETRY_PAUSE / 2));
+        assert!(!retry.waiting(start + FIRST_RETRY_PAUSE));
+        for _ in 0..10 {
+            retry.failed(start);
+        }
+        assert_eq!(retry.pause, Some(MAX_RETRY_PAUSE));
+        assert!(retry.waiting(start + MAX_RETRY_PAUSE - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn only_failures_of_the_rows_themselves_are_final() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
     }
 
     #[test]

@@ -21,6 +21,17 @@
 //!   coordinates). The sweeper removes drivers from it with `seen`.
 //! - `online` — set of drivers who said they are online; `load` — hash driver → active orders;
 //!   `tracking` — hash driver → the order whose customer watches them (live tracking).
+//! - `state` — a marker that the three above were restored from Postgres.
+//!
+//! # Postgres is the source of truth
+//! Who is online (`drivers.is_active`) and how many orders each driver carries live in Postgres;
+//! `online`, `load` and `tracking` are copies that the ingest and search scripts can read. A
+//! Valkey that restarted or was flushed has lost them, and with them every driver's
+//! availability. So the ingest script refuses to work without the `state` marker, and
+//! [`LocationService::ensure_state`] (run then, and by the sweeper every few seconds) rebuilds
+//! the copies from Postgres in one transaction and sets the marker. A status change that
+//! commits while a rebuild is reading can be overwritten by it; the driver's next status
+//! change, or the next rebuild, sets it right.
 //!
 //! # Out-of-order reports
 //! Phones deliver late. A report older than the driver's last accepted one is ignored (and said
@@ -65,6 +76,8 @@ use crate::valkey::Valkey;
 pub const FRESHNESS: Duration = Duration::from_secs(30);
 /// A driver with this many active orders is not available.
 pub const MAX_ACTIVE_ORDERS: u32 = 2;
+/// Order states in which an order counts against its driver's capacity.
+pub const ACTIVE_STATES: [&str; 4] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP", "PICKED_UP"];
 /// Search rings, in km; the requested radius caps them.
 pub const RINGS_KM: [f64; 5] = [0.5, 1.0, 2.5, 5.0, 10.0];
 /// Reports per ingest script call: large enough to amortise the shared reads and writes,
@@ -105,7 +118,6 @@ pub struct NearbyDriver {
 #[derive(Clone, Debug)]
 pub struct LocationService {
     core: Arc<Core>,
-    db: PgPool,
     known_drivers: Arc<RwLock<HashSet<i64>>>,
     single: Coalescer,
 }
@@ -115,9 +127,12 @@ pub struct LocationService {
 #[derive(Debug)]
 struct Core {
     valkey: Valkey,
+    db: PgPool,
     history: HistorySender,
     scripts: Scripts,
     keys: Keys,
+    /// Held while restoring the driver state, so concurrent callers restore it once.
+    restoring: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -137,6 +152,7 @@ struct Keys {
     load: String,
     tracking: String,
     pos: String,
+    state: String,
     driver_prefix: String,
     channel_prefix: String,
 }
@@ -151,6 +167,7 @@ impl Keys {
             load: valkey.key(&format!("{tag}load")),
             tracking: valkey.key(&format!("{tag}tracking")),
             pos: valkey.key(&format!("{tag}pos")),
+            state: valkey.key(&format!("{tag}state")),
             driver_prefix: valkey.key(&format!("{tag}d:")),
             channel_prefix: valkey.key("order:"),
         }
@@ -177,6 +194,7 @@ impl LocationService {
         let core = Arc::new(Core {
             keys: Keys::new(&valkey),
             valkey,
+            db,
             history,
             scripts: Scripts {
                 ingest: redis::Script::new(scripts::INGEST),
@@ -184,11 +202,11 @@ impl LocationService {
                 sweep: redis::Script::new(scripts::SWEEP),
                 nearby: redis::Script::new(scripts::NEARBY),
             },
+            restoring: tokio::sync::Mutex::new(()),
         });
         Self {
             single: Coalescer::spawn(core.clone()),
             core,
-            db,
             known_drivers: Arc::new(RwLock::new(HashSet::new())),
         }
     }
@@ -226,7 +244,7 @@ impl LocationService {
         }
         let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM drivers WHERE id = ANY($1)")
             .bind(&unknown)
-            .fetch_all(&self.db)
+            .fetch_all(&self.core.db)
             .await?;
         if let Ok(mut known) = self.known_drivers.write() {
             known.extend(existing.iter().copied());
@@ -266,6 +284,12 @@ impl LocationService {
             .invoke_async(&mut conn)
             .await?;
         Ok(searchable == 1)
+    }
+
+    /// Restores the online set, the loads and the tracked orders from Postgres if Valkey lost
+    /// them (see the module docs); returns whether it did.
+    pub async fn ensure_state(&self) -> redis::RedisResult<bool> {
+        self.core.ensure_state().await
     }
 
     /// Removes drivers silent for longer than [`FRESHNESS`] from the searchable structures;
@@ -331,7 +355,14 @@ impl LocationService {
             invocation.arg(ring);
         }
         let started = Instant::now();
-        let flat: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let flat: Vec<String> = match invocation.invoke_async(&mut conn).await {
+            // The connection broke (Valkey restarted while it was idle): it reconnects on
+            // its own, and a search is safe to repeat.
+            Err(e) if crate::valkey::is_disconnect(&e) => {
+                invocation.invoke_async(&mut conn).await?
+            }
+            other => other?,
+        };
         metrics::histogram!(GEO_QUERY_DURATION).record(started.elapsed().as_secs_f64());
         Ok(parse_nearby(at, &flat))
     }
@@ -404,13 +435,14 @@ impl Core {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.ingest.get_hash())
-                    .arg(6 + group.len())
+                    .arg(7 + group.len())
                     .arg(&keys.seen)
                     .arg(&keys.avail)
                     .arg(&keys.online)
                     .arg(&keys.load)
                     .arg(&keys.tracking)
-                    .arg(&keys.pos);
+                    .arg(&keys.pos)
+                    .arg(&keys.state);
                 for u in group {
                     cmd.arg(keys.driver(u.driver_id));
                 }
@@ -423,7 +455,19 @@ impl Core {
                 }
             }
         };
-        let groups: Vec<Vec<i64>> = self.run_pipeline(&self.scripts.ingest, build).await?;
+        let mut groups: Vec<Vec<i64>> = self.run_pipeline(&self.scripts.ingest, &build).await?;
+        if groups.iter().any(|g| g.first() == Some(&STATE_MISSING)) {
+            // Groups that ran before the marker went missing are applied again: a report
+            // applied twice ends where it ended once.
+            self.ensure_state().await?;
+            groups = self.run_pipeline(&self.scripts.ingest, &build).await?;
+            if groups.iter().any(|g| g.first() == Some(&STATE_MISSING)) {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the driver state went missing again right after its restore",
+                )));
+            }
+        }
         let codes = groups.into_iter().flatten();
         let outcomes: Vec<Ingested> = codes
             .into_iter()
@@ -442,7 +486,7 @@ impl Core {
     }
 
     /// Runs a pipeline of `EVALSHA`s of `script`; if Valkey lost its scripts (a restart), loads
-    /// the script and retries once.
+    /// the script and retries once; if the connection broke, retries once on the new one.
     async fn run_pipeline<T: redis::FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -451,13 +495,94 @@ impl Core {
         let mut conn = self.valkey.connection();
         let mut pipe = redis::pipe();
         build(&mut pipe);
-        match pipe.query_async::<Vec<T>>(&mut conn).await {
+        let mut result = pipe.query_async::<Vec<T>>(&mut conn).await;
+        if matches!(&result, Err(e) if crate::valkey::is_disconnect(e)) {
+            result = pipe.query_async(&mut conn).await;
+        }
+        match result {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 script.load_async(&mut conn).await?;
                 pipe.query_async(&mut conn).await
             }
             other => other,
         }
+    }
+
+    /// See [`LocationService::ensure_state`].
+    async fn ensure_state(&self) -> redis::RedisResult<bool> {
+        let _restoring = self.restoring.lock().await;
+        let mut conn = self.valkey.connection();
+        let present: bool = redis::cmd("EXISTS")
+            .arg(&self.keys.state)
+            .query_async(&mut conn)
+            .await?;
+        if present {
+            return Ok(false);
+        }
+        let state = DriverState::load(&self.db).await.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "restoring the driver state: Postgres failed",
+                e.to_string(),
+            ))
+        })?;
+        let keys = &self.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.del(&keys.online).ignore();
+        pipe.del(&keys.load).ignore();
+        pipe.del(&keys.tracking).ignore();
+        if !state.online.is_empty() {
+            pipe.sadd(&keys.online, &state.online).ignore();
+        }
+        if !state.loads.is_empty() {
+            let loads: Vec<(i64, i64)> = state.loads.iter().map(|l| (l.0, l.1)).collect();
+            let tracking: Vec<(i64, i64)> = state.loads.iter().map(|l| (l.0, l.2)).collect();
+            pipe.hset_multiple(&keys.load, &loads).ignore();
+            pipe.hset_multiple(&keys.tracking, &tracking).ignore();
+        }
+        pipe.set(&keys.state, now_ms()).ignore();
+        let () = pipe.query_async(&mut conn).await?;
+        metrics::counter!("driver_state_restores_total").increment(1);
+        tracing::warn!(
+            online = state.online.len(),
+            carrying = state.loads.len(),
+            "Valkey had lost the driver state; restored it from Postgres"
+        );
+        Ok(true)
+    }
+}
+
+/// Returned by the ingest script for a group when the state marker is missing.
+const STATE_MISSING: i64 = -1;
+
+/// What Postgres says of the drivers: who is online, and per carrying driver its number of
+/// active orders and the order its position is published for (the oldest).
+#[derive(Debug)]
+struct DriverState {
+    online: Vec<i64>,
+    loads: Vec<(i64, i64, i64)>,
+}
+
+impl DriverState {
+    async fn load(db: &PgPool) -> Result<Self, sqlx::Error> {
+        let mut tx = db.begin().await?;
+        // One snapshot for both reads.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let online = sqlx::query_scalar("SELECT id FROM drivers WHERE is_active ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+        let loads = sqlx::query_as(
+            "SELECT driver_id, count(*), min(id) FROM orders
+             WHERE driver_id IS NOT NULL AND status = ANY($1) GROUP BY driver_id",
+        )
+        .bind(&ACTIVE_STATES[..])
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Self { online, loads })
     }
 }
 

@@ -6,21 +6,35 @@
 /// Ingest a group of reports.
 ///
 /// KEYS: 1 seen zset, 2 available geo set, 3 online set, 4 load hash, 5 tracking hash,
-///       6 position hash, then one driver hash per report.
+///       6 position hash, 7 state marker, then one driver hash per report.
 /// ARGV: 1 now ms, 2 hash TTL ms, 3 live-tracking channel prefix, then four values per report:
 ///       driver id, lat, lon, recorded_at ms.
 /// Returns one code per report: 0 when it is older than the driver's last one (ignored), 1
 /// when accepted and the driver is searchable, 2 when accepted but not searchable (offline or
 /// fully loaded). Reports apply in order, so a driver twice in one group ends at its newest.
+///
+/// Writes nothing and returns `{-1}` when the state marker is missing: Valkey lost the online
+/// set and the loads (a restart, a flush), which must be restored from Postgres first.
+/// Refuses the whole group with an error, before writing anything, when a position is outside
+/// the geo index's range: the caller validates positions, so this only guards against a bug,
+/// and a half-applied group (position hash written, `GEOADD` refused) can never happen.
 /// Per accepted report only the driver's own hash is touched (2 calls); everything shared —
 /// including the last `recorded_at` of each driver, read from the position hash for the
 /// out-of-order check — is read and written once per group.
 pub const INGEST: &str = r#"
-local n = #KEYS - 6
+if redis.call('EXISTS', KEYS[7]) == 0 then
+  return {-1}
+end
+local n = #KEYS - 7
 local now, ttl, prefix = ARGV[1], ARGV[2], ARGV[3]
 local ids = {}
 for i = 1, n do
-  ids[i] = ARGV[4 + (i - 1) * 4]
+  local base = 4 + (i - 1) * 4
+  local lat, lon = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  if not lat or not lon or lat < -85.05112878 or lat > 85.05112878 or lon < -180 or lon > 180 then
+    return redis.error_reply('position out of range in report ' .. i)
+  end
+  ids[i] = ARGV[base]
 end
 local online = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
 local loads = redis.call('HMGET', KEYS[4], unpack(ids))
@@ -31,7 +45,7 @@ local result, seen, geo, gone, pos = {}, {}, {}, {}, {}
 for i = 1, n do
   local base = 4 + (i - 1) * 4
   local id, lat, lon, recorded = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-  local key = KEYS[6 + i]
+  local key = KEYS[7 + i]
   local last = latest[id]
   if not last and previous[i] then
     last = tonumber(string.match(previous[i], '^[^,]+'))

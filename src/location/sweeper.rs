@@ -1,4 +1,5 @@
-//! The expiry sweeper: every [`SWEEP_EVERY`], drivers silent for longer than the freshness
+//! The expiry sweeper: every [`SWEEP_EVERY`], the driver state Valkey copies from Postgres is
+//! restored if Valkey lost it ([`LocationService::ensure_state`]), drivers silent for longer than the freshness
 //! window leave the searchable set, and the `drivers_active` gauge (the spec's metric) is set
 //! to the number of drivers seen within it. The sweep is one idempotent script per batch, so
 //! every server process may run it at once without harm.
@@ -19,6 +20,11 @@ pub async fn run(service: LocationService, token: CancellationToken) {
         tokio::select! {
             () = token.cancelled() => return,
             _ = ticks.tick() => {}
+        }
+        // A Valkey that restarted empty has lost who is online: restore it without waiting
+        // for the next location report.
+        if let Err(error) = service.ensure_state().await {
+            tracing::warn!(error = %error, "checking the driver state in Valkey failed");
         }
         match service.sweep().await {
             Ok(removed) if removed > 0 => {

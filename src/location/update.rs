@@ -11,6 +11,10 @@ pub const MAX_FUTURE_SKEW_MS: i64 = 60_000;
 /// only ever be history, never a live position.
 pub const MAX_AGE_MS: i64 = 24 * 3600 * 1000;
 
+/// The range of a driver's position, in the words of every refusal: the geo index ends short of
+/// the poles (see [`crate::geo::GEO_INDEX_MAX_LAT`]).
+pub const VALID_RANGE: &str = "lat must be in [-85.05112878, 85.05112878] (the range of the geo index) and lon in [-180, 180]";
+
 /// A position report as clients send it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,12 +92,9 @@ fn reading(
 impl RawUpdate {
     /// Validates the report of `driver_id` received at `now_ms` (unix milliseconds).
     pub fn validate(&self, driver_id: i64, now_ms: i64) -> Result<LocationUpdate, Invalid> {
-        let point = Point::new(self.lat, self.lon).ok_or_else(|| {
-            invalid(
-                "invalid_coordinates",
-                "lat must be in [-90, 90] and lon in [-180, 180]",
-            )
-        })?;
+        let point = Point::new(self.lat, self.lon)
+            .filter(|p| p.indexable())
+            .ok_or_else(|| invalid("invalid_location", VALID_RANGE))?;
         let recorded_at_ms = self.recorded_at.map_or(now_ms, |t| t.timestamp_millis());
         if recorded_at_ms > now_ms + MAX_FUTURE_SKEW_MS {
             return Err(invalid(
@@ -162,20 +163,26 @@ mod tests {
     }
 
     #[test]
-    fn coordinates_must_be_on_earth() {
+    fn coordinates_must_be_in_the_geo_index_range() {
         for (lat, lon) in [
             (90.01, 0.0),
             (-90.01, 0.0),
+            (89.0, 10.0),
+            (-85.0512, 0.0),
             (0.0, 180.01),
             (0.0, -180.01),
             (f64::NAN, 0.0),
         ] {
-            assert_eq!(
-                raw(lat, lon).validate(1, NOW).expect_err("invalid").code,
-                "invalid_coordinates"
+            let refused = raw(lat, lon).validate(1, NOW).expect_err("invalid");
+            assert_eq!(refused.code, "invalid_location", "{lat},{lon}");
+            assert!(
+                refused.message.contains("85.05112878"),
+                "{}",
+                refused.message
             );
         }
-        assert!(raw(90.0, 180.0).validate(1, NOW).is_ok());
+        assert!(raw(85.05112878, 180.0).validate(1, NOW).is_ok());
+        assert!(raw(-85.05112878, -180.0).validate(1, NOW).is_ok());
     }
 
     #[test]

@@ -78,8 +78,8 @@ pub enum PlaceError {
         "the delivery address is {distance_m:.0} m away; this restaurant delivers within {radius_m} m"
     )]
     OutOfDeliveryRange { distance_m: f64, radius_m: i32 },
-    #[error("the order total is too large")]
-    TotalTooLarge,
+    #[error("the order total is above the limit of {max_cents} cents")]
+    TotalTooLarge { max_cents: i64 },
     #[error("this idempotency key was used with a different request")]
     IdempotencyKeyReused,
     #[error("could not enqueue the confirmation timeout: {0}")]
@@ -111,9 +111,26 @@ struct MenuRow {
     is_available: bool,
 }
 
+/// Limits on what one order may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderLimits {
+    /// Largest total (items and delivery fee), in cents: a typo or an abuse of a hundred
+    /// thousand dollars should never reach a restaurant or a payment provider.
+    pub max_total_cents: i64,
+}
+
+impl Default for OrderLimits {
+    fn default() -> Self {
+        Self {
+            max_total_cents: 500_000,
+        }
+    }
+}
+
 /// Places `order` for `customer_id` under `idempotency_key`.
 pub async fn place(
     pool: &PgPool,
+    limits: OrderLimits,
     customer_id: i64,
     idempotency_key: &str,
     order: &NewOrder,
@@ -208,9 +225,14 @@ pub async fn place(
         .iter()
         .map(|(line, item)| (item.price_cents, line.quantity))
         .collect();
-    let subtotal = pricing::subtotal_cents(&amounts).ok_or(PlaceError::TotalTooLarge)?;
+    let too_large = PlaceError::TotalTooLarge {
+        max_cents: limits.max_total_cents,
+    };
     let fee = pricing::delivery_fee_cents(restaurant.distance_m);
-    let total = subtotal.checked_add(fee).ok_or(PlaceError::TotalTooLarge)?;
+    let (subtotal, total) = pricing::subtotal_cents(&amounts)
+        .and_then(|subtotal| Some((subtotal, subtotal.checked_add(fee)?)))
+        .filter(|(_, total)| *total <= limits.max_total_cents)
+        .ok_or(too_large)?;
 
     let order_id: i64 = sqlx::query_scalar(
         "INSERT INTO orders (customer_id, restaurant_id, status, subtotal_cents, delivery_fee_cents,

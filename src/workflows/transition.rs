@@ -1,6 +1,11 @@
 //! The transition executor: applies one action to one order in one Postgres transaction.
 //!
-//! In that transaction: the optimistic-locked update (`WHERE id = $1 AND version = $2`, the
+//! The order's row is locked first and the action decided on what it holds then: an action
+//! that is still allowed is applied whatever else changed the order meanwhile (a driver
+//! accepting while the restaurant starts preparing), and only a caller that sent the version it
+//! saw (`If-Match`) gets a conflict when the order moved on.
+//!
+//! In that transaction: the version-checked update (`WHERE id = $1 AND version = $2`, the
 //! per-state timestamp, `version + 1`), the audit row (actor, IP, user agent, before/after), the
 //! outbox event (the spec's Kafka payload), the follow-up jobs the new state needs, and (on
 //! cancellation) the end of the order's pending driver offer. If any
@@ -240,6 +245,18 @@ async fn enqueue_follow_ups(
                 data.clone(),
             )
             .await?;
+            // The driver on the way must turn back at once.
+            if let Some(driver) = parties.driver_id {
+                notify::enqueue(
+                    conn,
+                    order_id,
+                    Audience::Driver,
+                    Some(driver),
+                    "order_cancelled",
+                    data.clone(),
+                )
+                .await?;
+            }
             notify::enqueue(
                 conn,
                 order_id,
@@ -270,7 +287,8 @@ pub async fn execute(
 ) -> Result<Transitioned, TransitionError> {
     let mut tx = pool.begin().await?;
     let current: Current = sqlx::query_as(
-        "SELECT status, version, customer_id, restaurant_id, driver_id FROM orders WHERE id = $1",
+        "SELECT status, version, customer_id, restaurant_id, driver_id FROM orders WHERE id = $1
+         FOR UPDATE",
     )
     .bind(request.order_id)
     .fetch_optional(&mut *tx)
@@ -322,7 +340,19 @@ pub async fn execute(
     .await?;
     enqueue_follow_ups(&mut tx, &parties, request.order_id, to).await?;
     if to == OrderStatus::Cancelled {
-        offers::cancel_pending(&mut tx, request.order_id).await?;
+        // A driver holding an offer for the order learns it is gone (the offer also leaves
+        // its pending list).
+        for (offer_id, driver_id) in offers::cancel_pending(&mut tx, request.order_id).await? {
+            notify::enqueue(
+                &mut tx,
+                request.order_id,
+                Audience::Driver,
+                Some(driver_id),
+                "offer_cancelled",
+                json!({ "order_id": request.order_id, "offer_id": offer_id }),
+            )
+            .await?;
+        }
     }
     tx.commit().await?;
     metrics::counter!("orders_total", "status" => to.as_str()).increment(1);

@@ -6,16 +6,19 @@ use std::time::Duration;
 use courier::auth::{Principal, Role, TokenKeys};
 use courier::config::JwtSecret;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{
+    OPERATOR, assert_error, insert_driver, insert_restaurant, insert_user, spawn_app,
+};
 
 #[tokio::test]
 async fn a_valid_token_reaches_the_handler_with_its_principal() {
     let app = spawn_app().await;
-    let response = app.get_as("/v1/me", Role::Driver, 17).await;
+    let driver = insert_driver(&app.db).await;
+    let response = app.get_as("/v1/me", Role::Driver, driver).await;
     assert_eq!(response.status().as_u16(), 200);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["role"], "driver");
-    assert_eq!(body["subject"], 17);
+    assert_eq!(body["subject"], driver);
 }
 
 #[tokio::test]
@@ -125,16 +128,27 @@ async fn an_expired_token_is_401() {
 async fn the_wrong_role_is_403_and_changes_nothing() {
     let app = spawn_app().await;
     let body = serde_json::json!({"role": "customer", "name": "Eve", "email": "eve@example.com"});
-    for role in [Role::Customer, Role::Driver, Role::Restaurant] {
-        let response = app.post_as("/v1/users", role, 9, &body).await;
+    let subjects = [
+        (Role::Customer, insert_user(&app.db, "customer").await),
+        (Role::Driver, insert_driver(&app.db).await),
+        (
+            Role::Restaurant,
+            insert_restaurant(&app.db, "Diner", "burgers", 40.7, -74.0).await,
+        ),
+    ];
+    for (role, subject) in subjects {
+        let response = app.post_as("/v1/users", role, subject, &body).await;
         assert_error(response, 403, "forbidden").await;
     }
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
+    let users: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'eve@example.com'")
+            .fetch_one(&app.db)
+            .await
+            .expect("count");
     assert_eq!(users, 0);
 
-    let created = app.post_as("/v1/users", Role::Operator, 1, &body).await;
+    let created = app
+        .post_as("/v1/users", Role::Operator, OPERATOR, &body)
+        .await;
     assert_eq!(created.status().as_u16(), 201);
 }

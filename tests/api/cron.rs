@@ -12,6 +12,7 @@ use courier::cron::{
 };
 use courier::jobs::Job;
 use courier::jobs::match_driver::MatchDriver;
+use courier::payments::{self, PaymentSettings, Payments};
 use serde_json::json;
 
 use crate::helpers::{Cast, TestApp, WorkerSettings, cast, spawn_app};
@@ -133,6 +134,8 @@ async fn auto_complete_moves_only_orders_past_the_delay() {
     let cast = cast(&app.db).await;
     let old = delivered_order(&app, &cast).await;
     let recent = delivered_order(&app, &cast).await;
+    capture(&app, old).await;
+    capture(&app, recent).await;
     sqlx::query("UPDATE orders SET delivered_at = now() - INTERVAL '61 minutes' WHERE id = $1")
         .bind(old)
         .execute(&app.db)
@@ -149,6 +152,71 @@ async fn auto_complete_moves_only_orders_past_the_delay() {
         .await
         .expect("runs");
     assert_eq!(again["completed"], 0);
+}
+
+/// Captures `order`'s payment the way the `capture_payment` job does, with the ledger.
+async fn capture(app: &TestApp, order: i64) {
+    let payments = Payments::new(app.db.clone(), PaymentSettings::default()).expect("ledger");
+    let result = payments::capture(&app.db, &payments, order, 1)
+        .await
+        .expect("capture runs");
+    assert_eq!(
+        payment_status(app, order).await.as_deref(),
+        Some("captured"),
+        "{result:?}"
+    );
+}
+
+async fn payment_status(app: &TestApp, order: i64) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+        .bind(order)
+        .fetch_optional(&app.db)
+        .await
+        .expect("payment status")
+}
+
+#[tokio::test]
+async fn an_order_completes_only_once_its_payment_is_captured() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let order = delivered_order(&app, &cast).await;
+    sqlx::query("UPDATE orders SET delivered_at = now() - INTERVAL '2 hours' WHERE id = $1")
+        .bind(order)
+        .execute(&app.db)
+        .await
+        .expect("age");
+    // The capture has not run (or is still retrying): the order waits, past its delay.
+    let summary = auto_complete::run(&app.db, &CronSettings::default())
+        .await
+        .expect("runs");
+    assert_eq!(summary["completed"], 0);
+    assert_eq!(app.status_of(order).await, "DELIVERED");
+    assert_eq!(payment_status(&app, order).await, None);
+    // A capture that failed for good keeps it DELIVERED too.
+    sqlx::query(
+        "INSERT INTO payments (order_id, provider, idempotency_key, amount_cents, currency, status)
+         VALUES ($1, 'ledger', 'failed-' || $1, 100, 'USD', 'failed')",
+    )
+    .bind(order)
+    .execute(&app.db)
+    .await
+    .expect("a failed capture");
+    auto_complete::run(&app.db, &CronSettings::default())
+        .await
+        .expect("runs");
+    assert_eq!(app.status_of(order).await, "DELIVERED");
+    // Once captured, the next tick completes it.
+    sqlx::query("DELETE FROM payments WHERE order_id = $1")
+        .bind(order)
+        .execute(&app.db)
+        .await
+        .expect("reset");
+    capture(&app, order).await;
+    let summary = auto_complete::run(&app.db, &CronSettings::default())
+        .await
+        .expect("runs");
+    assert_eq!(summary["completed"], 1);
+    assert_eq!(app.status_of(order).await, "COMPLETED");
 }
 
 #[tokio::test]

@@ -2,14 +2,14 @@
 
 use courier::auth::Role;
 
-use crate::helpers::{TEST_MAX_BODY_BYTES, assert_error, spawn_app};
+use crate::helpers::{OPERATOR, TEST_MAX_BODY_BYTES, assert_error, spawn_app};
 
 #[tokio::test]
 async fn malformed_json_is_400() {
     let app = spawn_app().await;
     let response = app
         .request(reqwest::Method::POST, "/v1/users")
-        .bearer_auth(app.token(Role::Operator, 1))
+        .bearer_auth(app.token(Role::Operator, OPERATOR))
         .header("content-type", "application/json")
         .body("{\"role\": \"customer\",")
         .send()
@@ -27,7 +27,9 @@ async fn wrong_types_and_unknown_fields_are_422() {
         serde_json::json!({"role": "customer", "name": "Ada"}),
         serde_json::json!({"role": "customer", "name": "Ada", "email": "a@b.co", "admin": true}),
     ] {
-        let response = app.post_as("/v1/users", Role::Operator, 1, &body).await;
+        let response = app
+            .post_as("/v1/users", Role::Operator, OPERATOR, &body)
+            .await;
         assert_error(response, 422, "invalid_body").await;
     }
 }
@@ -36,7 +38,9 @@ async fn wrong_types_and_unknown_fields_are_422() {
 async fn invalid_field_values_are_422_naming_the_field() {
     let app = spawn_app().await;
     let body = serde_json::json!({"role": "customer", "name": "Ada", "email": "not-an-email"});
-    let response = app.post_as("/v1/users", Role::Operator, 1, &body).await;
+    let response = app
+        .post_as("/v1/users", Role::Operator, OPERATOR, &body)
+        .await;
     let error = assert_error(response, 422, "invalid_field").await;
     assert!(
         error["error"]["message"]
@@ -51,7 +55,7 @@ async fn a_body_without_json_content_type_is_415() {
     let app = spawn_app().await;
     let response = app
         .request(reqwest::Method::POST, "/v1/users")
-        .bearer_auth(app.token(Role::Operator, 1))
+        .bearer_auth(app.token(Role::Operator, OPERATOR))
         .header("content-type", "text/plain")
         .body("{}")
         .send()
@@ -68,7 +72,9 @@ async fn an_oversized_body_is_413() {
         "name": "x".repeat(TEST_MAX_BODY_BYTES + 1),
         "email": "a@b.co",
     });
-    let response = app.post_as("/v1/users", Role::Operator, 1, &huge).await;
+    let response = app
+        .post_as("/v1/users", Role::Operator, OPERATOR, &huge)
+        .await;
     assert_error(response, 413, "payload_too_large").await;
 }
 
@@ -81,7 +87,9 @@ async fn an_unknown_route_is_404() {
         .await
         .expect("sent");
     assert_error(response, 404, "not_found").await;
-    let response = app.get_as("/v1/nothing-here", Role::Operator, 1).await;
+    let response = app
+        .get_as("/v1/nothing-here", Role::Operator, OPERATOR)
+        .await;
     assert_error(response, 404, "not_found").await;
 }
 
@@ -96,7 +104,7 @@ async fn a_wrong_method_is_405() {
     assert_error(response, 405, "method_not_allowed").await;
     let response = app
         .request(reqwest::Method::PUT, "/v1/me")
-        .bearer_auth(app.token(Role::Customer, 1))
+        .bearer_auth(app.token(Role::Operator, OPERATOR))
         .send()
         .await
         .expect("sent");
@@ -107,7 +115,7 @@ async fn a_wrong_method_is_405() {
 async fn a_malformed_path_parameter_is_400() {
     let app = spawn_app().await;
     let response = app
-        .get_as("/v1/users/not-a-number", Role::Operator, 1)
+        .get_as("/v1/users/not-a-number", Role::Operator, OPERATOR)
         .await;
     assert_error(response, 400, "invalid_path").await;
 }
@@ -115,7 +123,9 @@ async fn a_malformed_path_parameter_is_400() {
 #[tokio::test]
 async fn a_missing_resource_is_404() {
     let app = spawn_app().await;
-    let response = app.get_as("/v1/users/999999", Role::Operator, 1).await;
+    let response = app
+        .get_as("/v1/users/999999", Role::Operator, OPERATOR)
+        .await;
     assert_error(response, 404, "not_found").await;
 }
 
@@ -123,10 +133,14 @@ async fn a_missing_resource_is_404() {
 async fn a_duplicate_email_maps_its_constraint_to_409() {
     let app = spawn_app().await;
     let body = serde_json::json!({"role": "customer", "name": "Ada", "email": "ada@example.com"});
-    let first = app.post_as("/v1/users", Role::Operator, 1, &body).await;
+    let first = app
+        .post_as("/v1/users", Role::Operator, OPERATOR, &body)
+        .await;
     assert_eq!(first.status().as_u16(), 201);
     let shouted = serde_json::json!({"role": "driver", "name": "Ada", "email": "ADA@example.com"});
-    let second = app.post_as("/v1/users", Role::Operator, 1, &shouted).await;
+    let second = app
+        .post_as("/v1/users", Role::Operator, OPERATOR, &shouted)
+        .await;
     let error = assert_error(second, 409, "email_taken").await;
     assert!(
         !error.to_string().contains("users_email_key"),

@@ -1,9 +1,8 @@
 //! `/healthz`, `/readyz` (including failure and recovery of Valkey) and `/metrics`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{TestAppOptions, dead_port, spawn_app, spawn_app_with};
+use crate::helpers::{TestAppOptions, dead_port, spawn_app, spawn_app_with, start_valkey};
 
 #[tokio::test]
 async fn healthz_answers_without_touching_dependencies() {
@@ -91,47 +90,6 @@ async fn readyz_is_503_naming_postgres_when_it_is_down() {
         message.contains("postgres") && !message.contains("valkey"),
         "{message}"
     );
-}
-
-/// The valkey-server binary: `VALKEY_SERVER` (which `just test` sets from `ops/valkey-bin`),
-/// else one on PATH.
-fn valkey_server_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("VALKEY_SERVER") {
-        return path.into();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("valkey-server"))
-        .find(|p| p.exists())
-        .expect("no valkey-server found: run the tests with `just test`, or set VALKEY_SERVER")
-}
-
-struct ValkeyProcess(Child);
-
-impl Drop for ValkeyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_valkey(port: u16) -> ValkeyProcess {
-    let child = Command::new(valkey_server_binary())
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("valkey-server starts");
-    ValkeyProcess(child)
 }
 
 async fn ready_status(app: &crate::helpers::TestApp) -> u16 {

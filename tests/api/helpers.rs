@@ -23,6 +23,7 @@ use courier::payments::{PaymentSettings, Payments};
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
 use courier::store;
+use courier::workflows::place::OrderLimits;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
@@ -43,6 +44,10 @@ pub fn test_database_name() -> String {
 
 /// The signing secret of test tokens.
 pub const TEST_SECRET: &[u8] = b"integration-test-secret-integration-test-secret";
+
+/// How long the test app waits for a request's headers (10 s in production). It also closes
+/// idle kept-alive connections, so the test client drops its idle ones sooner.
+pub const TEST_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Request-body limit of the test app (the production default).
 pub const TEST_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -89,10 +94,17 @@ fn template_name() -> String {
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("courier_template_{hash:016x}")
+    format!("courier_template_{TEMPLATE_CONTENT}_{hash:016x}")
 }
 
 static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// What the template holds beyond the migrations; part of its name, so a change rebuilds it.
+const TEMPLATE_CONTENT: &str = "op1";
+
+/// The operator every test database starts with (user 1): tokens must name a subject that
+/// exists in its role, and most tests need an operator.
+pub const OPERATOR: i64 = 1;
 
 /// Creates (once per run, and only if missing) the migrated template database.
 async fn template() -> &'static str {
@@ -129,6 +141,14 @@ async fn template() -> &'static str {
                     .await
                     .expect("connect to template");
                 store::migrate(&pool).await.expect("migrations apply");
+                let operator: i64 = sqlx::query_scalar(
+                    "INSERT INTO users (role, name, email)
+                     VALUES ('operator', 'Test operator', 'operator@example.com') RETURNING id",
+                )
+                .fetch_one(&pool)
+                .await
+                .expect("insert the test operator");
+                assert_eq!(operator, OPERATOR);
                 pool.close().await;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "ALTER DATABASE {building} RENAME TO {name}"
@@ -234,12 +254,14 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         payments: PaymentSettings::default(),
         webhooks: WebhookSettings::default(),
         cron: CronSettings::default(),
+        order_limits: OrderLimits::default(),
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         max_body_bytes: TEST_MAX_BODY_BYTES,
         request_timeout: Duration::from_secs(10),
+        header_read_timeout: TEST_HEADER_READ_TIMEOUT,
     };
     let app = Application::build(state.clone(), &http)
         .await
@@ -251,6 +273,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         address,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(TEST_HEADER_READ_TIMEOUT / 2)
             .build()
             .expect("client builds"),
         db: state.db.clone(),
@@ -782,4 +805,48 @@ impl Drop for WorkerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The valkey-server binary: `VALKEY_SERVER` (which `just test` sets from `ops/valkey-bin`),
+/// else one on PATH.
+fn valkey_server_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("VALKEY_SERVER") {
+        return path.into();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("valkey-server"))
+        .find(|p| p.exists())
+        .expect("no valkey-server found: run the tests with `just test`, or set VALKEY_SERVER")
+}
+
+/// A private valkey-server, killed when dropped.
+#[derive(Debug)]
+pub struct ValkeyProcess(Child);
+
+impl Drop for ValkeyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a private, empty valkey-server on `port` (no persistence).
+pub fn start_valkey(port: u16) -> ValkeyProcess {
+    let child = Command::new(valkey_server_binary())
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("valkey-server starts");
+    ValkeyProcess(child)
 }

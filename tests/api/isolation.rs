@@ -2,7 +2,7 @@
 
 use courier::auth::Role;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{OPERATOR, spawn_app};
 
 #[tokio::test]
 async fn two_apps_never_see_each_others_rows_or_keys() {
@@ -10,21 +10,25 @@ async fn two_apps_never_see_each_others_rows_or_keys() {
     assert_ne!(a.db_name, b.db_name);
 
     let body = serde_json::json!({"role": "customer", "name": "Ada", "email": "ada@example.com"});
-    let created = a.post_as("/v1/users", Role::Operator, 1, &body).await;
+    let created = a
+        .post_as("/v1/users", Role::Operator, OPERATOR, &body)
+        .await;
     assert_eq!(created.status().as_u16(), 201);
     let user: serde_json::Value = created.json().await.expect("json");
     let id = user["id"].as_i64().expect("id");
 
     let seen_by_a = a
-        .get_as(&format!("/v1/users/{id}"), Role::Operator, 1)
+        .get_as(&format!("/v1/users/{id}"), Role::Operator, OPERATOR)
         .await;
     assert_eq!(seen_by_a.status().as_u16(), 200);
     let seen_by_b = b
-        .get_as(&format!("/v1/users/{id}"), Role::Operator, 1)
+        .get_as(&format!("/v1/users/{id}"), Role::Operator, OPERATOR)
         .await;
     assert_eq!(seen_by_b.status().as_u16(), 404);
     // The same email is free in the other database.
-    let again = b.post_as("/v1/users", Role::Operator, 1, &body).await;
+    let again = b
+        .post_as("/v1/users", Role::Operator, OPERATOR, &body)
+        .await;
     assert_eq!(again.status().as_u16(), 201);
 
     let (va, vb) = (&a.state.valkey, &b.state.valkey);

@@ -7,7 +7,9 @@ use std::time::Duration;
 use courier::auth::Role;
 use courier::geo::{Point, haversine_m};
 
-use crate::helpers::{TestApp, assert_error, insert_driver, spawn_app, valkey_url};
+use crate::helpers::{
+    OPERATOR, TestApp, assert_error, insert_driver, insert_user, spawn_app, valkey_url,
+};
 
 const CENTER: (f64, f64) = (40.7128, -74.0060);
 
@@ -42,7 +44,7 @@ async fn nearby_ids(app: &TestApp, lat: f64, lon: f64, radius_km: f64, limit: us
         .get_as(
             &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km={radius_km}&limit={limit}"),
             Role::Operator,
-            1,
+            OPERATOR,
         )
         .await;
     assert_eq!(response.status().as_u16(), 200);
@@ -64,12 +66,12 @@ async fn bad_reports_get_precise_codes() {
         (
             serde_json::json!({"lat": 91, "lon": 0}),
             422,
-            "invalid_coordinates",
+            "invalid_location",
         ),
         (
             serde_json::json!({"lat": 0, "lon": -180.5}),
             422,
-            "invalid_coordinates",
+            "invalid_location",
         ),
         (
             serde_json::json!({"lat": 1, "lon": 1, "recorded_at": future}),
@@ -113,7 +115,7 @@ async fn bad_reports_get_precise_codes() {
         .post_as(
             &format!("/v1/drivers/{driver}/location"),
             Role::Customer,
-            driver,
+            insert_user(&app.db, "customer").await,
             &body,
         )
         .await;
@@ -121,7 +123,7 @@ async fn bad_reports_get_precise_codes() {
     let unknown = app
         .post_as("/v1/drivers/999999/location", Role::Driver, 999_999, &body)
         .await;
-    assert_error(unknown, 404, "not_found").await;
+    assert_error(unknown, 401, "unknown_subject").await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM driver_locations")
         .fetch_one(&app.db)
         .await
@@ -297,7 +299,12 @@ async fn a_batch_validates_each_item_on_its_own() {
         {"driver_id": b, "lat": CENTER.0, "lon": CENTER.1},
     ]});
     let response = app
-        .post_as("/v1/drivers/locations:batch", Role::Operator, 1, &body)
+        .post_as(
+            "/v1/drivers/locations:batch",
+            Role::Operator,
+            OPERATOR,
+            &body,
+        )
         .await;
     assert_eq!(response.status().as_u16(), 200);
     let result: serde_json::Value = response.json().await.expect("json");
@@ -318,7 +325,7 @@ async fn a_batch_validates_each_item_on_its_own() {
         codes,
         [
             "unavailable",
-            "invalid_coordinates",
+            "invalid_location",
             "not_found",
             "invalid_body",
             "invalid_body",
@@ -343,7 +350,7 @@ async fn a_batch_validates_each_item_on_its_own() {
     let response = app
         .client
         .post(format!("{}/v1/drivers/locations:batch", app.address))
-        .bearer_auth(app.token(Role::Operator, 1))
+        .bearer_auth(app.token(Role::Operator, OPERATOR))
         .json(&too_many)
         .send()
         .await
@@ -353,13 +360,18 @@ async fn a_batch_validates_each_item_on_its_own() {
         .post_as(
             "/v1/drivers/locations:batch",
             Role::Operator,
-            1,
+            OPERATOR,
             &serde_json::json!({"updates": []}),
         )
         .await;
     assert_error(empty, 422, "invalid_batch").await;
     let customer = app
-        .post_as("/v1/drivers/locations:batch", Role::Customer, 1, &own)
+        .post_as(
+            "/v1/drivers/locations:batch",
+            Role::Customer,
+            insert_user(&app.db, "customer").await,
+            &own,
+        )
         .await;
     assert_error(customer, 403, "forbidden").await;
 }
@@ -385,7 +397,7 @@ async fn history_is_written_in_batches_and_flushed_on_shutdown() {
             .post_as(
                 "/v1/drivers/locations:batch",
                 Role::Operator,
-                1,
+                OPERATOR,
                 &serde_json::json!({"updates": updates}),
             )
             .await
@@ -489,7 +501,7 @@ async fn nearby_matches_a_brute_force_search_on_random_points() {
         .post_as(
             "/v1/drivers/locations:batch",
             Role::Operator,
-            1,
+            OPERATOR,
             &serde_json::json!({"updates": updates}),
         )
         .await
@@ -561,7 +573,7 @@ async fn nearby_matches_a_brute_force_search_on_random_points() {
                 CENTER.0, CENTER.1
             ),
             Role::Operator,
-            1,
+            OPERATOR,
         )
         .await
         .json()
@@ -594,7 +606,12 @@ async fn a_driver_twice_in_one_batch_ends_at_its_newest_report() {
     // Newest first, then an older one: the older is stale.
     let body = serde_json::json!({"updates": [at(1, CENTER.0), at(5, far)]});
     let result: serde_json::Value = app
-        .post_as("/v1/drivers/locations:batch", Role::Operator, 1, &body)
+        .post_as(
+            "/v1/drivers/locations:batch",
+            Role::Operator,
+            OPERATOR,
+            &body,
+        )
         .await
         .json()
         .await
@@ -608,7 +625,12 @@ async fn a_driver_twice_in_one_batch_ends_at_its_newest_report() {
     // In order: both accepted, the later position wins.
     let body = serde_json::json!({"updates": [at(0, CENTER.0), {"driver_id": driver, "lat": far, "lon": CENTER.1}]});
     let result: serde_json::Value = app
-        .post_as("/v1/drivers/locations:batch", Role::Operator, 1, &body)
+        .post_as(
+            "/v1/drivers/locations:batch",
+            Role::Operator,
+            OPERATOR,
+            &body,
+        )
         .await
         .json()
         .await

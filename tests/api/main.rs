@@ -15,6 +15,7 @@ mod locations;
 mod matching;
 mod orders;
 mod payments;
+mod probes;
 mod restaurants;
 mod schema;
 mod workflow;

@@ -382,7 +382,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
     let order = confirmed_order(&app, &cast).await;
     let (offer, offered_to) = offered(&round_one(&app, order).await);
     assert_eq!(offered_to, driver);
-    assert_error(accept(&app, offer, other).await, 403, "offer_not_yours").await;
+    assert_error(accept(&app, offer, other).await, 404, "not_found").await;
     let answers = futures::future::join_all((0..10).map(|_| accept(&app, offer, driver))).await;
     let ok = successes(answers, "offer_already_accepted").await;
     assert_eq!(ok, 1);
@@ -404,19 +404,34 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
 }
 
 #[tokio::test]
-async fn a_driver_never_holds_more_than_two_orders_when_accepts_race() {
+async fn a_driver_never_holds_more_than_two_orders_or_two_pending_offers() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
-    let mut offer_ids = Vec::new();
-    for _ in 0..4 {
+    // Orders from the same restaurant to the same door batch under every rule.
+    for _ in 0..2 {
         let order = confirmed_order(&app, &cast).await;
-        offer_ids.push(insert_offer(&app, order, driver).await);
+        let offer = insert_offer(&app, order, driver).await;
+        assert_eq!(accept(&app, offer, driver).await.status().as_u16(), 200);
     }
-    let answers =
-        futures::future::join_all(offer_ids.iter().map(|&offer| accept(&app, offer, driver))).await;
-    let ok = successes(answers, "driver_at_capacity").await;
-    assert_eq!(ok, 2);
+    let third = confirmed_order(&app, &cast).await;
+    let offer = insert_offer(&app, third, driver).await;
+    assert_error(accept(&app, offer, driver).await, 409, "driver_at_capacity").await;
+    // That offer is still pending: the schema refuses the driver a second one.
+    let fourth = confirmed_order(&app, &cast).await;
+    let refused = sqlx::query(
+        "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
+         VALUES ($1, $2, 1, 1, '{}', now() + interval '1 minute')",
+    )
+    .bind(fourth)
+    .bind(driver)
+    .execute(&app.db)
+    .await
+    .expect_err("a second pending offer");
+    let sqlx::Error::Database(refused) = refused else {
+        panic!("not a constraint violation: {refused}");
+    };
+    assert_eq!(refused.constraint(), Some("offers_one_pending_per_driver"));
     let carried: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE driver_id = $1")
         .bind(driver)
         .fetch_one(&app.db)
@@ -511,7 +526,7 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     let (offer, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
     assert_eq!(driver, first);
 
-    assert_error(decline(&app, offer, second).await, 403, "offer_not_yours").await;
+    assert_error(decline(&app, offer, second).await, 404, "not_found").await;
     let customer = app
         .post_as(
             &format!("/v1/offers/{offer}/decline"),
@@ -577,11 +592,12 @@ async fn going_offline_declines_the_drivers_offers() {
     let driver = app.online_driver_at(300.0).await;
     let order = confirmed_order(&app, &cast).await;
     let (offer, _) = offered(&round_one(&app, order).await);
+    let stranger = insert_driver(&app.db).await;
     assert_error(
         app.get_as(
             &format!("/v1/drivers/{driver}/offers"),
             Role::Driver,
-            driver + 1,
+            stranger,
         )
         .await,
         403,

@@ -6,7 +6,8 @@ use courier::jobs::Job;
 use courier::jobs::confirm_timeout::ConfirmTimeout;
 
 use crate::helpers::{
-    RESTAURANT_AT, assert_error, cast, insert_item, insert_restaurant, order_body, spawn_app,
+    OPERATOR, RESTAURANT_AT, assert_error, cast, insert_driver, insert_item, insert_restaurant,
+    insert_user, order_body, spawn_app,
 };
 
 async fn order_count(db: &sqlx::PgPool) -> i64 {
@@ -228,11 +229,16 @@ async fn the_idempotency_key_is_required_and_bounded() {
 async fn only_customers_place_orders() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    for role in [Role::Restaurant, Role::Driver, Role::Operator] {
+    let subjects = [
+        (Role::Restaurant, cast.restaurant),
+        (Role::Driver, insert_driver(&app.db).await),
+        (Role::Operator, OPERATOR),
+    ];
+    for (role, subject) in subjects {
         let response = app
             .client
             .post(format!("{}/v1/orders", app.address))
-            .bearer_auth(app.token(role, cast.restaurant))
+            .bearer_auth(app.token(role, subject))
             .header("x-idempotency-key", "k")
             .json(&order_body(&cast))
             .send()
@@ -352,24 +358,41 @@ async fn orders_are_visible_only_to_their_parties() {
         200
     );
     assert_eq!(
-        app.get_as(&path, Role::Operator, 1).await.status().as_u16(),
+        app.get_as(&path, Role::Operator, OPERATOR)
+            .await
+            .status()
+            .as_u16(),
         200
     );
     assert_error(
-        app.get_as(&path, Role::Customer, cast.customer + 1000)
-            .await,
+        app.get_as(
+            &path,
+            Role::Customer,
+            insert_user(&app.db, "customer").await,
+        )
+        .await,
         404,
         "not_found",
     )
     .await;
     assert_error(
-        app.get_as(&path, Role::Restaurant, cast.restaurant + 1000)
-            .await,
+        app.get_as(
+            &path,
+            Role::Restaurant,
+            insert_restaurant(&app.db, "Rival", "pizza", 40.7, -74.0).await,
+        )
+        .await,
         404,
         "not_found",
     )
     .await;
-    assert_error(app.get_as(&path, Role::Driver, 1).await, 404, "not_found").await;
+    let stranger = insert_driver(&app.db).await;
+    assert_error(
+        app.get_as(&path, Role::Driver, stranger).await,
+        404,
+        "not_found",
+    )
+    .await;
 
     let mine: serde_json::Value = app
         .get_as("/v1/orders", Role::Customer, cast.customer)
@@ -379,7 +402,11 @@ async fn orders_are_visible_only_to_their_parties() {
         .expect("json");
     assert_eq!(mine["orders"].as_array().expect("array").len(), 1);
     let theirs: serde_json::Value = app
-        .get_as("/v1/orders", Role::Customer, cast.customer + 1000)
+        .get_as(
+            "/v1/orders",
+            Role::Customer,
+            insert_user(&app.db, "customer").await,
+        )
         .await
         .json()
         .await
@@ -397,21 +424,22 @@ async fn orders_are_visible_only_to_their_parties() {
         .expect("json");
     assert_eq!(placed["orders"][0]["id"], id);
     let delivered: serde_json::Value = app
-        .get_as("/v1/orders?status=DELIVERED", Role::Operator, 1)
+        .get_as("/v1/orders?status=DELIVERED", Role::Operator, OPERATOR)
         .await
         .json()
         .await
         .expect("json");
     assert_eq!(delivered["orders"].as_array().expect("array").len(), 0);
     assert_error(
-        app.get_as("/v1/orders?status=SHIPPED", Role::Operator, 1)
+        app.get_as("/v1/orders?status=SHIPPED", Role::Operator, OPERATOR)
             .await,
         422,
         "invalid_status",
     )
     .await;
     assert_error(
-        app.get_as("/v1/orders?limit=0", Role::Operator, 1).await,
+        app.get_as("/v1/orders?limit=0", Role::Operator, OPERATOR)
+            .await,
         422,
         "invalid_limit",
     )

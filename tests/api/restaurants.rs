@@ -4,12 +4,16 @@
 use courier::auth::Role;
 
 use crate::helpers::{
-    RESTAURANT_AT, TestApp, assert_error, cast, insert_item, insert_restaurant, spawn_app,
+    OPERATOR, RESTAURANT_AT, TestApp, assert_error, cast, insert_item, insert_restaurant, spawn_app,
 };
 
 async fn nearby(app: &TestApp, query: &str) -> (serde_json::Value, String) {
     let response = app
-        .get_as(&format!("/v1/restaurants?{query}"), Role::Customer, 1)
+        .get_as(
+            &format!("/v1/restaurants?{query}"),
+            Role::Operator,
+            OPERATOR,
+        )
         .await;
     assert_eq!(response.status().as_u16(), 200);
     let cache = response.headers()["x-cache"]
@@ -88,7 +92,7 @@ async fn customers_a_few_metres_apart_share_a_cache_entry_but_get_their_own_dist
         .post_as(
             &format!("/v1/restaurants/{newcomer}/close"),
             Role::Operator,
-            1,
+            OPERATOR,
             &serde_json::json!({}),
         )
         .await;
@@ -113,7 +117,11 @@ async fn bad_search_parameters_are_rejected() {
         ("lat=0&lon=0&colour=red", 400, "invalid_query"),
     ] {
         let response = app
-            .get_as(&format!("/v1/restaurants?{query}"), Role::Customer, 1)
+            .get_as(
+                &format!("/v1/restaurants?{query}"),
+                Role::Operator,
+                OPERATOR,
+            )
             .await;
         assert_error(response, status, code).await;
     }
@@ -331,7 +339,7 @@ async fn a_restaurant_manages_only_its_own_menu() {
         .expect("price");
     assert_eq!(price, 999);
     assert_error(
-        app.get_as("/v1/restaurants/999999", Role::Customer, 1)
+        app.get_as("/v1/restaurants/999999", Role::Operator, OPERATOR)
             .await,
         404,
         "not_found",

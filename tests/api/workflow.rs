@@ -7,7 +7,9 @@ use courier::jobs::capture_payment::CapturePayment;
 use courier::jobs::match_driver::MatchDriver;
 use courier::jobs::request_review::RequestReview;
 
-use crate::helpers::{assert_error, cast, insert_driver, spawn_app};
+use crate::helpers::{
+    OPERATOR, assert_error, cast, insert_driver, insert_restaurant, insert_user, spawn_app,
+};
 
 async fn assign(db: &sqlx::PgPool, order: i64, driver: i64) {
     // Assignment through offers is tested in `matching`; here the driver is set directly.
@@ -163,15 +165,20 @@ async fn roles_and_ownership_are_enforced_over_http() {
     )
     .await;
     assert_error(
-        app.act(id, "confirm", Role::Operator, 1).await,
+        app.act(id, "confirm", Role::Operator, OPERATOR).await,
         403,
         "forbidden",
     )
     .await;
     // Another restaurant: not its order.
     assert_error(
-        app.act(id, "confirm", Role::Restaurant, cast.restaurant + 1)
-            .await,
+        app.act(
+            id,
+            "confirm",
+            Role::Restaurant,
+            insert_restaurant(&app.db, "Rival", "pizza", 40.7, -74.0).await,
+        )
+        .await,
         404,
         "not_found",
     )
@@ -211,7 +218,7 @@ async fn roles_and_ownership_are_enforced_over_http() {
     let cancelled = app
         .client
         .post(format!("{}/v1/orders/{id}/cancel", app.address))
-        .bearer_auth(app.token(Role::Operator, 1))
+        .bearer_auth(app.token(Role::Operator, OPERATOR))
         .json(&serde_json::json!({"reason": "kitchen fire"}))
         .send()
         .await
@@ -235,8 +242,13 @@ async fn a_customer_cancels_its_own_order_while_it_is_placed() {
     let cast = cast(&app.db).await;
     let id = app.placed_order(&cast).await;
     assert_error(
-        app.act(id, "cancel", Role::Customer, cast.customer + 1)
-            .await,
+        app.act(
+            id,
+            "cancel",
+            Role::Customer,
+            insert_user(&app.db, "customer").await,
+        )
+        .await,
         404,
         "not_found",
     )

@@ -3,8 +3,11 @@
 //! Tokens are HS256-signed JWTs carrying a role and a subject. The subject is the id of the
 //! entity the role acts as: a user id for customers and operators, a driver id for drivers, a
 //! restaurant id for restaurants. Every `/v1` route sits behind [`require_auth`], which verifies
-//! the token and puts the [`Principal`] in the request; handlers take it as an extractor and
-//! check the role they need with [`Principal::require_role`].
+//! the token, checks that its subject exists in that role ([`subjects`]) and puts the
+//! [`Principal`] in the request; handlers take it as an extractor and check the role they need
+//! with [`Principal::require_role`].
+
+pub mod subjects;
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +23,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::subjects::{SubjectCheck, Subjects};
 use crate::config::JwtSecret;
 use crate::error::ApiError;
 
@@ -29,7 +33,7 @@ pub const ISSUER: &str = "courier";
 /// Longest lifetime a minted token may have.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// Clock skew tolerated when checking expiry.
+/// Clock skew tolerated when checking expiry, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 30;
 
 /// What a principal is to the marketplace.
@@ -77,7 +81,7 @@ impl FromStr for Role {
 }
 
 /// The authenticated caller of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Principal {
     pub role: Role,
     /// Id of the user, driver or restaurant the role acts as.
@@ -107,6 +111,9 @@ struct Claims {
     iss: String,
     iat: i64,
     exp: i64,
+    /// Not valid before (unix seconds); courier does not set it, but honours it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
 }
 
 /// Why a token was refused.
@@ -114,6 +121,8 @@ struct Claims {
 pub enum TokenError {
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
     #[error("the token is invalid")]
     Invalid,
 }
@@ -153,6 +162,7 @@ impl TokenKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         Self(Arc::new(Keys {
             encoding: EncodingKey::from_secret(secret.expose()),
             decoding: DecodingKey::from_secret(secret.expose()),
@@ -180,6 +190,7 @@ impl TokenKeys {
             iss: ISSUER.to_owned(),
             iat: issued_at,
             exp: issued_at + ttl_secs,
+            nbf: None,
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -188,13 +199,21 @@ impl TokenKeys {
         )?)
     }
 
-    /// Verifies a token's signature, issuer and expiry, and returns its principal.
+    /// Verifies a token's signature, issuer, expiry, `nbf` and `iat` (neither may lie ahead),
+    /// and returns its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 _ => TokenError::Invalid,
             })?;
+        // A token issued in the future was minted on a wrong clock, or forged to outlive its
+        // real lifetime: refused, as `nbf` ahead is.
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        if data.claims.iat > chrono::Utc::now().timestamp() + leeway {
+            return Err(TokenError::NotYetValid);
+        }
         let subject = data
             .claims
             .sub
@@ -209,9 +228,17 @@ impl TokenKeys {
     }
 }
 
-/// Middleware for every `/v1` route: a valid bearer token or a 401.
+/// What [`require_auth`] needs: the keys to verify tokens, and the subjects they may name.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    pub keys: TokenKeys,
+    pub subjects: Subjects,
+}
+
+/// Middleware for every `/v1` route: a valid bearer token whose subject exists in its role, or
+/// a 401 (403 when the subject exists in another role).
 pub async fn require_auth(
-    State(keys): State<TokenKeys>,
+    State(auth): State<Authenticator>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -235,10 +262,35 @@ pub async fn require_auth(
                 "the Authorization header must be `Bearer <token>`",
             )
         })?;
-    let principal = keys.verify(token).map_err(|e| match e {
+    let principal = auth.keys.verify(token).map_err(|e| match e {
         TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
+        TokenError::NotYetValid => {
+            ApiError::unauthorized("token_not_yet_valid", "the token is not valid yet")
+        }
         TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is invalid"),
     })?;
+    match auth.subjects.check(principal).await? {
+        SubjectCheck::Valid => {}
+        SubjectCheck::Unknown => {
+            return Err(ApiError::unauthorized(
+                "unknown_subject",
+                format!(
+                    "the token's subject, {} {}, does not exist",
+                    principal.role, principal.subject
+                ),
+            ));
+        }
+        SubjectCheck::OtherRole(actual) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "subject_role_mismatch",
+                format!(
+                    "the token says {} but user {} is a {actual}",
+                    principal.role, principal.subject
+                ),
+            ));
+        }
+    }
     tracing::Span::current().record(
         "principal",
         tracing::field::display(format_args!("{}:{}", principal.role, principal.subject)),
