@@ -215,11 +215,6 @@ impl LocationService {
         self.core.valkey.connection()
     }
 
-    /// Whether a driver with this id exists.
-    pub async fn driver_exists(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(self.existing_drivers(&[id]).await?.contains(&id))
-    }
-
     /// Which of `ids` are drivers. Known ids are remembered in process (drivers are never
     /// deleted), so the hot path does not touch Postgres; the rest are checked in one query.
     pub async fn existing_drivers(&self, ids: &[i64]) -> Result<HashSet<i64>, sqlx::Error> {

@@ -136,22 +136,31 @@ async fn auto_complete_moves_only_orders_past_the_delay() {
     let recent = delivered_order(&app, &cast).await;
     capture(&app, old).await;
     capture(&app, recent).await;
-    sqlx::query("UPDATE orders SET delivered_at = now() - INTERVAL '61 minutes' WHERE id = $1")
-        .bind(old)
-        .execute(&app.db)
-        .await
-        .expect("age");
-    let summary = auto_complete::run(&app.db, &CronSettings::default())
-        .await
-        .expect("runs");
+    delivered_ago(&app, old, 61).await;
+    let summary = run_auto_complete(&app).await;
     assert_eq!(summary["completed"], 1);
     assert_eq!(app.status_of(old).await, "COMPLETED");
     assert_eq!(app.status_of(recent).await, "DELIVERED");
     assert_eq!(app.audit_rows(old, "auto_complete").await, 1);
-    let again = auto_complete::run(&app.db, &CronSettings::default())
-        .await
-        .expect("runs");
+    let again = run_auto_complete(&app).await;
     assert_eq!(again["completed"], 0);
+}
+
+/// Backdates `order`'s delivery by `minutes`.
+async fn delivered_ago(app: &TestApp, order: i64, minutes: i32) {
+    sqlx::query("UPDATE orders SET delivered_at = now() - make_interval(mins => $2) WHERE id = $1")
+        .bind(order)
+        .bind(minutes)
+        .execute(&app.db)
+        .await
+        .expect("age");
+}
+
+/// One `auto_complete` run with the default settings; its summary.
+async fn run_auto_complete(app: &TestApp) -> serde_json::Value {
+    auto_complete::run(&app.db, &CronSettings::default())
+        .await
+        .expect("runs")
 }
 
 /// Captures `order`'s payment the way the `capture_payment` job does, with the ledger.
@@ -180,15 +189,9 @@ async fn an_order_completes_only_once_its_payment_is_captured() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let order = delivered_order(&app, &cast).await;
-    sqlx::query("UPDATE orders SET delivered_at = now() - INTERVAL '2 hours' WHERE id = $1")
-        .bind(order)
-        .execute(&app.db)
-        .await
-        .expect("age");
+    delivered_ago(&app, order, 120).await;
     // The capture has not run (or is still retrying): the order waits, past its delay.
-    let summary = auto_complete::run(&app.db, &CronSettings::default())
-        .await
-        .expect("runs");
+    let summary = run_auto_complete(&app).await;
     assert_eq!(summary["completed"], 0);
     assert_eq!(app.status_of(order).await, "DELIVERED");
     assert_eq!(payment_status(&app, order).await, None);
@@ -201,9 +204,7 @@ async fn an_order_completes_only_once_its_payment_is_captured() {
     .execute(&app.db)
     .await
     .expect("a failed capture");
-    auto_complete::run(&app.db, &CronSettings::default())
-        .await
-        .expect("runs");
+    run_auto_complete(&app).await;
     assert_eq!(app.status_of(order).await, "DELIVERED");
     // Once captured, the next tick completes it.
     sqlx::query("DELETE FROM payments WHERE order_id = $1")
@@ -212,9 +213,7 @@ async fn an_order_completes_only_once_its_payment_is_captured() {
         .await
         .expect("reset");
     capture(&app, order).await;
-    let summary = auto_complete::run(&app.db, &CronSettings::default())
-        .await
-        .expect("runs");
+    let summary = run_auto_complete(&app).await;
     assert_eq!(summary["completed"], 1);
     assert_eq!(app.status_of(order).await, "COMPLETED");
 }

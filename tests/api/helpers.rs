@@ -286,16 +286,20 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
 }
 
 impl TestApp {
-    /// The value of a series in `/metrics`, e.g. `name{label="v"}` (0 when absent).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .request(reqwest::Method::GET, "/metrics")
+    /// The whole `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.request(reqwest::Method::GET, "/metrics")
             .send()
             .await
             .expect("sent")
             .text()
             .await
-            .expect("text");
+            .expect("text")
+    }
+
+    /// The value of a series in `/metrics`, e.g. `name{label="v"}` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series).map(str::trim))
             .and_then(|v| v.parse().ok())
@@ -536,6 +540,35 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// A location report `body` from `driver`, as that driver.
+    pub async fn report(&self, driver: i64, body: serde_json::Value) -> reqwest::Response {
+        self.post_as(
+            &format!("/v1/drivers/{driver}/location"),
+            Role::Driver,
+            driver,
+            &body,
+        )
+        .await
+    }
+
+    /// An order of `cast`, placed and confirmed by its restaurant (matching is enqueued).
+    pub async fn confirmed_order(&self, cast: &Cast) -> i64 {
+        let id = self.placed_order(cast).await;
+        let confirmed = self
+            .act(id, "confirm", Role::Restaurant, cast.restaurant)
+            .await;
+        assert_eq!(confirmed.status().as_u16(), 200);
+        id
+    }
+
+    /// Rows in the location history.
+    pub async fn history_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM driver_locations")
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
     }
 
     /// The order's current status, read from the database.

@@ -13,24 +13,13 @@ use crate::helpers::{
 
 const CENTER: (f64, f64) = (40.7128, -74.0060);
 
-async fn report(app: &TestApp, driver: i64, body: serde_json::Value) -> reqwest::Response {
-    app.post_as(
-        &format!("/v1/drivers/{driver}/location"),
-        Role::Driver,
-        driver,
-        &body,
-    )
-    .await
-}
-
 /// `N` new drivers, online, each having reported from [`CENTER`].
 async fn online_at_center<const N: usize>(app: &TestApp) -> [i64; N] {
     let mut drivers = [0; N];
     for driver in &mut drivers {
         *driver = insert_driver(&app.db).await;
         app.go_online(*driver).await;
-        report(
-            app,
+        app.report(
             *driver,
             serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
         )
@@ -99,7 +88,7 @@ async fn bad_reports_get_precise_codes() {
             "invalid_body",
         ),
     ] {
-        assert_error(report(&app, driver, body).await, status, code).await;
+        assert_error(app.report(driver, body).await, status, code).await;
     }
     let body = serde_json::json!({"lat": 1, "lon": 1});
     let theirs = app
@@ -136,7 +125,8 @@ async fn an_offline_driver_is_tracked_but_never_searchable() {
     let app = spawn_app().await;
     let driver = insert_driver(&app.db).await;
     let here = serde_json::json!({"lat": CENTER.0, "lon": CENTER.1});
-    let body: serde_json::Value = report(&app, driver, here.clone())
+    let body: serde_json::Value = app
+        .report(driver, here.clone())
         .await
         .json()
         .await
@@ -153,7 +143,7 @@ async fn an_offline_driver_is_tracked_but_never_searchable() {
         nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await,
         vec![driver]
     );
-    let body: serde_json::Value = report(&app, driver, here).await.json().await.expect("json");
+    let body: serde_json::Value = app.report(driver, here).await.json().await.expect("json");
     assert_eq!(body["result"], "available");
 
     let offline = app
@@ -197,8 +187,8 @@ async fn an_older_report_is_ignored_not_an_error() {
     let newer =
         serde_json::json!({"lat": CENTER.0, "lon": CENTER.1, "recorded_at": now.to_rfc3339()});
     let older = serde_json::json!({"lat": CENTER.0 + 0.05, "lon": CENTER.1, "recorded_at": (now - chrono::Duration::seconds(5)).to_rfc3339()});
-    assert_eq!(report(&app, driver, newer).await.status().as_u16(), 200);
-    let late = report(&app, driver, older).await;
+    assert_eq!(app.report(driver, newer).await.status().as_u16(), 200);
+    let late = app.report(driver, older).await;
     assert_eq!(late.status().as_u16(), 200);
     let body: serde_json::Value = late.json().await.expect("json");
     assert_eq!(body["result"], "stale");
@@ -251,8 +241,7 @@ async fn a_silent_driver_disappears_from_queries_and_the_set() {
     assert!(!position_kept);
     assert_eq!(app.state.location.active_count().await.expect("count"), 1);
     // It comes back with its next report.
-    report(
-        &app,
+    app.report(
         silent,
         serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
     )
@@ -273,15 +262,12 @@ async fn a_driver_with_two_active_orders_is_not_available() {
         nearby_ids(&app, CENTER.0, CENTER.1, 1.0, 10).await,
         vec![free]
     );
-    let body: serde_json::Value = report(
-        &app,
-        busy,
-        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
-    )
-    .await
-    .json()
-    .await
-    .expect("json");
+    let body: serde_json::Value = app
+        .report(busy, serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(body["result"], "unavailable");
 }
 
@@ -407,12 +393,12 @@ async fn history_is_written_in_batches_and_flushed_on_shutdown() {
         accepted += result["accepted"].as_i64().expect("accepted");
     }
     // A stale report is not history.
-    let stale = report(
-        &app,
-        drivers[0],
-        serde_json::json!({"lat": 0, "lon": 0, "recorded_at": start.to_rfc3339()}),
-    )
-    .await;
+    let stale = app
+        .report(
+            drivers[0],
+            serde_json::json!({"lat": 0, "lon": 0, "recorded_at": start.to_rfc3339()}),
+        )
+        .await;
     assert_eq!(
         stale.json::<serde_json::Value>().await.expect("json")["result"],
         "stale"
@@ -421,7 +407,7 @@ async fn history_is_written_in_batches_and_flushed_on_shutdown() {
 
     app.shutdown().await;
     assert_eq!(
-        history_rows(&app.db).await,
+        app.history_rows().await,
         accepted,
         "every accepted report is in history after shutdown"
     );
@@ -448,8 +434,7 @@ async fn reports_of_a_driver_carrying_an_order_reach_its_live_channel() {
         .subscribe(app.state.location.tracking_channel(4242))
         .await
         .expect("subscribe");
-    report(
-        &app,
+    app.report(
         driver,
         serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
     )
@@ -653,14 +638,6 @@ async fn large_groups(app: &TestApp) -> f64 {
             .await
 }
 
-/// Rows in the location history.
-async fn history_rows(db: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM driver_locations")
-        .fetch_one(db)
-        .await
-        .expect("count")
-}
-
 #[tokio::test]
 async fn single_reports_arriving_together_share_a_script_call_and_keep_their_own_outcomes() {
     let app = spawn_app().await;
@@ -677,7 +654,7 @@ async fn single_reports_arriving_together_share_a_script_call_and_keep_their_own
     for driver in &drivers[40..] {
         let fresh =
             serde_json::json!({"lat": CENTER.0, "lon": CENTER.1, "recorded_at": now.to_rfc3339()});
-        assert_eq!(report(&app, *driver, fresh).await.status().as_u16(), 200);
+        assert_eq!(app.report(*driver, fresh).await.status().as_u16(), 200);
     }
     let groups_before = large_groups(&app).await;
 
@@ -702,7 +679,7 @@ async fn single_reports_arriving_together_share_a_script_call_and_keep_their_own
         } else {
             serde_json::json!({"lat": lat, "lon": lon})
         };
-        report(&app, *driver, body)
+        app.report(*driver, body)
     }))
     .await;
     hold.await.expect("hold task");
@@ -746,17 +723,17 @@ async fn a_report_while_valkey_is_down_is_a_clear_503() {
     })
     .await;
     let driver = insert_driver(&app.db).await;
-    let response = report(
-        &app,
-        driver,
-        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
-    )
-    .await;
+    let response = app
+        .report(
+            driver,
+            serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+        )
+        .await;
     assert_error(response, 503, "cache_unavailable").await;
     // Shutting down flushes the history writer: nothing was queued for it.
     app.shutdown().await;
     assert_eq!(
-        history_rows(&app.db).await,
+        app.history_rows().await,
         0,
         "nothing is recorded for a report that was not applied"
     );
@@ -772,12 +749,9 @@ async fn a_search_widens_its_rings_until_it_has_enough_drivers() {
         let driver = insert_driver(&app.db).await;
         app.go_online(driver).await;
         let lat = CENTER.0 + north_m / 111_320.0;
-        let response = report(
-            &app,
-            driver,
-            serde_json::json!({"lat": lat, "lon": CENTER.1}),
-        )
-        .await;
+        let response = app
+            .report(driver, serde_json::json!({"lat": lat, "lon": CENTER.1}))
+            .await;
         assert_eq!(response.status().as_u16(), 200);
         drivers.push(driver);
     }
@@ -816,7 +790,7 @@ async fn history_goes_in_small_batches_and_a_lone_row_within_the_flush_interval(
         recorded_at_ms: chrono::Utc::now().timestamp_millis() - 60_000 + i,
     };
     let (sender, task) = history::spawn(app.db.clone());
-    let count = || history_rows(&app.db);
+    let count = || app.history_rows();
 
     // A lone row is not held back until a batch fills: it is written within the interval.
     sender.record(row(0));

@@ -17,19 +17,9 @@ use courier::valkey::Valkey;
 use serde_json::json;
 
 use crate::helpers::{
-    Cast, RESTAURANT_AT, TestApp, assert_error, cast, dead_port, eventually, fast_dispatch,
+    RESTAURANT_AT, TestApp, assert_error, cast, dead_port, eventually, fast_dispatch,
     insert_driver, spawn_app,
 };
-
-/// A placed and confirmed order of `cast`.
-async fn confirmed_order(app: &TestApp, cast: &Cast) -> i64 {
-    let id = app.placed_order(cast).await;
-    let confirmed = app
-        .act(id, "confirm", Role::Restaurant, cast.restaurant)
-        .await;
-    assert_eq!(confirmed.status().as_u16(), 200);
-    id
-}
 
 /// `(offer id, driver id, status)` of every offer of `order`, oldest first.
 async fn offers_of(app: &TestApp, order: i64) -> Vec<(i64, i64, String)> {
@@ -166,7 +156,7 @@ async fn the_best_driver_is_offered_first_then_the_next_after_a_timeout_and_acce
     let nearest = app.online_driver_at(300.0).await;
     let second = app.online_driver_at(1_500.0).await;
     let third = app.online_driver_at(4_000.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let _workers = app.spawn_workers_with(DispatchSettings {
         first_offer_ttl: Duration::from_secs(2),
         later_offer_ttl: Duration::from_secs(60),
@@ -245,7 +235,7 @@ async fn the_best_driver_is_offered_first_then_the_next_after_a_timeout_and_acce
 async fn empty_rounds_back_off_flag_the_order_and_the_radius_expands_to_10_km() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let _workers = app.spawn_workers();
 
     // No driver anywhere: rounds 1, 2, 3 find nobody; after the third the order is flagged.
@@ -309,7 +299,7 @@ async fn a_round_at_5_km_does_not_look_further() {
     let cast = cast(&app.db).await;
     let near = app.online_driver_at(2_000.0).await;
     let _far = app.online_driver_at(7_000.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     let (_, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
     assert_eq!(driver, near);
@@ -328,7 +318,7 @@ async fn concurrent_rounds_make_exactly_one_offer() {
     for north in [200.0, 400.0, 600.0] {
         app.online_driver_at(north).await;
     }
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     let rounds = (0..10).map(|_| {
         let dispatcher = dispatcher.clone();
@@ -379,7 +369,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
     let other = app.online_driver_at(900.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let (offer, offered_to) = offered(&round_one(&app, order).await);
     assert_eq!(offered_to, driver);
     assert_error(accept(&app, offer, other).await, 404, "not_found").await;
@@ -410,15 +400,15 @@ async fn a_driver_never_holds_more_than_two_orders_or_two_pending_offers() {
     let driver = app.online_driver_at(300.0).await;
     // Orders from the same restaurant to the same door batch under every rule.
     for _ in 0..2 {
-        let order = confirmed_order(&app, &cast).await;
+        let order = app.confirmed_order(&cast).await;
         let offer = insert_offer(&app, order, driver).await;
         assert_eq!(accept(&app, offer, driver).await.status().as_u16(), 200);
     }
-    let third = confirmed_order(&app, &cast).await;
+    let third = app.confirmed_order(&cast).await;
     let offer = insert_offer(&app, third, driver).await;
     assert_error(accept(&app, offer, driver).await, 409, "driver_at_capacity").await;
     // That offer is still pending: the schema refuses the driver a second one.
-    let fourth = confirmed_order(&app, &cast).await;
+    let fourth = app.confirmed_order(&cast).await;
     let refused = sqlx::query(
         "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
          VALUES ($1, $2, 1, 1, '{}', now() + interval '1 minute')",
@@ -450,7 +440,7 @@ async fn accept_and_timeout_racing_on_one_offer_have_exactly_one_winner() {
     let (mut accepted, mut expired) = (0, 0);
     for _ in 0..8 {
         let driver = insert_driver(&app.db).await;
-        let order = confirmed_order(&app, &cast).await;
+        let order = app.confirmed_order(&cast).await;
         let offer = insert_offer(&app, order, driver).await;
         let rounds_before = pending_rounds(&app, order).await.len();
         let (answer, expiry) =
@@ -488,7 +478,7 @@ async fn every_ended_offer_leaves_a_next_offer_or_a_scheduled_round() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let only = app.online_driver_at(300.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     // The confirm's own round-1 job is pending; run round 1 by hand (no workers).
     let (offer, _) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
@@ -521,7 +511,7 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     let cast = cast(&app.db).await;
     let first = app.online_driver_at(300.0).await;
     let second = app.online_driver_at(800.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     let (offer, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
     assert_eq!(driver, first);
@@ -561,7 +551,7 @@ async fn cancelling_the_order_withdraws_its_offer() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let (offer, _) = offered(&round_one(&app, order).await);
     let cancelled = app
         .act(order, "cancel", Role::Customer, cast.customer)
@@ -590,7 +580,7 @@ async fn going_offline_declines_the_drivers_offers() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let (offer, _) = offered(&round_one(&app, order).await);
     let stranger = insert_driver(&app.db).await;
     assert_error(
@@ -631,7 +621,7 @@ async fn going_offline_declines_the_drivers_offers() {
 async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     // A location service whose Valkey is down.
     let dead = Valkey::new(&ValkeySettings {
         url: format!("redis://127.0.0.1:{}", dead_port()),

@@ -19,33 +19,15 @@ use crate::helpers::{
     valkey_url,
 };
 
-/// Reports `body` as `driver`; the response.
-async fn report(app: &TestApp, driver: i64, body: serde_json::Value) -> reqwest::Response {
-    app.post_as(
-        &format!("/v1/drivers/{driver}/location"),
-        Role::Driver,
-        driver,
-        &body,
-    )
-    .await
-}
-
 /// Reports from `north_m` metres north of the restaurant; the `result`.
 async fn report_near_restaurant(app: &TestApp, driver: i64, north_m: f64) -> String {
     let at = TestApp::north_of_restaurant(north_m);
-    let response = report(app, driver, json!({"lat": at.lat, "lon": at.lon})).await;
+    let response = app
+        .report(driver, json!({"lat": at.lat, "lon": at.lon}))
+        .await;
     assert_eq!(response.status().as_u16(), 200);
     let body: serde_json::Value = response.json().await.expect("json");
     body["result"].as_str().expect("result").to_owned()
-}
-
-async fn confirmed_order(app: &TestApp, cast: &Cast) -> i64 {
-    let id = app.placed_order(cast).await;
-    let confirmed = app
-        .act(id, "confirm", Role::Restaurant, cast.restaurant)
-        .await;
-    assert_eq!(confirmed.status().as_u16(), 200);
-    id
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
@@ -69,10 +51,10 @@ async fn a_polar_report_is_refused_alone_and_never_fails_other_drivers() {
     let polar = insert_driver(&app.db).await;
     app.go_online(polar).await;
     for round in 0..5 {
-        let polar_report = report(&app, polar, json!({"lat": 89.0, "lon": 10.0}));
+        let polar_report = app.report(polar, json!({"lat": 89.0, "lon": 10.0}));
         let honest_reports = join_all(honest.iter().enumerate().map(|(i, &driver)| {
             let at = TestApp::north_of_restaurant(100.0 * (i + round) as f64);
-            report(&app, driver, json!({"lat": at.lat, "lon": at.lon}))
+            app.report(driver, json!({"lat": at.lat, "lon": at.lon}))
         }));
         let (polar_answer, honest_answers) = tokio::join!(polar_report, honest_reports);
         let body = assert_error(polar_answer, 422, "invalid_location").await;
@@ -187,10 +169,7 @@ async fn two_concurrent_batches_store_every_valid_item_and_refuse_only_the_polar
         None
     );
     app.shutdown().await;
-    assert_eq!(
-        count(&app, "SELECT count(*) FROM driver_locations").await,
-        10
-    );
+    assert_eq!(app.history_rows().await, 10);
 }
 
 // --- 2. Metric labels come from closed sets -------------------------------------------------------
@@ -207,14 +186,7 @@ async fn made_up_methods_never_become_metric_labels() {
             .expect("sent");
         assert!(response.status().is_client_error());
     }
-    let text = app
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     assert!(
         !text.contains("method=\"Q1\""),
         "a made-up method became a label"
@@ -288,7 +260,7 @@ async fn after_valkey_loses_its_data_matching_works_without_drivers_resending_th
     assert_eq!(load_of(loaded), Some(1));
 
     // An order confirmed afterwards gets an offer in its first round.
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let outcome = app
         .dispatcher(fast_dispatch())
         .run_round(order, 1)
@@ -562,7 +534,7 @@ async fn concurrent_rounds_for_many_orders_near_few_drivers_give_each_driver_one
     }
     let mut orders = Vec::new();
     for _ in 0..8 {
-        orders.push(confirmed_order(&app, &cast).await);
+        orders.push(app.confirmed_order(&cast).await);
     }
     let dispatcher = app.dispatcher(fast_dispatch());
     let outcomes = join_all(orders.iter().map(|&order| dispatcher.run_round(order, 1))).await;
@@ -605,7 +577,7 @@ async fn accepting_a_second_order_rechecks_the_batching_rules() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
-    let first = confirmed_order(&app, &cast).await;
+    let first = app.confirmed_order(&cast).await;
     sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
         .bind(first)
         .bind(driver)
@@ -627,7 +599,7 @@ async fn accepting_a_second_order_rechecks_the_batching_rules() {
         fries: insert_item(&app.db, far, "Tea", 300).await,
         customer: cast.customer,
     };
-    let second = confirmed_order(&app, &far_cast).await;
+    let second = app.confirmed_order(&far_cast).await;
     // The offer a round made while the driver was still idle (the race a replay showed).
     let offer: i64 = sqlx::query_scalar(
         "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
@@ -668,7 +640,7 @@ async fn accepting_a_second_order_rechecks_the_batching_rules() {
 async fn an_action_without_if_match_survives_an_unrelated_concurrent_change() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let order = confirmed_order(&app, &cast).await;
+    let order = app.confirmed_order(&cast).await;
     let driver = insert_driver(&app.db).await;
     // Someone else (an accept) changes the order and holds its row until it commits.
     let mut other = app.db.begin().await.expect("tx");
@@ -725,7 +697,7 @@ async fn a_customer_cancel_tells_the_assigned_driver_and_the_offered_one() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
-    let assigned = confirmed_order(&app, &cast).await;
+    let assigned = app.confirmed_order(&cast).await;
     let outcome = app
         .dispatcher(fast_dispatch())
         .run_round(assigned, 1)
@@ -758,7 +730,7 @@ async fn a_customer_cancel_tells_the_assigned_driver_and_the_offered_one() {
     );
 
     // A driver holding a pending offer for the order hears too, and the offer is gone.
-    let offered = confirmed_order(&app, &cast).await;
+    let offered = app.confirmed_order(&cast).await;
     let outcome = app
         .dispatcher(fast_dispatch())
         .run_round(offered, 1)
@@ -816,14 +788,18 @@ async fn location_history_survives_a_postgres_outage() {
         .execute(&admin)
         .await
         .expect("cut the app off");
-    for i in 1..=20 {
-        assert_eq!(
-            report_near_restaurant(&app, driver, f64::from(i) * 10.0).await,
-            "available"
-        );
+    // Two waves, ten seconds of outage in all: longer than a write's own retry (each attempt
+    // waits up to the pool's 3 s acquire timeout), so batches fail and must be held.
+    for wave in 0..2 {
+        for i in 1..=10 {
+            let north_m = f64::from(wave * 10 + i) * 10.0;
+            assert_eq!(
+                report_near_restaurant(&app, driver, north_m).await,
+                "available"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    // Long enough for several failed writes.
-    tokio::time::sleep(Duration::from_secs(4)).await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
     )))
@@ -842,10 +818,7 @@ async fn location_history_survives_a_postgres_outage() {
         "every fix reported during the outage is written once Postgres is back"
     );
     app.shutdown().await;
-    assert_eq!(
-        count(&app, "SELECT count(*) FROM driver_locations").await,
-        21
-    );
+    assert_eq!(app.history_rows().await, 21);
 }
 
 #[tokio::test]
