@@ -180,7 +180,7 @@ async fn report_batch(
         .iter()
         .filter_map(|c| c.as_ref().ok().map(|u| u.driver_id))
         .collect();
-    let existing = state.location.existing_drivers(&ids).await?;
+    let existing = state.subjects.existing_drivers(&ids).await?;
     let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(checked.len());
     let mut valid = Vec::new();
     let mut valid_index = Vec::new();

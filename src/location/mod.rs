@@ -58,8 +58,7 @@ pub mod scripts;
 pub mod sweeper;
 pub mod update;
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
@@ -118,7 +117,6 @@ pub struct NearbyDriver {
 #[derive(Clone, Debug)]
 pub struct LocationService {
     core: Arc<Core>,
-    known_drivers: Arc<RwLock<HashSet<i64>>>,
     single: Coalescer,
 }
 
@@ -207,45 +205,11 @@ impl LocationService {
         Self {
             single: Coalescer::spawn(core.clone()),
             core,
-            known_drivers: Arc::new(RwLock::new(HashSet::new())),
         }
     }
 
     fn conn(&self) -> ConnectionManager {
         self.core.valkey.connection()
-    }
-
-    /// Which of `ids` are drivers. Known ids are remembered in process (drivers are never
-    /// deleted), so the hot path does not touch Postgres; the rest are checked in one query.
-    pub async fn existing_drivers(&self, ids: &[i64]) -> Result<HashSet<i64>, sqlx::Error> {
-        let (mut found, unknown): (HashSet<i64>, Vec<i64>) = match self.known_drivers.read() {
-            Ok(known) => {
-                let found = ids
-                    .iter()
-                    .copied()
-                    .filter(|id| known.contains(id))
-                    .collect();
-                let unknown = ids
-                    .iter()
-                    .copied()
-                    .filter(|id| !known.contains(id))
-                    .collect();
-                (found, unknown)
-            }
-            Err(_) => (HashSet::new(), ids.to_vec()),
-        };
-        if unknown.is_empty() {
-            return Ok(found);
-        }
-        let existing: Vec<i64> = sqlx::query_scalar("SELECT id FROM drivers WHERE id = ANY($1)")
-            .bind(&unknown)
-            .fetch_all(&self.core.db)
-            .await?;
-        if let Ok(mut known) = self.known_drivers.write() {
-            known.extend(existing.iter().copied());
-        }
-        found.extend(existing);
-        Ok(found)
     }
 
     /// Applies validated reports in one pipelined round trip; one outcome per report, in order.
