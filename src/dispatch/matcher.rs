@@ -392,15 +392,23 @@ impl Dispatcher {
         ranked: &'a [(Candidate, Breakdown)],
     ) -> Result<Option<(&'a Candidate, &'a Breakdown, Option<Batch>)>, MatchError> {
         for (candidate, breakdown) in ranked {
-            let free: Option<bool> = sqlx::query_scalar(
-                "SELECT NOT EXISTS (SELECT 1 FROM offers f
-                                     WHERE f.driver_id = d.id AND f.status = 'pending')
-                 FROM drivers d WHERE d.id = $1 AND d.is_active FOR UPDATE SKIP LOCKED",
+            let locked: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM drivers WHERE id = $1 AND is_active FOR UPDATE SKIP LOCKED",
             )
             .bind(candidate.driver_id)
             .fetch_optional(&mut *tx)
             .await?;
-            if free != Some(true) {
+            if locked.is_none() {
+                continue;
+            }
+            // A new statement, so it sees an offer committed by whoever held the lock before.
+            let busy: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM offers WHERE driver_id = $1 AND status = 'pending')",
+            )
+            .bind(candidate.driver_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if busy {
                 continue;
             }
             let carrying = carried_orders(&mut *tx, &[candidate.driver_id])
