@@ -1,14 +1,27 @@
-//! What Postgres says of drivers and orders for a batching decision: the orders drivers carry,
-//! and where an order is picked up and delivered. Shared by the matching round (scoring, and its
-//! re-check under the driver's lock) and by accept (its re-check under the same lock).
+//! What a batching decision rests on besides the pure rules of [`crate::dispatch::batch`]: the
+//! orders drivers carry and where an order is picked up and delivered (from Postgres), and the
+//! conditions of the moment (estimator and traffic). Shared by the matching round (scoring, and
+//! its re-check under the driver's lock) and by accept (its re-check under the same lock).
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::dispatch::batch::{CarriedOrder, NewOrder};
+use crate::dispatch::batch::{CarriedOrder, Conditions, NewOrder};
+use crate::eta::routing::Routing;
 use crate::geo::Point;
 use crate::location::ACTIVE_STATES;
+
+/// The conditions a batching decision for a driver at `driver` is made under at `now`: the
+/// routing's estimator and the traffic of that hour.
+pub fn conditions(routing: &Routing, driver: Point, now: DateTime<Utc>) -> Conditions<'_> {
+    Conditions {
+        driver,
+        estimator: routing.estimator(),
+        traffic: routing.traffic(now),
+    }
+}
 
 #[derive(Debug, sqlx::FromRow)]
 struct CarriedRow {

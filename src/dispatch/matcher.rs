@@ -11,9 +11,9 @@ use sqlx::PgConnection;
 
 use chrono::Utc;
 
-use crate::dispatch::batch::{self, Batch, Conditions, NewOrder};
+use crate::dispatch::batch::{self, Batch, NewOrder};
 use crate::dispatch::breaker::BreakerError;
-use crate::dispatch::carried::carried_orders;
+use crate::dispatch::carried::{carried_orders, conditions};
 use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
 use crate::dispatch::{
     Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM, WAITING_STATES, retry_delay,
@@ -188,11 +188,7 @@ async fn eligible(
     let positions: HashMap<i64, &NearbyDriver> = nearby.iter().map(|d| (d.driver_id, d)).collect();
     let new_order = order.new_order();
     let now = Utc::now();
-    let conditions = |driver: Point| Conditions {
-        driver,
-        estimator: routing.estimator(),
-        traffic: routing.traffic(now),
-    };
+    let conditions = |driver: Point| conditions(routing, driver, now);
     // Who can take the order at all: not excluded, and idle or carrying one order this one
     // batches with under every rule.
     let mut able = Vec::new();
@@ -421,11 +417,7 @@ impl Dispatcher {
             let batch = if carrying.is_empty() {
                 None
             } else {
-                let at = Conditions {
-                    driver: candidate.position,
-                    estimator: self.routing.estimator(),
-                    traffic: self.routing.traffic(Utc::now()),
-                };
+                let at = conditions(&self.routing, candidate.position, Utc::now());
                 match batch::check(&at, &carrying, &order) {
                     Ok(batch) => Some(batch),
                     Err(_) => continue,

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::dispatch::batch::{self, Conditions, NoBatch};
-use crate::dispatch::carried::{carried_orders, order_points};
+use crate::dispatch::batch::{self, NoBatch};
+use crate::dispatch::carried::{carried_orders, conditions, order_points};
 use crate::dispatch::{MATCH_DURATION, MATCH_ROUNDS, OFFERS_TOTAL, WAITING_STATES};
 use crate::eta::routing::Routing;
 use crate::jobs::match_driver::MatchDriver;
@@ -341,11 +341,7 @@ pub async fn accept(
             _ if current.picked_up => current.customer,
             _ => current.restaurant,
         };
-        let at = Conditions {
-            driver: position,
-            estimator: routing.estimator(),
-            traffic: routing.traffic(Utc::now()),
-        };
+        let at = conditions(routing, position, Utc::now());
         batch::check(&at, &carrying, &order).map_err(OfferError::CannotBatch)?;
     }
     let accepted = sqlx::query(
