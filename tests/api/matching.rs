@@ -87,6 +87,13 @@ async fn decline(app: &TestApp, offer: i64, driver: i64) -> reqwest::Response {
 
 /// Inserts a pending offer directly (to set up races matching itself would never create).
 async fn insert_offer(app: &TestApp, order: i64, driver: i64) -> i64 {
+    try_insert_offer(app, order, driver)
+        .await
+        .expect("insert offer")
+}
+
+/// Inserts a pending offer directly, as far as the schema allows.
+async fn try_insert_offer(app: &TestApp, order: i64, driver: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
          VALUES ($1, $2, 1, 100, '{}', now() + interval '60 seconds') RETURNING id",
@@ -95,7 +102,6 @@ async fn insert_offer(app: &TestApp, order: i64, driver: i64) -> i64 {
     .bind(driver)
     .fetch_one(&app.db)
     .await
-    .expect("insert offer")
 }
 
 /// Available drivers within 1 km of the restaurant.
@@ -351,15 +357,9 @@ async fn concurrent_rounds_make_exactly_one_offer() {
     .fetch_one(&app.db)
     .await
     .expect("another driver");
-    let error = sqlx::query(
-        "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
-         VALUES ($1, $2, 1, 1, '{}', now() + interval '1 minute')",
-    )
-    .bind(order)
-    .bind(second)
-    .execute(&app.db)
-    .await
-    .expect_err("one pending offer per order");
+    let error = try_insert_offer(&app, order, second)
+        .await
+        .expect_err("one pending offer per order");
     assert!(error.to_string().contains("offers_one_pending_per_order"));
 }
 
@@ -409,15 +409,9 @@ async fn a_driver_never_holds_more_than_two_orders_or_two_pending_offers() {
     assert_error(accept(&app, offer, driver).await, 409, "driver_at_capacity").await;
     // That offer is still pending: the schema refuses the driver a second one.
     let fourth = app.confirmed_order(&cast).await;
-    let refused = sqlx::query(
-        "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
-         VALUES ($1, $2, 1, 1, '{}', now() + interval '1 minute')",
-    )
-    .bind(fourth)
-    .bind(driver)
-    .execute(&app.db)
-    .await
-    .expect_err("a second pending offer");
+    let refused = try_insert_offer(&app, fourth, driver)
+        .await
+        .expect_err("a second pending offer");
     let sqlx::Error::Database(refused) = refused else {
         panic!("not a constraint violation: {refused}");
     };
