@@ -46,6 +46,13 @@ lint:
 token ROLE SUBJECT:
     cargo run --quiet -- --dev token issue --role {{ROLE}} --subject {{SUBJECT}}
 
+# Job-layer benchmark against a dedicated database, e.g. `just bench-jobs --jobs 20000`.
+# Results: docs/benchmarks.md.
+bench-jobs *ARGS: services-up
+    DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/courier_bench}" \
+    COURIER_KEY_PREFIX=bench: LOG_LEVEL=warn \
+    cargo run --release --locked -- --dev bench jobs {{ARGS}}
+
 # Location benchmark against a dedicated database and key prefix, e.g.
 # `just bench-location --drivers 100000 --rate 10000`. Results: docs/benchmarks.md.
 bench-location *ARGS: services-up

@@ -92,6 +92,9 @@ pub enum Command {
 pub enum BenchCommand {
     /// Location ingest and nearby search under load, against raw Valkey in the same run.
     Location(crate::bench::LocationBench),
+    /// The job layer: a drain through the worker setup, enqueue→start latency, and plain SQL
+    /// claim loops and inserts on the same database in the same run.
+    Jobs(crate::bench::JobsBench),
 }
 
 /// `courier token …`
@@ -229,6 +232,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Location(options),
         } => crate::bench::run_location(&config, &options).await,
+        Command::Bench {
+            command: BenchCommand::Jobs(options),
+        } => crate::bench::run_jobs(&config, &options).await,
         Command::Token {
             command: TokenCommand::Issue { role, subject, ttl },
         } => {

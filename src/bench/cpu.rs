@@ -146,6 +146,25 @@ impl Probe {
         Self { parties }
     }
 
+    /// This process (named `label`) and every Postgres process: a benchmark that runs what it
+    /// measures in process.
+    pub(super) fn this_process_and_postgres(label: &'static str) -> Self {
+        Self {
+            parties: vec![
+                Party {
+                    name: label,
+                    processes: Processes::Pid(std::process::id()),
+                    show_wait: false,
+                },
+                Party {
+                    name: "Postgres",
+                    processes: Processes::Named("postgres"),
+                    show_wait: false,
+                },
+            ],
+        }
+    }
+
     pub(super) fn snapshot(&self) -> Snapshot {
         Snapshot {
             at: Instant::now(),

@@ -1,5 +1,6 @@
 //! `courier bench location`: the location service under load, measured end to end and against
-//! raw Valkey in the same run.
+//! raw Valkey in the same run. (`courier bench jobs`, the job layer's benchmark, is in
+//! [`jobs`].)
 //!
 //! One command does everything: it migrates the configured (bench) database, makes sure it
 //! holds `--drivers` drivers, clears this key prefix's location keys, starts `courier serve` as a
@@ -15,6 +16,9 @@
 
 mod conn;
 mod cpu;
+mod jobs;
+
+pub use jobs::{JobsBench, run_jobs};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -45,8 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use apalis::prelude::{AbortError, BackendExt, BoxDynError, Monitor, TaskBuilder, WorkerBuilder};
-use apalis_postgres::{Config as StorageConfig, PostgresStorage};
+use apalis::prelude::{AbortError, BoxDynError, Monitor, TaskBuilder, WorkerBuilder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
@@ -175,9 +174,30 @@ pub struct JobContext {
     pub cron: Arc<CronSettings>,
 }
 
+/// The storage a worker of kind `$kind` polls, as `courier worker` sets it up: pubsub
+/// wake-ups plus a [`POLL_INTERVAL`] poll (NOTIFY misses delayed tasks and retries), and our
+/// heartbeat settings. A macro, so every worker (and the job benchmark) builds the same thing
+/// without naming apalis's nested poll-strategy types.
+macro_rules! worker_storage {
+    ($kind:ty, $db:expr) => {
+        apalis::prelude::BackendExt::poll_with_interval(
+            apalis_postgres::PostgresStorage::<$kind>::new($db)
+                .with_config(
+                    apalis_postgres::Config::default()
+                        .queue(<$kind as $crate::jobs::Job>::QUEUE)
+                        .heartbeat_interval($crate::jobs::HEARTBEAT_INTERVAL)
+                        .missed_heartbeats($crate::jobs::MISSED_HEARTBEATS),
+                )
+                .with_pubsub(),
+            $crate::jobs::POLL_INTERVAL,
+        )
+    };
+}
+pub(crate) use worker_storage;
+
 /// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
 /// several monitors in one process).
-fn worker_name(queue: &str) -> String {
+pub(crate) fn worker_name(queue: &str) -> String {
     static INSTANCE: AtomicUsize = AtomicUsize::new(0);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -194,18 +214,8 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
         ($monitor:expr, $kind:ty, $handler:path) => {{
             let ctx = ctx.clone();
             $monitor.register(move |_restarts| {
-                // Pubsub wake-ups plus a 1 s poll (NOTIFY misses delayed tasks and retries),
-                // and our heartbeat settings.
-                let config = StorageConfig::default()
-                    .queue(<$kind as Job>::QUEUE)
-                    .heartbeat_interval(HEARTBEAT_INTERVAL)
-                    .missed_heartbeats(MISSED_HEARTBEATS);
-                let storage = PostgresStorage::<$kind>::new(&ctx.db)
-                    .with_config(config)
-                    .with_pubsub()
-                    .poll_with_interval(POLL_INTERVAL);
                 WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
-                    .backend(storage)
+                    .backend(worker_storage!($kind, &ctx.db))
                     .data(ctx.clone())
                     .build($handler)
             })

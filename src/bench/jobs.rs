@@ -1,0 +1,461 @@
+//! `courier bench jobs`: the durable workflow's job layer, measured beside what Postgres allows
+//! in the same run.
+//!
+//! A job kind of its own (`courier::bench_noop`, registered only here) is drained through the
+//! very worker setup `courier worker` uses ([`worker_storage!`](crate::jobs::worker_storage):
+//! the same storage settings, NOTIFY plus a 1 s poll, the same pool size, the same handler
+//! wrapper). In the same run, on the same database:
+//! - **drain**: `--jobs` rows inserted up front, then one worker started; jobs/s until the last
+//!   one ran, and each party's CPU meanwhile;
+//! - **enqueue→start**: single jobs enqueued in their own transactions, the production path,
+//!   timed from just before the insert to the handler's start — while the worker is idle, and
+//!   while it drains;
+//! - **plain SQL loops**: the same rows claimed with apalis's own claim statement (`FOR UPDATE
+//!   SKIP LOCKED`, same predicate and order, so the same index) and marked done by four loops,
+//!   a job and a hundred jobs per round trip — what Postgres allows on this machine for any job
+//!   layer on this table;
+//! - **transactional enqueue**: business transactions that update a row and enqueue a job
+//!   through [`crate::jobs::enqueue`], against the same transactions inserting a plain row.
+//!
+//! Every figure is printed with its ratio to the plain SQL loop measured in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use apalis::prelude::{BoxDynError, Data, Monitor, TaskBuilder, WorkerBuilder};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::bench::{Samples, cpu};
+use crate::config::Config;
+use crate::jobs::{self, Job, bounded, worker_name, worker_storage};
+use crate::shutdown::CancellationToken;
+use crate::store;
+
+/// Options of the job benchmark.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JobsBench {
+    /// Jobs per drain (and per plain-SQL run).
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Single enqueues timed for enqueue→start, in each of the two phases.
+    #[arg(long, default_value_t = 200)]
+    pub probes: usize,
+    /// Business transactions per enqueue-path measurement.
+    #[arg(long, default_value_t = 5_000)]
+    pub transactions: usize,
+}
+
+/// The benchmark's job: nothing to do but say when it was enqueued.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BenchNoop {
+    /// Unix microseconds just before the job row was inserted; 0 for bulk rows.
+    pub enqueued_us: i64,
+}
+
+impl Job for BenchNoop {
+    const QUEUE: &'static str = "courier::bench_noop";
+    const MAX_ATTEMPTS: usize = 1;
+}
+
+/// What the handler saw.
+#[derive(Debug, Default)]
+struct Recorder {
+    ran: AtomicU64,
+    latencies_us: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Recorder {
+    fn take_latencies(&self) -> Samples {
+        Samples(
+            self.latencies_us
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The handler, wrapped like every production handler.
+async fn noop(job: BenchNoop, recorder: Data<Arc<Recorder>>) -> Result<(), BoxDynError> {
+    bounded(BenchNoop::QUEUE, async {
+        if job.enqueued_us > 0 {
+            let waited = u64::try_from(now_us() - job.enqueued_us).unwrap_or(0);
+            if let Ok(mut latencies) = recorder.latencies_us.lock() {
+                latencies.push(waited);
+            }
+        }
+        recorder.ran.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    })
+    .await
+}
+
+/// A running worker for the bench kind; stopped on [`Worker::stop`].
+struct Worker {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), apalis::prelude::MonitorError>>,
+}
+
+impl Worker {
+    fn start(db: &PgPool, recorder: &Arc<Recorder>) -> Self {
+        let (db, recorder) = (db.clone(), recorder.clone());
+        let monitor = Monitor::new().register(move |_restarts| {
+            WorkerBuilder::new(worker_name(BenchNoop::QUEUE))
+                .backend(worker_storage!(BenchNoop, &db))
+                .data(recorder.clone())
+                .build(noop)
+        });
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let handle = tokio::spawn(async move {
+            monitor
+                .run_with_signal(async move {
+                    signal.cancelled().await;
+                    Ok(())
+                })
+                .await
+        });
+        Self { stop, handle }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.handle.await??;
+        Ok(())
+    }
+}
+
+/// Waits until `recorder` has seen `n` jobs (bounded: a stuck layer fails the run).
+async fn wait_for(recorder: &Recorder, n: u64, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while recorder.ran.load(Ordering::Relaxed) < n {
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "only {} of {n} jobs ran within {limit:?}",
+            recorder.ran.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Removes every row of the bench kind (and the bench's own tables' rows).
+async fn clear(db: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1")
+        .bind(BenchNoop::QUEUE)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Inserts `n` pending bench jobs, 1,000 per statement, through apalis's own insert.
+async fn insert_bulk(db: &PgPool, n: usize) -> anyhow::Result<()> {
+    let mut conn = db.acquire().await?;
+    let body = serde_json::to_vec(&BenchNoop { enqueued_us: 0 })?;
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(1_000);
+        let tasks = (0..batch)
+            .map(|_| {
+                TaskBuilder::new(body.clone())
+                    .max_attempts(BenchNoop::MAX_ATTEMPTS)
+                    .build()
+            })
+            .collect();
+        apalis_postgres::queries::push_tasks(&mut *conn, BenchNoop::QUEUE, tasks).await?;
+        left -= batch;
+    }
+    Ok(())
+}
+
+/// One single job enqueued the production way: in its own transaction.
+async fn enqueue_probe(db: &PgPool) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    jobs::enqueue(
+        &mut tx,
+        &BenchNoop {
+            enqueued_us: now_us(),
+        },
+        Duration::ZERO,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `probes` single enqueues, one every `gap`; returns when they are all inserted.
+async fn trickle(db: &PgPool, probes: usize, gap: Duration) -> anyhow::Result<()> {
+    let mut ticks = tokio::time::interval(gap);
+    for _ in 0..probes {
+        ticks.tick().await;
+        enqueue_probe(db).await?;
+    }
+    Ok(())
+}
+
+/// Claims and completes every pending bench job with `loops` concurrent loops of `batch` jobs
+/// per claim; jobs/s.
+async fn plain_sql_loop(db: &PgPool, n: usize, loops: usize, batch: i64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let workers = (0..loops).map(|lane| {
+        let db = db.clone();
+        async move {
+            let name = format!("bench-sql-{lane}");
+            // Claimed rows name their worker, as apalis's do (a foreign key).
+            sqlx::query(
+                "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+                 VALUES ($1, $2, 'bench-sql', now())
+                 ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+            )
+            .bind(&name)
+            .bind(BenchNoop::QUEUE)
+            .execute(&db)
+            .await?;
+            loop {
+                // The claim of apalis's `get_jobs`, statement for statement, so the same
+                // partial index serves it; then the completion, with no result stored.
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "WITH claimed AS (
+                         SELECT id FROM apalis.jobs
+                         WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+                           AND run_at < now() AND job_type = $1
+                         ORDER BY priority DESC, run_at ASC
+                         LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     UPDATE apalis.jobs j SET status = 'Running', lock_by = $2, lock_at = now()
+                     FROM claimed WHERE j.id = claimed.id
+                     RETURNING j.id",
+                )
+                .bind(BenchNoop::QUEUE)
+                .bind(&name)
+                .bind(batch)
+                .fetch_all(&db)
+                .await?;
+                if ids.is_empty() {
+                    return anyhow::Ok(());
+                }
+                sqlx::query(
+                    "UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = ANY($1)",
+                )
+                .bind(&ids)
+                .execute(&db)
+                .await?;
+            }
+        }
+    });
+    for result in futures::future::join_all(workers).await {
+        result?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
+    )
+    .bind(BenchNoop::QUEUE)
+    .fetch_one(db)
+    .await?;
+    anyhow::ensure!(
+        usize::try_from(done)? == n,
+        "the SQL loop finished {done} of {n} jobs"
+    );
+    Ok(n as f64 / elapsed)
+}
+
+/// `n` business transactions from `lanes` concurrent tasks, each updating a row and then
+/// running `extra` on the same transaction; transactions/s.
+async fn transactions<F>(db: &PgPool, n: usize, lanes: usize, extra: F) -> anyhow::Result<f64>
+where
+    F: Fn(&mut sqlx::PgConnection, usize) -> futures::future::BoxFuture<'_, anyhow::Result<()>>
+        + Sync,
+{
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    let lanes = (0..lanes).map(|_| async {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n as u64 {
+                return anyhow::Ok(());
+            }
+            let i = usize::try_from(i)?;
+            let mut tx = db.begin().await?;
+            sqlx::query("UPDATE bench_business SET n = n + 1 WHERE id = $1")
+                .bind(i64::try_from(i % 1_000)?)
+                .execute(&mut *tx)
+                .await?;
+            extra(&mut tx, i).await?;
+            tx.commit().await?;
+        }
+    });
+    for result in futures::future::join_all(lanes).await {
+        result?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn line(label: &str, rate: Option<f64>, latency: Option<(f64, f64)>, baseline: f64) -> String {
+    let rate_text = rate.map_or("-".to_owned(), |r| format!("{r:.0}"));
+    let (p50, p99) = latency.map_or(("-".to_owned(), "-".to_owned()), |(a, b)| {
+        (format!("{a:.2}"), format!("{b:.2}"))
+    });
+    let ratio = rate.map_or("-".to_owned(), |r| format!("{:.2}x", r / baseline));
+    format!("{label:<56} {rate_text:>8} {p50:>8} {p99:>8} {ratio:>9}")
+}
+
+/// Runs the benchmark on the configured (bench) database.
+pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        opts.jobs >= 1_000 && opts.probes >= 10 && opts.transactions >= 100,
+        "use at least 1,000 jobs, 10 probes and 100 transactions"
+    );
+    store::ensure_database(&config.database).await?;
+    let db = store::pool(&config.database)?;
+    store::migrate(&db).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS bench_business (id BIGINT PRIMARY KEY, n BIGINT NOT NULL);
+         INSERT INTO bench_business SELECT g, 0 FROM generate_series(0, 999) g ON CONFLICT DO NOTHING;
+         CREATE TABLE IF NOT EXISTS bench_plain_rows (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             kind TEXT NOT NULL, body JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&db)
+    .await
+    .context("creating the bench tables")?;
+    clear(&db).await?;
+    let n = opts.jobs;
+    let limit = Duration::from_secs(600);
+    eprintln!("job benchmark: {n} jobs per drain, {} probes", opts.probes);
+
+    // 1. Enqueue→start while the worker is idle.
+    let recorder = Arc::new(Recorder::default());
+    let worker = Worker::start(&db, &recorder);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    trickle(&db, opts.probes, Duration::from_millis(20)).await?;
+    wait_for(&recorder, opts.probes as u64, limit).await?;
+    let idle = recorder.take_latencies().p50_p99();
+    worker.stop().await?;
+    clear(&db).await?;
+
+    // 2. The drain, with single enqueues timed while it runs.
+    insert_bulk(&db, n).await?;
+    let recorder = Arc::new(Recorder::default());
+    let probe = cpu::Probe::this_process_and_postgres("courier worker");
+    let before = probe.snapshot();
+    let started = Instant::now();
+    let worker = Worker::start(&db, &recorder);
+    let probes = opts.probes;
+    let trickle_db = db.clone();
+    let during =
+        tokio::spawn(async move { trickle(&trickle_db, probes, Duration::from_millis(20)).await });
+    wait_for(&recorder, (n + probes) as u64, limit).await?;
+    let drain_rate = (n + probes) as f64 / started.elapsed().as_secs_f64();
+    let after = probe.snapshot();
+    during.await??;
+    let under_drain = recorder.take_latencies().p50_p99();
+    worker.stop().await?;
+    clear(&db).await?;
+
+    // 3. The plain SQL loops on the same rows.
+    insert_bulk(&db, n).await?;
+    let sql_1 = plain_sql_loop(&db, n, 4, 1).await?;
+    clear(&db).await?;
+    insert_bulk(&db, n).await?;
+    let sql_100 = plain_sql_loop(&db, n, 4, 100).await?;
+    clear(&db).await?;
+
+    // 4. The transactional enqueue path.
+    let tx_n = opts.transactions;
+    let with_job = transactions(&db, tx_n, 4, |conn, _| {
+        Box::pin(async move {
+            jobs::enqueue(
+                conn,
+                &BenchNoop { enqueued_us: 0 },
+                Duration::from_secs(3600),
+            )
+            .await?;
+            Ok(())
+        })
+    })
+    .await?;
+    let body = serde_json::json!({ "enqueued_us": 0 });
+    let with_row = transactions(&db, tx_n, 4, |conn, _| {
+        let body = body.clone();
+        Box::pin(async move {
+            sqlx::query("INSERT INTO bench_plain_rows (kind, body) VALUES ($1, $2)")
+                .bind(BenchNoop::QUEUE)
+                .bind(body)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    })
+    .await?;
+    clear(&db).await?;
+    sqlx::query("TRUNCATE bench_plain_rows")
+        .execute(&db)
+        .await?;
+
+    println!();
+    println!(
+        "job benchmark: {n} no-op jobs per drain, {} single enqueues timed per phase, {tx_n} business transactions",
+        opts.probes
+    );
+    println!(
+        "{:<56} {:>8} {:>8} {:>8} {:>9}",
+        "operation", "jobs/s", "p50 ms", "p99 ms", "vs SQL 1"
+    );
+    println!(
+        "{}",
+        line(
+            "courier worker drain (apalis, NOTIFY + 1 s poll)",
+            Some(drain_rate),
+            None,
+            sql_1
+        )
+    );
+    println!(
+        "{}",
+        line(
+            "plain SQL loop, SKIP LOCKED, 1 per claim, 4 loops",
+            Some(sql_1),
+            None,
+            sql_1
+        )
+    );
+    println!(
+        "{}",
+        line(
+            "plain SQL loop, SKIP LOCKED, 100 per claim, 4 loops",
+            Some(sql_100),
+            None,
+            sql_1
+        )
+    );
+    println!(
+        "{}",
+        line(
+            "enqueue→start, single enqueue, worker idle",
+            None,
+            Some(idle),
+            sql_1
+        )
+    );
+    println!(
+        "{}",
+        line(
+            "enqueue→start, single enqueue, during the drain",
+            None,
+            Some(under_drain),
+            sql_1
+        )
+    );
+    println!(
+        "transactional enqueue: {with_job:.0} tx/s with a job row, {with_row:.0} tx/s with a plain row ({:.2}x)",
+        with_job / with_row
+    );
+    println!("during the drain: {}", probe.report(&before, &after));
+    Ok(())
+}
