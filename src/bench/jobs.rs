@@ -17,7 +17,11 @@
 //! - **transactional enqueue**: business transactions that update a row and enqueue a job
 //!   through [`crate::jobs::enqueue`], against the same transactions inserting a plain row.
 //!
-//! Every figure is printed with its ratio to the plain SQL loop measured in the same run.
+//! - with `--peer graphile`: graphile-worker (npm) draining as many no-op jobs on the same
+//!   database, with its defaults and tuned.
+//!
+//! Every figure is printed with its ratio to the plain SQL loop measured in the same run, and
+//! the drain with its ratio to the peers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +50,68 @@ pub struct JobsBench {
     /// Business transactions per enqueue-path measurement.
     #[arg(long, default_value_t = 5_000)]
     pub transactions: usize,
+    /// Also drain the same number of jobs with a peer job queue on the same database.
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+}
+
+/// A peer job queue to measure beside courier's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// graphile-worker (npm), with its defaults and tuned (a 100-job local queue and batched
+    /// completion), installed under the data directory on first use.
+    Graphile,
+}
+
+/// The graphile-worker release the peer runs.
+const GRAPHILE_VERSION: &str = "0.18.0";
+
+/// Drains `jobs` no-op jobs with graphile-worker in each of its two setups; jobs/s of each.
+/// Node runs `ops/bench/graphile-peer.mjs` from a directory of its own under the data directory
+/// (`COURIER_DATA_DIR`, default `.data`), where graphile-worker is installed from npm if missing.
+fn graphile(database_url: &str, jobs: usize) -> anyhow::Result<(f64, f64)> {
+    use std::process::Command;
+    let data = std::env::var("COURIER_DATA_DIR").unwrap_or_else(|_| ".data".to_owned());
+    let dir = std::path::Path::new(&data).join("graphile");
+    std::fs::create_dir_all(&dir)?;
+    let installed = std::fs::read_to_string(dir.join("node_modules/graphile-worker/package.json"))
+        .is_ok_and(|p| p.contains(&format!("\"version\": \"{GRAPHILE_VERSION}\"")));
+    if !installed {
+        eprintln!(
+            "installing graphile-worker {GRAPHILE_VERSION} from npm into {}…",
+            dir.display()
+        );
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .arg(format!("graphile-worker@{GRAPHILE_VERSION}"))
+            .current_dir(&dir)
+            .status()
+            .context("running npm (is Node.js installed?)")?;
+        anyhow::ensure!(status.success(), "npm install graphile-worker failed");
+    }
+    // Node resolves packages next to the script, so the script runs from that directory.
+    std::fs::copy("ops/bench/graphile-peer.mjs", dir.join("peer.mjs"))
+        .context("copying ops/bench/graphile-peer.mjs (run from the repository root)")?;
+    let drain = |mode: &str| -> anyhow::Result<f64> {
+        let output = Command::new("node")
+            .args(["peer.mjs", &jobs.to_string(), mode])
+            .env("DATABASE_URL", database_url)
+            .current_dir(&dir)
+            .output()
+            .context("running node")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "graphile-worker ({mode}) failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("jobs_per_s="))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("graphile-worker ({mode}) printed no rate: {stdout}"))
+    };
+    Ok((drain("defaults")?, drain("tuned")?))
 }
 
 /// The benchmark's job: nothing to do but say when it was enqueued.
@@ -303,7 +369,7 @@ fn line(label: &str, rate: Option<f64>, latency: Option<(f64, f64)>, baseline: f
         (format!("{a:.2}"), format!("{b:.2}"))
     });
     let ratio = rate.map_or("-".to_owned(), |r| format!("{:.2}x", r / baseline));
-    format!("{label:<56} {rate_text:>8} {p50:>8} {p99:>8} {ratio:>9}")
+    format!("{label:<60} {rate_text:>8} {p50:>8} {p99:>8} {ratio:>9}")
 }
 
 /// Runs the benchmark on the configured (bench) database.
@@ -398,13 +464,22 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
         .execute(&db)
         .await?;
 
+    // 5. The peer, on the same database.
+    let peer = match opts.peer {
+        Some(Peer::Graphile) => {
+            let url = config.database.url.clone();
+            Some(tokio::task::spawn_blocking(move || graphile(&url, n)).await??)
+        }
+        None => None,
+    };
+
     println!();
     println!(
         "job benchmark: {n} no-op jobs per drain, {} single enqueues timed per phase, {tx_n} business transactions",
         opts.probes
     );
     println!(
-        "{:<56} {:>8} {:>8} {:>8} {:>9}",
+        "{:<60} {:>8} {:>8} {:>8} {:>9}",
         "operation", "jobs/s", "p50 ms", "p99 ms", "vs SQL 1"
     );
     println!(
@@ -434,6 +509,27 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
             sql_1
         )
     );
+    if let Some((defaults, tuned)) = peer {
+        let label = |setup: &str| format!("graphile-worker {GRAPHILE_VERSION}, {setup}");
+        println!(
+            "{}",
+            line(
+                &label("defaults (concurrency 10)"),
+                Some(defaults),
+                None,
+                sql_1
+            )
+        );
+        println!(
+            "{}",
+            line(
+                &label("local queue 100, batched completion"),
+                Some(tuned),
+                None,
+                sql_1
+            )
+        );
+    }
     println!(
         "{}",
         line(
@@ -457,5 +553,17 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
         with_job / with_row
     );
     println!("during the drain: {}", probe.report(&before, &after));
+    let mut ratios = format!(
+        "courier drain ÷ SQL loop of 100: {:.2}x",
+        drain_rate / sql_100
+    );
+    if let Some((defaults, tuned)) = peer {
+        ratios.push_str(&format!(
+            "; ÷ graphile defaults: {:.2}x; ÷ graphile tuned: {:.2}x",
+            drain_rate / defaults,
+            drain_rate / tuned
+        ));
+    }
+    println!("{ratios}");
     Ok(())
 }
