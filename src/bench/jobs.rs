@@ -15,8 +15,7 @@
 //!   a job and a hundred jobs per round trip — what Postgres allows on this machine for any job
 //!   layer on this table;
 //! - **transactional enqueue**: business transactions that update a row and enqueue a job
-//!   through [`crate::jobs::enqueue`], against the same transactions inserting a plain row.
-//!
+//!   through [`crate::jobs::enqueue`], against the same transactions inserting a plain row;
 //! - with `--peer graphile`: graphile-worker (npm) draining as many no-op jobs on the same
 //!   database, with its defaults and tuned.
 //!
