@@ -350,14 +350,8 @@ async fn a_nul_character_in_any_text_field_is_a_422_and_changes_nothing() {
     bodies.push(body);
     for (i, body) in bodies.iter().enumerate() {
         let response = app
-            .client
-            .post(format!("{}/v1/orders", app.address))
-            .bearer_auth(app.token(Role::Customer, cast.customer))
-            .header("x-idempotency-key", format!("nul-{i}"))
-            .json(body)
-            .send()
-            .await
-            .expect("sent");
+            .place_order(cast.customer, &format!("nul-{i}"), body)
+            .await;
         assert_error(response, 422, "invalid_body").await;
     }
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
@@ -419,15 +413,7 @@ async fn a_nul_character_in_any_text_field_is_a_422_and_changes_nothing() {
     // Line breaks stay allowed where text may span lines.
     let mut body = order_body(&cast);
     body["delivery_address"]["instructions"] = json!("ring twice\nthen wait");
-    let response = app
-        .client
-        .post(format!("{}/v1/orders", app.address))
-        .bearer_auth(app.token(Role::Customer, cast.customer))
-        .header("x-idempotency-key", "multi-line")
-        .json(&body)
-        .send()
-        .await
-        .expect("sent");
+    let response = app.place_order(cast.customer, "multi-line", &body).await;
     assert_eq!(response.status().as_u16(), 201);
 }
 
@@ -437,15 +423,9 @@ async fn a_nul_character_in_any_text_field_is_a_422_and_changes_nothing() {
 async fn tokens_for_missing_subjects_or_the_wrong_role_are_refused() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
-    let place = |subject: i64, key: &'static str| {
-        app.client
-            .post(format!("{}/v1/orders", app.address))
-            .bearer_auth(app.token(Role::Customer, subject))
-            .header("x-idempotency-key", key)
-            .json(&order_body(&cast))
-            .send()
-    };
-    let missing = place(999_999, "missing").await.expect("sent");
+    let body = order_body(&cast);
+    let place = |subject: i64, key: &'static str| app.place_order(subject, key, &body);
+    let missing = place(999_999, "missing").await;
     assert_error(missing, 401, "unknown_subject").await;
 
     let driver = insert_driver(&app.db).await;
@@ -454,7 +434,7 @@ async fn tokens_for_missing_subjects_or_the_wrong_role_are_refused() {
         .fetch_one(&app.db)
         .await
         .expect("driver user");
-    let impostor = place(driver_user, "impostor").await.expect("sent");
+    let impostor = place(driver_user, "impostor").await;
     assert_error(impostor, 403, "subject_role_mismatch").await;
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
 
@@ -471,7 +451,7 @@ async fn tokens_for_missing_subjects_or_the_wrong_role_are_refused() {
         );
     }
     // The real customer goes through.
-    let ok = place(cast.customer, "real").await.expect("sent");
+    let ok = place(cast.customer, "real").await;
     assert_eq!(ok.status().as_u16(), 201);
 }
 
@@ -855,15 +835,7 @@ async fn an_order_above_the_configured_total_is_refused() {
         "items": [{"menu_item_id": caviar, "quantity": 1}],
         "delivery_address": {"lat": RESTAURANT_AT.0 + 0.01, "lon": RESTAURANT_AT.1, "line1": "1 Test Street"}
     });
-    let response = app
-        .client
-        .post(format!("{}/v1/orders", app.address))
-        .bearer_auth(app.token(Role::Customer, cast.customer))
-        .header("x-idempotency-key", "caviar")
-        .json(&body)
-        .send()
-        .await
-        .expect("sent");
+    let response = app.place_order(cast.customer, "caviar", &body).await;
     let refused = assert_error(response, 422, "total_too_large").await;
     let message = refused["error"]["message"].as_str().expect("message");
     assert!(message.contains("500000"), "{message}");
