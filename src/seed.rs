@@ -98,7 +98,7 @@ fn point_in_city(rng: &mut Rng, plan: &SeedPlan) -> (f64, f64) {
 /// Seeds the city described by `plan` in one transaction.
 pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
     let mut rng = Rng(plan.seed);
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::store::begin(pool).await?;
     let existing: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM restaurants)")
         .fetch_one(&mut *tx)
         .await?;

@@ -341,7 +341,7 @@ async fn rematch(ctx: &AdminContext, id: i64, confirm: Confirm) -> Result<Output
     }
     confirm.check(&format!("About to enqueue matching for order {id}."))?;
     let round = u32::try_from(order.match_round).unwrap_or(1);
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = crate::store::begin(&ctx.db).await?;
     crate::jobs::enqueue(
         &mut tx,
         &MatchDriver {

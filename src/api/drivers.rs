@@ -254,7 +254,7 @@ async fn set_status(
         require_self(&principal, id)?;
     }
     let online = body.status == DriverStatus::Online;
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::store::begin(&state.db).await?;
     // Going offline declines the driver's pending offers (each order moves on at once).
     // Offers first: they lock orders, and the lock order everywhere is order, then driver.
     let declined = if online {

@@ -2,7 +2,7 @@
 //! in the same run.
 //!
 //! A job kind of its own (`courier::bench_noop`, registered only here) is drained through the
-//! very worker setup `courier worker` uses ([`worker_storage!`](crate::jobs::worker_storage):
+//! very worker setup `courier worker` uses ([`worker_backend`](crate::jobs::worker_backend):
 //! the same storage settings, NOTIFY plus a 1 s poll, the same pool size, the same handler
 //! wrapper). In the same run, on the same database:
 //! - **drain**: `--jobs` rows inserted up front, then one worker started; jobs/s until the last
@@ -27,13 +27,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use apalis::prelude::{BoxDynError, Data, Monitor, TaskBuilder, WorkerBuilder};
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, Monitor, PollWith, StreamStrategy, TaskBuilder, WorkerBuilder,
+    WorkerBuilderExt,
+};
+use apalis_postgres::Pubsub;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::bench::{Samples, cpu};
-use crate::config::Config;
-use crate::jobs::{self, Job, bounded, worker_name, worker_storage};
+use crate::config::{Config, DatabaseSettings};
+use crate::jobs::store::{JobStore, StoreConfig};
+use crate::jobs::{self, Job, bounded, worker_backend, worker_name};
 use crate::shutdown::CancellationToken;
 use crate::store;
 
@@ -129,6 +134,8 @@ impl Job for BenchNoop {
 #[derive(Debug, Default)]
 struct Recorder {
     ran: AtomicU64,
+    /// Bulk rows (no enqueue time) among `ran`.
+    bulk: AtomicU64,
     latencies_us: std::sync::Mutex<Vec<u64>>,
 }
 
@@ -156,10 +163,40 @@ async fn noop(job: BenchNoop, recorder: Data<Arc<Recorder>>) -> Result<(), BoxDy
                 latencies.push(waited);
             }
         }
+        if job.enqueued_us == 0 {
+            recorder.bulk.fetch_add(1, Ordering::Relaxed);
+        }
         recorder.ran.fetch_add(1, Ordering::Relaxed);
         Ok(())
     })
     .await
+}
+
+/// Which job layer a bench worker runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layer {
+    /// What `courier worker` runs: [`worker_backend`].
+    Courier,
+    /// Our [`JobStore`] with another claim size (for the paired effect of the claim size).
+    Store { batch: usize },
+    /// apalis-postgres's own `PostgresStorage`, as `courier worker` ran it before our store
+    /// (its default claim of 10, NOTIFY + 1 s poll, our heartbeat settings): the "before".
+    ApalisPostgres,
+}
+
+impl Layer {
+    fn label(self) -> String {
+        match self {
+            Layer::Courier => format!(
+                "courier worker: our store, {} per claim, one ack per flush",
+                jobs::store::CLAIM_BATCH
+            ),
+            Layer::Store { batch } => format!("our store, {batch} per claim"),
+            Layer::ApalisPostgres => {
+                "before: apalis-postgres PostgresStorage (10 per claim)".to_owned()
+            }
+        }
+    }
 }
 
 /// A running worker for the bench kind; stopped on [`Worker::stop`].
@@ -169,14 +206,53 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(db: &PgPool, recorder: &Arc<Recorder>) -> Self {
+    fn start(db: &PgPool, recorder: &Arc<Recorder>, layer: Layer) -> Self {
         let (db, recorder) = (db.clone(), recorder.clone());
-        let monitor = Monitor::new().register(move |_restarts| {
-            WorkerBuilder::new(worker_name(BenchNoop::QUEUE))
-                .backend(worker_storage!(BenchNoop, &db))
-                .data(recorder.clone())
-                .build(noop)
-        });
+        let listeners = jobs::listener_pool(&db);
+        let name = || worker_name(BenchNoop::QUEUE);
+        let monitor = match layer {
+            Layer::Courier => Monitor::new().register(move |_restarts| {
+                WorkerBuilder::new(name())
+                    .backend(worker_backend::<BenchNoop>(&db, &listeners))
+                    .concurrency(jobs::WORKER_CONCURRENCY)
+                    .data(recorder.clone())
+                    .build(noop)
+            }),
+            Layer::Store { batch } => Monitor::new().register(move |_restarts| {
+                let config = StoreConfig {
+                    queue: BenchNoop::QUEUE,
+                    batch,
+                    heartbeat: jobs::HEARTBEAT_INTERVAL,
+                    dead_after: jobs::WORKER_DEAD_AFTER,
+                };
+                let listener = Pubsub::new(listeners.clone(), BenchNoop::QUEUE.to_owned());
+                WorkerBuilder::new(name())
+                    .backend(
+                        PollWith::new(
+                            JobStore::<BenchNoop>::new(&db, config),
+                            StreamStrategy::new(listener),
+                        )
+                        .poll_with_interval(jobs::POLL_INTERVAL),
+                    )
+                    .data(recorder.clone())
+                    .build(noop)
+            }),
+            Layer::ApalisPostgres => Monitor::new().register(move |_restarts| {
+                let config = apalis_postgres::Config::default()
+                    .queue(BenchNoop::QUEUE)
+                    .heartbeat_interval(jobs::HEARTBEAT_INTERVAL)
+                    .missed_heartbeats(jobs::MISSED_HEARTBEATS);
+                WorkerBuilder::new(name())
+                    .backend(
+                        apalis_postgres::PostgresStorage::<BenchNoop>::new(&db)
+                            .with_config(config)
+                            .with_pubsub()
+                            .poll_with_interval(jobs::POLL_INTERVAL),
+                    )
+                    .data(recorder.clone())
+                    .build(noop)
+            }),
+        };
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let handle = tokio::spawn(async move {
@@ -242,7 +318,7 @@ async fn insert_bulk(db: &PgPool, n: usize) -> anyhow::Result<()> {
 
 /// One single job enqueued the production way: in its own transaction.
 async fn enqueue_probe(db: &PgPool) -> anyhow::Result<()> {
-    let mut tx = db.begin().await?;
+    let mut tx = store::begin(db).await?;
     jobs::enqueue(
         &mut tx,
         &BenchNoop {
@@ -255,14 +331,23 @@ async fn enqueue_probe(db: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `probes` single enqueues, one every `gap`; returns when they are all inserted.
-async fn trickle(db: &PgPool, probes: usize, gap: Duration) -> anyhow::Result<()> {
+/// Up to `probes` single enqueues, one every `gap`, stopping early once `until` says so;
+/// returns how many were inserted.
+async fn trickle(
+    db: &PgPool,
+    probes: usize,
+    gap: Duration,
+    until: impl Fn() -> bool,
+) -> anyhow::Result<usize> {
     let mut ticks = tokio::time::interval(gap);
-    for _ in 0..probes {
+    for sent in 0..probes {
         ticks.tick().await;
+        if until() {
+            return Ok(sent);
+        }
         enqueue_probe(db).await?;
     }
-    Ok(())
+    Ok(probes)
 }
 
 /// Claims and completes every pending bench job with `loops` concurrent loops of `batch` jobs
@@ -347,7 +432,7 @@ where
                 return anyhow::Ok(());
             }
             let i = usize::try_from(i)?;
-            let mut tx = db.begin().await?;
+            let mut tx = store::begin(db).await?;
             sqlx::query("UPDATE bench_business SET n = n + 1 WHERE id = $1")
                 .bind(i64::try_from(i % 1_000)?)
                 .execute(&mut *tx)
@@ -371,6 +456,102 @@ fn line(label: &str, rate: Option<f64>, latency: Option<(f64, f64)>, baseline: f
     format!("{label:<60} {rate_text:>8} {p50:>8} {p99:>8} {ratio:>9}")
 }
 
+/// Puts back (or drops again) the two indexes apalis-postgres creates that duplicate others on
+/// `apalis.jobs`; migration `…008` drops them.
+async fn duplicate_indexes(db: &PgPool, present: bool) -> anyhow::Result<()> {
+    let sql = if present {
+        "CREATE UNIQUE INDEX IF NOT EXISTS unique_job_id ON apalis.jobs (id);
+         CREATE INDEX IF NOT EXISTS lidx ON apalis.jobs (lock_by)"
+    } else {
+        "DROP INDEX IF EXISTS apalis.unique_job_id; DROP INDEX IF EXISTS apalis.lidx"
+    };
+    sqlx::raw_sql(sql).execute(db).await?;
+    Ok(())
+}
+
+/// One layer's figures: enqueue→start while idle and during its drain, the drain's rate, and
+/// the CPU report of the drain.
+struct Drained {
+    idle: (f64, f64),
+    rate: f64,
+    under_drain: (f64, f64),
+    cpu: String,
+}
+
+/// Measures `layer`: `probes` single enqueues while its worker is idle, then a drain of `n`
+/// bulk-inserted jobs with `probes` more single enqueues meanwhile.
+///
+/// The worker gets a pool of its own, closed afterwards: apalis-postgres's storage begins
+/// transactions with sqlx's `Pool::begin`, which can leave a connection inside an open
+/// transaction when a worker stops mid-`BEGIN` (see [`store::begin`]), and that must not leak
+/// into the next measurement.
+async fn drain(
+    db: &PgPool,
+    settings: &DatabaseSettings,
+    layer: Layer,
+    n: usize,
+    probes: usize,
+) -> anyhow::Result<Drained> {
+    let limit = Duration::from_secs(600);
+    let worker_db = store::pool(settings)?;
+    let recorder = Arc::new(Recorder::default());
+    let worker = Worker::start(&worker_db, &recorder, layer);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    trickle(db, probes, Duration::from_millis(20), || false).await?;
+    wait_for(&recorder, probes as u64, limit).await?;
+    let idle = recorder.take_latencies().p50_p99();
+    worker.stop().await?;
+    clear(db).await?;
+
+    insert_bulk(db, n).await?;
+    let recorder = Arc::new(Recorder::default());
+    let probe = cpu::Probe::this_process_and_postgres("courier worker");
+    let before = probe.snapshot();
+    let started = Instant::now();
+    let worker = Worker::start(&worker_db, &recorder, layer);
+    // Probes every 5 ms while the backlog drains (not after: then they would time an idle
+    // worker again).
+    let (trickle_db, seen) = (db.clone(), recorder.clone());
+    let during = tokio::spawn(async move {
+        trickle(&trickle_db, probes, Duration::from_millis(5), || {
+            seen.bulk.load(Ordering::Relaxed) >= n as u64
+        })
+        .await
+    });
+    while recorder.bulk.load(Ordering::Relaxed) < n as u64 {
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "only {} of {n} jobs ran within {limit:?}",
+            recorder.bulk.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let after = probe.snapshot();
+    let sent = during.await??;
+    wait_for(&recorder, (n + sent) as u64, limit).await?;
+    let under_drain = recorder.take_latencies().p50_p99();
+    worker.stop().await?;
+    let unfinished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status <> 'Done'",
+    )
+    .bind(BenchNoop::QUEUE)
+    .fetch_one(db)
+    .await?;
+    anyhow::ensure!(
+        unfinished == 0,
+        "{unfinished} jobs not Done after the drain"
+    );
+    worker_db.close().await;
+    clear(db).await?;
+    Ok(Drained {
+        idle,
+        rate,
+        under_drain,
+        cpu: probe.report(&before, &after),
+    })
+}
+
 /// Runs the benchmark on the configured (bench) database.
 pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -391,37 +572,30 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
     .context("creating the bench tables")?;
     clear(&db).await?;
     let n = opts.jobs;
-    let limit = Duration::from_secs(600);
     eprintln!("job benchmark: {n} jobs per drain, {} probes", opts.probes);
 
-    // 1. Enqueue→start while the worker is idle.
-    let recorder = Arc::new(Recorder::default());
-    let worker = Worker::start(&db, &recorder);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    trickle(&db, opts.probes, Duration::from_millis(20)).await?;
-    wait_for(&recorder, opts.probes as u64, limit).await?;
-    let idle = recorder.take_latencies().p50_p99();
-    worker.stop().await?;
-    clear(&db).await?;
-
-    // 2. The drain, with single enqueues timed while it runs.
-    insert_bulk(&db, n).await?;
-    let recorder = Arc::new(Recorder::default());
-    let probe = cpu::Probe::this_process_and_postgres("courier worker");
-    let before = probe.snapshot();
-    let started = Instant::now();
-    let worker = Worker::start(&db, &recorder);
-    let probes = opts.probes;
-    let trickle_db = db.clone();
-    let during =
-        tokio::spawn(async move { trickle(&trickle_db, probes, Duration::from_millis(20)).await });
-    wait_for(&recorder, (n + probes) as u64, limit).await?;
-    let drain_rate = (n + probes) as f64 / started.elapsed().as_secs_f64();
-    let after = probe.snapshot();
-    during.await??;
-    let under_drain = recorder.take_latencies().p50_p99();
-    worker.stop().await?;
-    clear(&db).await?;
+    // 1–2. Each layer: enqueue→start while idle, then the drain.
+    // The "before" and the courier layer also run with apalis's duplicate indexes back (which
+    // migration …008 drops), for that change's paired effect.
+    let mut layers = Vec::new();
+    for (layer, duplicates) in [
+        (Layer::ApalisPostgres, true),
+        (Layer::Courier, true),
+        (Layer::ApalisPostgres, false),
+        (Layer::Store { batch: 10 }, false),
+        (Layer::Courier, false),
+    ] {
+        let label = if duplicates {
+            format!("{}, with apalis's duplicate indexes", layer.label())
+        } else {
+            layer.label()
+        };
+        eprintln!("draining with {label}");
+        duplicate_indexes(&db, duplicates).await?;
+        let figures = drain(&db, &config.database, layer, n, opts.probes).await;
+        duplicate_indexes(&db, false).await?;
+        layers.push((layer, duplicates, label, figures?));
+    }
 
     // 3. The plain SQL loops on the same rows.
     insert_bulk(&db, n).await?;
@@ -481,15 +655,12 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
         "{:<60} {:>8} {:>8} {:>8} {:>9}",
         "operation", "jobs/s", "p50 ms", "p99 ms", "vs SQL 1"
     );
-    println!(
-        "{}",
-        line(
-            "courier worker drain (apalis, NOTIFY + 1 s poll)",
-            Some(drain_rate),
-            None,
-            sql_1
-        )
-    );
+    for (_, _, label, figures) in &layers {
+        println!(
+            "{}",
+            line(&format!("drain: {label}"), Some(figures.rate), None, sql_1)
+        );
+    }
     println!(
         "{}",
         line(
@@ -529,38 +700,49 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
             )
         );
     }
-    println!(
-        "{}",
-        line(
-            "enqueue→start, single enqueue, worker idle",
-            None,
-            Some(idle),
-            sql_1
-        )
-    );
-    println!(
-        "{}",
-        line(
-            "enqueue→start, single enqueue, during the drain",
-            None,
-            Some(under_drain),
-            sql_1
-        )
-    );
+    for (_, _, label, figures) in &layers {
+        println!(
+            "{}",
+            line(
+                &format!("enqueue→start, idle: {label}"),
+                None,
+                Some(figures.idle),
+                sql_1
+            )
+        );
+        println!(
+            "{}",
+            line(
+                &format!("enqueue→start, during the drain: {label}"),
+                None,
+                Some(figures.under_drain),
+                sql_1
+            )
+        );
+    }
     println!(
         "transactional enqueue: {with_job:.0} tx/s with a job row, {with_row:.0} tx/s with a plain row ({:.2}x)",
         with_job / with_row
     );
-    println!("during the drain: {}", probe.report(&before, &after));
-    let mut ratios = format!(
-        "courier drain ÷ SQL loop of 100: {:.2}x",
-        drain_rate / sql_100
-    );
+    for (_, _, label, figures) in &layers {
+        println!("during the drain ({label}): {}", figures.cpu);
+    }
+    let courier = layers
+        .iter()
+        .find(|(layer, duplicates, _, _)| *layer == Layer::Courier && !duplicates)
+        .map(|(_, _, _, figures)| figures.rate)
+        .context("the courier layer was not measured")?;
+    let mut ratios = format!("courier drain ÷ SQL loop of 100: {:.2}x", courier / sql_100);
+    for (layer, duplicates, label, figures) in &layers {
+        if *layer != Layer::Courier || *duplicates {
+            ratios.push_str(&format!("; ÷ {label}: {:.2}x", courier / figures.rate));
+        }
+    }
     if let Some((defaults, tuned)) = peer {
         ratios.push_str(&format!(
             "; ÷ graphile defaults: {:.2}x; ÷ graphile tuned: {:.2}x",
-            drain_rate / defaults,
-            drain_rate / tuned
+            courier / defaults,
+            courier / tuned
         ));
     }
     println!("{ratios}");

@@ -96,7 +96,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<Value>>,
 {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let claimed = sqlx::query(
         "INSERT INTO cron_runs (task, tick, ran_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )

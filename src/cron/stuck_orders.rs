@@ -52,7 +52,7 @@ pub async fn run(db: &PgPool) -> anyhow::Result<Value> {
     .await?;
     let revived = stuck.len();
     for (order_id, round) in stuck {
-        let mut tx = db.begin().await?;
+        let mut tx = crate::store::begin(db).await?;
         let round = u32::try_from(round).unwrap_or(1);
         jobs::enqueue(&mut tx, &MatchDriver { order_id, round }, Duration::ZERO).await?;
         record(

@@ -310,7 +310,7 @@ impl Dispatcher {
         }
         let search = self.search(order_id, &order).await;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = crate::store::begin(&self.db).await?;
         let locked = load_order(&mut tx, order_id, true).await?;
         if !locked.waiting() {
             return Ok(RoundOutcome::NotWaiting);

@@ -244,7 +244,7 @@ async fn end_offer(
 
 /// The driver declines: the offer ends and the next round starts at once.
 pub async fn decline(db: &PgPool, offer_id: i64, driver_id: i64) -> Result<(), OfferError> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let row = lock_offer(&mut tx, offer_id, Some(driver_id)).await?;
     if end_offer(
         &mut tx,
@@ -270,7 +270,7 @@ pub async fn decline(db: &PgPool, offer_id: i64, driver_id: i64) -> Result<(), O
 /// The offer's time is up (the `offer_timeout` job): expires it if still pending and starts
 /// the next round. Returns whether it expired it.
 pub async fn expire(db: &PgPool, offer_id: i64) -> Result<bool, OfferError> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let row = match lock_offer(&mut tx, offer_id, None).await {
         Ok(row) => row,
         // Deleted with its order: nothing to expire.
@@ -312,7 +312,7 @@ pub async fn accept(
     offer_id: i64,
     driver_id: i64,
 ) -> Result<Accepted, OfferError> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let row = lock_offer(&mut tx, offer_id, Some(driver_id)).await?;
     if row.status != OfferStatus::Pending.as_str() {
         return Err(not_pending(&row));

@@ -12,6 +12,10 @@
 //!   which would orphan every stored job on a rename.
 //! - **Task ids are ULIDs**: we never set an id, so `push_tasks` generates a ULID (any other id
 //!   format poisons the queue's fetch).
+//! - **Claims and acknowledgements**: apalis-postgres's worker path spends three round trips
+//!   per claim of 10 and two more updates per job; workers run on our own backend
+//!   ([`store`]) over the same tables, one statement per claim of up to
+//!   [`store::CLAIM_BATCH`] and one per flush of outcomes.
 //! - **Polling**: plain storage polls every 30 s. Workers use `.with_pubsub()` (NOTIFY wakes
 //!   them for immediate inserts) **and** `.poll_with_interval(1 s)`, because NOTIFY does not fire
 //!   for delayed tasks or retries.
@@ -40,12 +44,17 @@ pub mod notify;
 pub mod offer_timeout;
 pub mod refresh_eta;
 pub mod request_review;
+pub mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use apalis::prelude::{AbortError, BoxDynError, Monitor, TaskBuilder, WorkerBuilder};
+use apalis::prelude::{
+    AbortError, BackendExt, BoxDynError, IntervalStrategy, Monitor, PollWith, StreamStrategy,
+    TaskBuilder, WorkerBuilder, WorkerBuilderExt,
+};
+use apalis_postgres::Pubsub;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
@@ -65,6 +74,10 @@ pub const WORKER_DEAD_AFTER: Duration =
     Duration::from_secs(HEARTBEAT_INTERVAL.as_secs() * MISSED_HEARTBEATS as u64);
 /// The fallback poll interval (NOTIFY covers immediate inserts).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Most jobs one worker runs at once: two claims' worth, so the next batch is claimed while
+/// the last of the previous one finishes, but slow handlers (webhooks, routing) cannot pile up
+/// without bound.
+pub const WORKER_CONCURRENCY: usize = 2 * store::CLAIM_BATCH;
 /// Longest one job run may take before it counts as a transient failure.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -174,26 +187,30 @@ pub struct JobContext {
     pub cron: Arc<CronSettings>,
 }
 
-/// The storage a worker of kind `$kind` polls, as `courier worker` sets it up: pubsub
-/// wake-ups plus a [`POLL_INTERVAL`] poll (NOTIFY misses delayed tasks and retries), and our
-/// heartbeat settings. A macro, so every worker (and the job benchmark) builds the same thing
-/// without naming apalis's nested poll-strategy types.
-macro_rules! worker_storage {
-    ($kind:ty, $db:expr) => {
-        apalis::prelude::BackendExt::poll_with_interval(
-            apalis_postgres::PostgresStorage::<$kind>::new($db)
-                .with_config(
-                    apalis_postgres::Config::default()
-                        .queue(<$kind as $crate::jobs::Job>::QUEUE)
-                        .heartbeat_interval($crate::jobs::HEARTBEAT_INTERVAL)
-                        .missed_heartbeats($crate::jobs::MISSED_HEARTBEATS),
-                )
-                .with_pubsub(),
-            $crate::jobs::POLL_INTERVAL,
-        )
+/// The backend every worker of kind `K` polls.
+pub(crate) type WorkerBackend<K> =
+    PollWith<PollWith<store::JobStore<K>, StreamStrategy<Pubsub>>, IntervalStrategy>;
+
+/// The backend a worker of kind `K` polls, as `courier worker` sets it up: our
+/// [`store::JobStore`] claiming up to [`store::CLAIM_BATCH`] jobs at a time, woken by apalis's
+/// insert NOTIFY and by a [`POLL_INTERVAL`] poll (NOTIFY misses delayed tasks and retries).
+/// The job benchmark builds its worker through here too.
+/// `listeners` is a pool of its own for the insert listeners: each holds its connection for
+/// good, and on the jobs' pool seven of them would leave the handlers three connections.
+pub(crate) fn worker_backend<K: Job>(db: &PgPool, listeners: &PgPool) -> WorkerBackend<K> {
+    let config = store::StoreConfig {
+        queue: K::QUEUE,
+        batch: store::CLAIM_BATCH,
+        heartbeat: HEARTBEAT_INTERVAL,
+        dead_after: WORKER_DEAD_AFTER,
     };
+    let listener = Pubsub::new(listeners.clone(), K::QUEUE.to_owned());
+    PollWith::new(
+        store::JobStore::new(db, config),
+        StreamStrategy::new(listener),
+    )
+    .poll_with_interval(POLL_INTERVAL)
 }
-pub(crate) use worker_storage;
 
 /// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
 /// several monitors in one process).
@@ -208,14 +225,26 @@ pub(crate) fn worker_name(queue: &str) -> String {
     format!("{queue}@{host}:{}:{instance}", std::process::id())
 }
 
+/// Job kinds with a worker (and so an insert listener) in every worker process.
+const KINDS: u32 = 7;
+
+/// A pool for the insert listeners, on the same database as `db`: one connection per kind.
+pub(crate) fn listener_pool(db: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(KINDS + 1)
+        .connect_lazy_with((*db.connect_options()).clone())
+}
+
 /// Builds the monitor with one worker per job kind, restarting workers that fail.
 pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
+    let listeners = listener_pool(&ctx.db);
     macro_rules! register {
         ($monitor:expr, $kind:ty, $handler:path) => {{
-            let ctx = ctx.clone();
+            let (ctx, listeners) = (ctx.clone(), listeners.clone());
             $monitor.register(move |_restarts| {
                 WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
-                    .backend(worker_storage!($kind, &ctx.db))
+                    .backend(worker_backend::<$kind>(&ctx.db, &listeners))
+                    .concurrency(WORKER_CONCURRENCY)
                     .data(ctx.clone())
                     .build($handler)
             })

@@ -28,7 +28,7 @@ impl Job for RequestReview {
 /// The handler.
 pub async fn run(job: RequestReview, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
     bounded(RequestReview::QUEUE, async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = crate::store::begin(&ctx.db).await?;
         // Lock first, then check in a new statement: it then sees a concurrent run's audit row.
         sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
             .bind(job.order_id)

@@ -525,7 +525,7 @@ struct DriverState {
 
 impl DriverState {
     async fn load(db: &PgPool) -> Result<Self, sqlx::Error> {
-        let mut tx = db.begin().await?;
+        let mut tx = crate::store::begin(db).await?;
         // One snapshot for both reads.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)

@@ -229,7 +229,7 @@ impl Notifier {
                 delay: retry_delay(&self.settings, job.attempt),
             },
         };
-        let mut tx = db.begin().await?;
+        let mut tx = crate::store::begin(db).await?;
         let outcome = match &delivery {
             Delivery::Delivered => "delivered",
             Delivery::Skipped => "skipped",

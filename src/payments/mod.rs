@@ -233,7 +233,7 @@ async fn record_outcome(
     attempt: u32,
     outcome: &CaptureOutcome,
 ) -> Result<CaptureResult, CaptureError> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::store::begin(db).await?;
     let (label, http_status, detail) = match outcome {
         CaptureOutcome::Captured { reference } => ("captured", None, reference.clone()),
         CaptureOutcome::Declined { code, message } => {

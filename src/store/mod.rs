@@ -20,6 +20,24 @@ use crate::config::DatabaseSettings;
 /// Longest a request waits for a pooled connection before failing with 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Starts a transaction on a pooled connection, safely even if the caller is cancelled.
+///
+/// sqlx 0.9.0's `Pool::begin` is not: a future dropped while its `BEGIN` is in flight (a client
+/// that disconnects, a timeout) returns the connection to the pool inside a transaction that
+/// nothing will end (transact-rs/sqlx#4393). The next borrower's statements then silently run
+/// inside it, hold its locks, and are lost when the connection closes. Here the `BEGIN` runs in
+/// a task of its own, which always finishes: if our caller is gone by then, the transaction is
+/// dropped there and rolled back the normal way. Every transaction of ours starts here (an
+/// architecture test checks).
+pub async fn begin(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|_| sqlx::Error::WorkerCrashed)?
+}
+
 /// Days of `driver_locations` partitions created at migrate time: today and tomorrow.
 const PARTITION_DAYS_AT_MIGRATE: i32 = 2;
 
@@ -68,22 +86,23 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<bool, sqlx::
     }
 }
 
-/// Applies our migrations and apalis's, and creates today's and tomorrow's location partitions.
+/// Applies apalis's migrations and then ours, and creates today's and tomorrow's location partitions.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     // Migrations are slow statements by nature: run ours on a connection that does not log
     // each one as a slow-query warning.
     let options = (*pool.connect_options())
         .clone()
         .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(0));
+    // apalis's first: ours tune its tables (migrations/…008).
+    apalis_postgres::PostgresStorage::<()>::setup(pool)
+        .await
+        .map_err(|e| MigrateError::Apalis(e.to_string()))?;
     let mut conn = options.connect().await?;
     MIGRATOR
         .run(&mut conn)
         .await
         .map_err(MigrateError::Courier)?;
     conn.close().await?;
-    apalis_postgres::PostgresStorage::<()>::setup(pool)
-        .await
-        .map_err(|e| MigrateError::Apalis(e.to_string()))?;
     ensure_location_partitions(pool, PARTITION_DAYS_AT_MIGRATE).await?;
     Ok(())
 }

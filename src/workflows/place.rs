@@ -137,7 +137,7 @@ pub async fn place(
     meta: &RequestMeta,
 ) -> Result<Placed, PlaceError> {
     let canonical = serde_json::to_string(order).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::store::begin(pool).await?;
 
     // Claim the key. A live key held by a concurrent request blocks here until that request's
     // transaction ends; then there is no row to return and we replay what it stored.

@@ -285,7 +285,7 @@ pub async fn execute(
     pool: &PgPool,
     request: &TransitionRequest,
 ) -> Result<Transitioned, TransitionError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::store::begin(pool).await?;
     let current: Current = sqlx::query_as(
         "SELECT status, version, customer_id, restaurant_id, driver_id FROM orders WHERE id = $1
          FOR UPDATE",

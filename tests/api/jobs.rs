@@ -1,5 +1,5 @@
 //! The job layer on real apalis workers: jobs run, re-runs are no-ops, and a worker process
-//! killed in the middle of a job does not lose it or run it twice.
+//! killed in the middle of a job — or of a claimed batch — does not lose it or repeat its effect.
 
 use std::time::Duration;
 
@@ -153,6 +153,114 @@ async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once()
     .await
     .expect("the rescued job");
     assert!(attempts >= 1, "a rescued job counts the lost attempt");
+}
+
+/// A worker claims a whole batch at once; killed with part of the batch done and part in
+/// the middle of its transaction, it loses none of them. Every job of the batch ends `Done`,
+/// and every order is cancelled exactly once. Which jobs run twice is left to chance on
+/// purpose: one that committed before the kill but whose acknowledgement had not been flushed
+/// runs again after the rescue and finds its order already cancelled — at-least-once delivery,
+/// exactly-once effect, because the timeout handler locks the order and acts only on a
+/// `PLACED` one.
+#[tokio::test]
+async fn a_worker_killed_in_the_middle_of_a_claimed_batch_loses_no_job_and_repeats_no_effect() {
+    const ORDERS: usize = 12;
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let mut orders = Vec::new();
+    for _ in 0..ORDERS {
+        orders.push(app.placed_order(&cast).await);
+    }
+    // Half the orders are locked, so their jobs stop in the middle of their transaction.
+    let (blocked, free) = orders.split_at(ORDERS / 2);
+    let mut blocker = app.db.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM orders WHERE id = ANY($1) FOR UPDATE")
+        .bind(blocked)
+        .execute(&mut *blocker)
+        .await
+        .expect("lock orders");
+    for &id in &orders {
+        enqueue_now(&app, id).await;
+    }
+    let due_jobs = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT status, lock_by FROM apalis.jobs
+             WHERE job_type = $1 AND (convert_from(job, 'UTF8')::jsonb ->> 'order_id')::bigint = ANY($2) AND run_at < now()",
+        )
+        .bind(ConfirmTimeout::QUEUE)
+        .bind(&orders)
+        .fetch_all(&app.db)
+        .await
+        .expect("jobs")
+    };
+
+    let first = WorkerProcess::start(&app, &[]);
+    let free_done = eventually(Duration::from_secs(30), || async {
+        for &id in free {
+            if app.status_of(id).await != "CANCELLED" {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        free_done,
+        "the unblocked jobs of the batch never ran: {:?}",
+        due_jobs().await
+    );
+    let claimed = due_jobs().await;
+    assert_eq!(claimed.len(), ORDERS);
+    let holders: std::collections::HashSet<_> =
+        claimed.iter().map(|(_, lock_by)| lock_by.clone()).collect();
+    assert_eq!(
+        holders.len(),
+        1,
+        "one claim took the whole batch: {claimed:?}"
+    );
+    assert!(
+        claimed
+            .iter()
+            .filter(|(status, _)| status == "Running")
+            .count()
+            >= ORDERS / 2,
+        "the blocked half is still running: {claimed:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill();
+    blocker.rollback().await.expect("release the orders");
+
+    let _second = app.spawn_workers();
+    let all_done = eventually(Duration::from_secs(90), || async {
+        due_jobs().await.iter().all(|(status, _)| status == "Done")
+    })
+    .await;
+    assert!(
+        all_done,
+        "jobs not done after the rescue: {:?}",
+        due_jobs().await
+    );
+    for &id in &orders {
+        assert_eq!(app.status_of(id).await, "CANCELLED", "order {id}");
+        assert_eq!(
+            app.audit_rows(id, "cancel").await,
+            1,
+            "order {id} cancelled once"
+        );
+    }
+    let rescued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs
+         WHERE job_type = $1 AND (convert_from(job, 'UTF8')::jsonb ->> 'order_id')::bigint = ANY($2) AND attempts >= 2",
+    )
+    .bind(ConfirmTimeout::QUEUE)
+    .bind(&orders)
+    .fetch_one(&app.db)
+    .await
+    .expect("attempts");
+    assert!(
+        rescued >= i64::try_from(ORDERS / 2).expect("small"),
+        "the blocked jobs ran again after the rescue, counting the lost attempt"
+    );
 }
 
 #[tokio::test]

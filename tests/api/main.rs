@@ -18,4 +18,5 @@ mod payments;
 mod probes;
 mod restaurants;
 mod schema;
+mod transactions;
 mod workflow;
