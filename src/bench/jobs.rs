@@ -6,7 +6,8 @@
 //! the same storage settings, NOTIFY plus a 1 s poll, the same pool size, the same handler
 //! wrapper). In the same run, on the same database:
 //! - **drain**: `--jobs` rows inserted up front, then one worker started; jobs/s until the last
-//!   one ran, and each party's CPU meanwhile;
+//!   of them ran, and each party's CPU meanwhile — for each [`Layer`] in turn, so the "before"
+//!   (apalis-postgres's storage) and each change are measured as pairs in the same run;
 //! - **enqueue→start**: single jobs enqueued in their own transactions, the production path,
 //!   timed from just before the insert to the handler's start — while the worker is idle, and
 //!   while it drains;
