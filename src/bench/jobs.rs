@@ -29,16 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use apalis::prelude::{
-    BackendExt, BoxDynError, Data, Monitor, PollWith, StreamStrategy, TaskBuilder, WorkerBuilder,
-    WorkerBuilderExt,
+    BackendExt, BoxDynError, Data, Monitor, TaskBuilder, WorkerBuilder, WorkerBuilderExt,
 };
-use apalis_postgres::Pubsub;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::bench::{Samples, cpu};
 use crate::config::{Config, DatabaseSettings};
-use crate::jobs::store::{JobStore, StoreConfig};
 use crate::jobs::{self, Job, bounded, worker_backend, worker_name};
 use crate::shutdown::CancellationToken;
 use crate::store;
@@ -214,27 +211,18 @@ impl Worker {
         let monitor = match layer {
             Layer::Courier => Monitor::new().register(move |_restarts| {
                 WorkerBuilder::new(name())
-                    .backend(worker_backend::<BenchNoop>(&db, &listeners))
+                    .backend(worker_backend::<BenchNoop>(
+                        &db,
+                        &listeners,
+                        jobs::store::CLAIM_BATCH,
+                    ))
                     .concurrency(jobs::WORKER_CONCURRENCY)
                     .data(recorder.clone())
                     .build(noop)
             }),
             Layer::Store { batch } => Monitor::new().register(move |_restarts| {
-                let config = StoreConfig {
-                    queue: BenchNoop::QUEUE,
-                    batch,
-                    heartbeat: jobs::HEARTBEAT_INTERVAL,
-                    dead_after: jobs::WORKER_DEAD_AFTER,
-                };
-                let listener = Pubsub::new(listeners.clone(), BenchNoop::QUEUE.to_owned());
                 WorkerBuilder::new(name())
-                    .backend(
-                        PollWith::new(
-                            JobStore::<BenchNoop>::new(&db, config),
-                            StreamStrategy::new(listener),
-                        )
-                        .poll_with_interval(jobs::POLL_INTERVAL),
-                    )
+                    .backend(worker_backend::<BenchNoop>(&db, &listeners, batch))
                     .data(recorder.clone())
                     .build(noop)
             }),

@@ -197,10 +197,16 @@ pub(crate) type WorkerBackend<K> =
 /// The job benchmark builds its worker through here too.
 /// `listeners` is a pool of its own for the insert listeners: each holds its connection for
 /// good, and on the jobs' pool seven of them would leave the handlers three connections.
-pub(crate) fn worker_backend<K: Job>(db: &PgPool, listeners: &PgPool) -> WorkerBackend<K> {
+/// `claim` is the most jobs per claim: [`store::CLAIM_BATCH`] in production (the job benchmark
+/// also measures other sizes).
+pub(crate) fn worker_backend<K: Job>(
+    db: &PgPool,
+    listeners: &PgPool,
+    claim: usize,
+) -> WorkerBackend<K> {
     let config = store::StoreConfig {
         queue: K::QUEUE,
-        batch: store::CLAIM_BATCH,
+        batch: claim,
         heartbeat: HEARTBEAT_INTERVAL,
         dead_after: WORKER_DEAD_AFTER,
     };
@@ -243,7 +249,11 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
             let (ctx, listeners) = (ctx.clone(), listeners.clone());
             $monitor.register(move |_restarts| {
                 WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
-                    .backend(worker_backend::<$kind>(&ctx.db, &listeners))
+                    .backend(worker_backend::<$kind>(
+                        &ctx.db,
+                        &listeners,
+                        store::CLAIM_BATCH,
+                    ))
                     .concurrency(WORKER_CONCURRENCY)
                     .data(ctx.clone())
                     .build($handler)
