@@ -16,9 +16,10 @@
 //!   per claim of 10 and two more updates per job; workers run on our own backend
 //!   ([`store`]) over the same tables, one statement per claim of up to
 //!   [`store::CLAIM_BATCH`] and one per flush of outcomes.
-//! - **Polling**: plain storage polls every 30 s. Workers use `.with_pubsub()` (NOTIFY wakes
-//!   them for immediate inserts) **and** `.poll_with_interval(1 s)`, because NOTIFY does not fire
-//!   for delayed tasks or retries.
+//! - **Polling**: plain storage polls every 30 s. Workers are woken by apalis's insert NOTIFY
+//!   (listened to inside [`store::JobStore`], which remembers one that arrives mid-claim:
+//!   apalis's own stream strategy drops it) **and** by `.poll_with_interval(1 s)`, because
+//!   NOTIFY does not fire for delayed tasks or retries.
 //! - **Retries**: `RetryAfterError`/`DeferredError` retry in a hot loop ignoring max_attempts,
 //!   and database-level retries (a plain `Err`) have no backoff. Handlers therefore return a
 //!   plain error only for transient failures, bounded by an explicit [`Job::MAX_ATTEMPTS`]; a
@@ -51,8 +52,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use apalis::prelude::{
-    AbortError, BackendExt, BoxDynError, IntervalStrategy, Monitor, PollWith, StreamStrategy,
-    TaskBuilder, WorkerBuilder, WorkerBuilderExt,
+    AbortError, BackendExt, BoxDynError, IntervalStrategy, Monitor, PollWith, TaskBuilder,
+    WorkerBuilder, WorkerBuilderExt,
 };
 use apalis_postgres::Pubsub;
 use serde::Serialize;
@@ -188,34 +189,22 @@ pub struct JobContext {
 }
 
 /// The backend every worker of kind `K` polls.
-pub(crate) type WorkerBackend<K> =
-    PollWith<PollWith<store::JobStore<K>, StreamStrategy<Pubsub>>, IntervalStrategy>;
+pub(crate) type WorkerBackend<K> = PollWith<store::JobStore<K>, IntervalStrategy>;
 
 /// The backend a worker of kind `K` polls, as `courier worker` sets it up: our
-/// [`store::JobStore`] claiming up to [`store::CLAIM_BATCH`] jobs at a time, woken by apalis's
-/// insert NOTIFY and by a [`POLL_INTERVAL`] poll (NOTIFY misses delayed tasks and retries).
-/// The job benchmark builds its worker through here too.
-/// `listeners` is a pool of its own for the insert listeners: each holds its connection for
-/// good, and on the jobs' pool seven of them would leave the handlers three connections.
-/// `claim` is the most jobs per claim: [`store::CLAIM_BATCH`] in production (the job benchmark
-/// also measures other sizes).
-pub(crate) fn worker_backend<K: Job>(
-    db: &PgPool,
-    listeners: &PgPool,
-    claim: usize,
-) -> WorkerBackend<K> {
+/// [`store::JobStore`] claiming up to `claim` jobs at a time ([`store::CLAIM_BATCH`] in
+/// production; the job benchmark also measures other sizes), woken by apalis's insert NOTIFY
+/// and by a [`POLL_INTERVAL`] poll (NOTIFY misses delayed tasks and retries). `queue` is the
+/// [`queue_pool`]. The job benchmark builds its worker through here too.
+pub(crate) fn worker_backend<K: Job>(queue: &PgPool, claim: usize) -> WorkerBackend<K> {
     let config = store::StoreConfig {
         queue: K::QUEUE,
         batch: claim,
         heartbeat: HEARTBEAT_INTERVAL,
         dead_after: WORKER_DEAD_AFTER,
     };
-    let listener = Pubsub::new(listeners.clone(), K::QUEUE.to_owned());
-    PollWith::new(
-        store::JobStore::new(db, config),
-        StreamStrategy::new(listener),
-    )
-    .poll_with_interval(POLL_INTERVAL)
+    let inserts = Pubsub::new(queue.clone(), K::QUEUE.to_owned());
+    store::JobStore::new(queue, config, inserts).poll_with_interval(POLL_INTERVAL)
 }
 
 /// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
@@ -231,29 +220,38 @@ pub(crate) fn worker_name(queue: &str) -> String {
     format!("{queue}@{host}:{}:{instance}", std::process::id())
 }
 
-/// Job kinds with a worker (and so an insert listener) in every worker process.
+/// Job kinds with a worker in every worker process.
 const KINDS: u32 = 7;
 
-/// A pool for the insert listeners, on the same database as `db`: one connection per kind.
-pub(crate) fn listener_pool(db: &PgPool) -> PgPool {
+/// The pool of the job layer's own statements, on the same database as `db`: per kind, one
+/// connection its insert listener holds for good and one for its claims, acknowledgements
+/// and heartbeats (a worker issues those one at a time). Handlers use `db`, so a worker's
+/// claims, acknowledgements and heartbeats never wait behind its own busy handlers for a
+/// connection (a heartbeat that waits too long gets the worker's jobs rescued and run twice).
+///
+/// The pool is opened whole, in the background, and kept whole: sqlx opens a new connection
+/// rather than wait for one that is on its way back, so a pool that grows on demand made a
+/// claim wait for a connect now and then (90 ms on the bench machine: the idle tail of
+/// enqueue→start in `docs/benchmarks.md`).
+pub(crate) fn queue_pool(db: &PgPool) -> PgPool {
     sqlx::postgres::PgPoolOptions::new()
-        .max_connections(KINDS + 1)
+        .max_connections(QUEUE_CONNECTIONS)
+        .min_connections(QUEUE_CONNECTIONS)
         .connect_lazy_with((*db.connect_options()).clone())
 }
 
+/// The size of [`queue_pool`]: two per kind and one to spare.
+const QUEUE_CONNECTIONS: u32 = 2 * KINDS + 1;
+
 /// Builds the monitor with one worker per job kind, restarting workers that fail.
 pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
-    let listeners = listener_pool(&ctx.db);
+    let queue = queue_pool(&ctx.db);
     macro_rules! register {
         ($monitor:expr, $kind:ty, $handler:path) => {{
-            let (ctx, listeners) = (ctx.clone(), listeners.clone());
+            let (ctx, queue) = (ctx.clone(), queue.clone());
             $monitor.register(move |_restarts| {
                 WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
-                    .backend(worker_backend::<$kind>(
-                        &ctx.db,
-                        &listeners,
-                        store::CLAIM_BATCH,
-                    ))
+                    .backend(worker_backend::<$kind>(&queue, store::CLAIM_BATCH))
                     .concurrency(WORKER_CONCURRENCY)
                     .data(ctx.clone())
                     .build($handler)

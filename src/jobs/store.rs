@@ -16,6 +16,10 @@
 //! - **acknowledge**: the outcomes gathered since the last flush are written by one
 //!   autocommit `UPDATE … FROM unnest(…)`, only where the row is still locked by this worker
 //!   (a job rescued from a worker presumed dead is not overwritten by that worker's late ack).
+//! - **wake-up**: the insert NOTIFY is listened to here, and one that arrives while a claim is
+//!   in flight is not lost (see [`JobStore`]).
+//! - **rescue**: apalis's statement, served by our partial index of the jobs in flight
+//!   (migration `…009`) instead of a scan of every job the queue's dead workers ever ran.
 //!
 //! # What stays as it was
 //! - The driving state machine is apalis's own [`Persisted`]: register, heartbeat, fetch,
@@ -30,6 +34,7 @@
 //! [`WORKER_DEAD_AFTER`]: super::WORKER_DEAD_AFTER
 
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,9 +42,12 @@ use std::time::Duration;
 use apalis::prelude::{Backend, Status, Task, TaskBuilder, TaskId, WorkerContext};
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::finalize::Durable;
-use apalis_core::backend::persistence::{Persisted, Persistence, TaskEvent, TaskPersistLayer};
+use apalis_core::backend::persistence::{
+    Persisted, Persistence, State, TaskEvent, TaskPersistLayer,
+};
 use apalis_core::backend::{BackendConfig, WireFormatBackend};
-use apalis_postgres::Error;
+use apalis_postgres::{Error, Pubsub};
+use futures::Stream;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -278,19 +286,39 @@ fn log_rescued(queue: &str, rescued: u64) {
     }
 }
 
-/// A worker's backend: [`JobTable`] driven by apalis's [`Persisted`] state machine, decoding
-/// job arguments of type `Args` as JSON.
-#[derive(Debug)]
+/// A worker's backend: [`JobTable`] driven by apalis's [`Persisted`] state machine, woken by
+/// apalis's insert NOTIFY, decoding job arguments of type `Args` as JSON.
+///
+/// # Why the listener lives here and not in a `PollWith<_, StreamStrategy<_>>`
+/// apalis's stream strategy takes a notification and drops it, whatever the backend is doing.
+/// If a claim is already in flight, its snapshot may predate the insert that notified: the
+/// claim comes back empty, the worker parks, and the job waits for the next wake (another
+/// insert, or the fallback poll). Here a notification that arrives while a claim is in flight
+/// is remembered, and an empty claim is followed at once by another.
 pub struct JobStore<Args> {
     persistence: Persisted<JobTable>,
     config: StoreConfig,
     codec: JsonCodec,
+    inserts: Pubsub,
+    /// An insert was announced after the claim in flight (or the last one) began.
+    unclaimed_insert: bool,
     _args: PhantomData<fn() -> Args>,
 }
 
+impl<Args> std::fmt::Debug for JobStore<Args> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStore")
+            .field("config", &self.config)
+            .field("state", self.persistence.state())
+            .field("unclaimed_insert", &self.unclaimed_insert)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<Args> JobStore<Args> {
-    /// A backend for one worker of `config.queue`.
-    pub fn new(pool: &PgPool, config: StoreConfig) -> Self {
+    /// A backend for one worker of `config.queue`, woken by `inserts` (apalis's insert
+    /// listener for that queue).
+    pub fn new(pool: &PgPool, config: StoreConfig, inserts: Pubsub) -> Self {
         Self {
             persistence: Persisted::new(JobTable {
                 pool: pool.clone(),
@@ -298,7 +326,33 @@ impl<Args> JobStore<Args> {
             }),
             config,
             codec: JsonCodec::default(),
+            inserts,
+            unclaimed_insert: false,
             _args: PhantomData,
+        }
+    }
+
+    /// Takes every insert notification that has arrived, registering for the next; says
+    /// whether there was any. A listener that ended (it could not connect) is replaced by a
+    /// fresh one, which tries again on the next wake; the fallback poll covers the gap.
+    fn take_notifications(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut any = false;
+        loop {
+            match Pin::new(&mut self.inserts).poll_next(cx) {
+                Poll::Ready(Some(Ok(_))) => any = true,
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(queue = self.config.queue, %error, "insert listener failed");
+                }
+                Poll::Ready(None) => {
+                    tracing::warn!(
+                        queue = self.config.queue,
+                        "insert listener ended; reconnecting on the next poll"
+                    );
+                    self.inserts = self.inserts.clone();
+                    return any;
+                }
+                Poll::Pending => return any,
+            }
         }
     }
 }
@@ -321,7 +375,25 @@ impl<Args> Backend for JobStore<Args> {
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Option<Result<Task<Vec<u8>>, Error>>> {
-        self.persistence.poll_next(cx, worker)
+        loop {
+            let notified = self.take_notifications(cx);
+            if matches!(self.persistence.state(), State::Ready) {
+                // A claim starts now: it sees every insert announced so far.
+                self.unclaimed_insert = false;
+            } else if notified {
+                self.unclaimed_insert = true;
+            }
+            match self.persistence.poll_next(cx, worker) {
+                Poll::Pending
+                    if self.unclaimed_insert
+                        && matches!(self.persistence.state(), State::Ready) =>
+                {
+                    // The claim came back empty but an insert was announced meanwhile.
+                    continue;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn poll_close(

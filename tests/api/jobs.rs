@@ -3,10 +3,15 @@
 
 use std::time::Duration;
 
+use apalis::prelude::{Backend, Task, WorkerContext};
+use apalis_postgres::Pubsub;
+use sqlx::postgres::PgPoolOptions;
+
 use courier::auth::Role;
 use courier::cron::CronSettings;
 use courier::jobs::Job;
 use courier::jobs::confirm_timeout::{self, ConfirmTimeout};
+use courier::jobs::store::{JobStore, StoreConfig};
 
 use crate::helpers::{TestApp, WorkerProcess, WorkerSettings, cast, eventually, spawn_app};
 
@@ -261,6 +266,132 @@ async fn a_worker_killed_in_the_middle_of_a_claimed_batch_loses_no_job_and_repea
         rescued >= i64::try_from(ORDERS / 2).expect("small"),
         "the blocked jobs ran again after the rescue, counting the lost attempt"
     );
+}
+
+/// Polls `store` for its next job for `time`; the job, if one came.
+async fn next_job(
+    store: &mut JobStore<ConfirmTimeout>,
+    worker: &WorkerContext,
+    time: Duration,
+) -> Option<Task<Vec<u8>>> {
+    let next = std::future::poll_fn(|cx| store.poll_next(cx, worker));
+    let job = tokio::time::timeout(time, next).await.ok()?;
+    Some(
+        job.expect("the store is live")
+            .expect("the claim succeeded"),
+    )
+}
+
+/// A job committed while a claim is in flight — after the claim took its snapshot, before
+/// its answer is read — is claimed without waiting for another wake-up: the worker remembers
+/// the insert NOTIFY that arrived mid-claim and claims again when the claim comes back empty.
+/// (apalis's own stream strategy drops that notification, and the job waited for the next
+/// insert or the fallback poll; the store polled here has no fallback poll, so it would wait
+/// for good.) The claim is held mid-statement by a statement trigger that waits for an
+/// advisory lock the test holds.
+#[tokio::test]
+async fn a_job_announced_while_a_claim_is_in_flight_is_claimed_without_another_wake_up() {
+    const HOLD: i64 = 4242;
+    let app = spawn_app().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_lock_shared(4242); PERFORM pg_advisory_unlock_shared(4242);
+               RETURN NULL; END $$;
+         CREATE TRIGGER hold_claims BEFORE UPDATE ON apalis.jobs
+             FOR EACH STATEMENT EXECUTE FUNCTION hold_claims();",
+    )
+    .execute(&app.db)
+    .await
+    .expect("hold trigger");
+    let options = (*app.db.connect_options()).clone();
+    let claims = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .expect("claim pool");
+    let claimer: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&claims)
+        .await
+        .expect("the claim connection");
+    let listeners = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("listener pool");
+    let config = StoreConfig {
+        queue: ConfirmTimeout::QUEUE,
+        batch: 10,
+        heartbeat: Duration::from_secs(30),
+        dead_after: Duration::from_secs(90),
+    };
+    let inserts = Pubsub::new(listeners, ConfirmTimeout::QUEUE.to_owned());
+    let mut store = JobStore::<ConfirmTimeout>::new(&claims, config, inserts);
+    let worker = WorkerContext::new("mid-claim-probe");
+    std::future::poll_fn(|cx| store.poll_ready(cx, &worker))
+        .await
+        .expect("registered");
+    let waiting = |query: &'static str| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(query)
+                .bind(claimer)
+                .fetch_one(&db)
+                .await
+                .expect("activity")
+        }
+    };
+    let listening = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> $1 AND query LIKE 'LISTEN%')";
+    let claim_held = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                      WHERE pid = $1 AND wait_event = 'advisory')";
+
+    let mut holder = app.db.acquire().await.expect("connection");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(HOLD)
+        .execute(&mut *holder)
+        .await
+        .expect("hold claims");
+    let mut held = false;
+    for _ in 0..50 {
+        assert!(
+            next_job(&mut store, &worker, Duration::from_millis(100))
+                .await
+                .is_none(),
+            "an empty queue gave the worker a job"
+        );
+        held = waiting(claim_held).await && waiting(listening).await;
+        if held {
+            break;
+        }
+    }
+    assert!(held, "a claim waits on the hold and the listener listens");
+
+    courier::jobs::enqueue(
+        &mut app.db.acquire().await.expect("connection"),
+        &ConfirmTimeout { order_id: 1 },
+        Duration::ZERO,
+    )
+    .await
+    .expect("enqueue");
+    // The worker takes the insert's NOTIFY while its claim (whose snapshot predates the
+    // insert) is still held.
+    assert!(
+        next_job(&mut store, &worker, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "the held claim answered"
+    );
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(HOLD)
+        .execute(&mut *holder)
+        .await
+        .expect("release claims");
+
+    let claimed = next_job(&mut store, &worker, Duration::from_secs(10))
+        .await
+        .expect("the announced job was claimed without another wake-up");
+    let args: ConfirmTimeout = serde_json::from_slice(&claimed.args).expect("job arguments");
+    assert_eq!(args.order_id, 1);
 }
 
 #[tokio::test]
