@@ -206,14 +206,13 @@ struct Worker {
 impl Worker {
     fn start(db: &PgPool, recorder: &Arc<Recorder>, layer: Layer) -> Self {
         let (db, recorder) = (db.clone(), recorder.clone());
-        let listeners = jobs::listener_pool(&db);
+        let queue = jobs::queue_pool(&db);
         let name = || worker_name(BenchNoop::QUEUE);
         let monitor = match layer {
             Layer::Courier => Monitor::new().register(move |_restarts| {
                 WorkerBuilder::new(name())
                     .backend(worker_backend::<BenchNoop>(
-                        &db,
-                        &listeners,
+                        &queue,
                         jobs::store::CLAIM_BATCH,
                     ))
                     .concurrency(jobs::WORKER_CONCURRENCY)
@@ -222,7 +221,7 @@ impl Worker {
             }),
             Layer::Store { batch } => Monitor::new().register(move |_restarts| {
                 WorkerBuilder::new(name())
-                    .backend(worker_backend::<BenchNoop>(&db, &listeners, batch))
+                    .backend(worker_backend::<BenchNoop>(&queue, batch))
                     .data(recorder.clone())
                     .build(noop)
             }),
@@ -276,10 +275,15 @@ async fn wait_for(recorder: &Recorder, n: u64, limit: Duration) -> anyhow::Resul
     Ok(())
 }
 
-/// Removes every row of the bench kind (and the bench's own tables' rows).
+/// Removes every row of the bench kind, then vacuums the job table: each drain leaves tens of
+/// thousands of dead rows, and without this every measurement would pay for the ones before
+/// it (more so where autovacuum is off or behind).
 async fn clear(db: &PgPool) -> anyhow::Result<()> {
     sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1")
         .bind(BenchNoop::QUEUE)
+        .execute(db)
+        .await?;
+    sqlx::raw_sql("VACUUM (ANALYZE) apalis.jobs")
         .execute(db)
         .await?;
     Ok(())
@@ -305,8 +309,10 @@ async fn insert_bulk(db: &PgPool, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One single job enqueued the production way: in its own transaction.
-async fn enqueue_probe(db: &PgPool) -> anyhow::Result<()> {
+/// One single job enqueued the production way: in its own transaction. Returns how long the
+/// enqueue itself took (µs), mostly its commit's wait for the WAL flush.
+async fn enqueue_probe(db: &PgPool) -> anyhow::Result<u64> {
+    let started = Instant::now();
     let mut tx = store::begin(db).await?;
     jobs::enqueue(
         &mut tx,
@@ -317,26 +323,27 @@ async fn enqueue_probe(db: &PgPool) -> anyhow::Result<()> {
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Up to `probes` single enqueues, one every `gap`, stopping early once `until` says so;
-/// returns how many were inserted.
+/// returns how long each enqueue took (so also how many were inserted).
 async fn trickle(
     db: &PgPool,
     probes: usize,
     gap: Duration,
     until: impl Fn() -> bool,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Samples> {
     let mut ticks = tokio::time::interval(gap);
-    for sent in 0..probes {
+    let mut took = Vec::with_capacity(probes);
+    for _ in 0..probes {
         ticks.tick().await;
         if until() {
-            return Ok(sent);
+            break;
         }
-        enqueue_probe(db).await?;
+        took.push(enqueue_probe(db).await?);
     }
-    Ok(probes)
+    Ok(Samples(took))
 }
 
 /// Claims and completes every pending bench job with `loops` concurrent loops of `batch` jobs
@@ -462,6 +469,8 @@ async fn duplicate_indexes(db: &PgPool, present: bool) -> anyhow::Result<()> {
 /// the CPU report of the drain.
 struct Drained {
     idle: (f64, f64),
+    /// The idle probes' enqueue alone (its commit): the floor under `idle`.
+    idle_enqueue: (f64, f64),
     rate: f64,
     under_drain: (f64, f64),
     cpu: String,
@@ -486,7 +495,9 @@ async fn drain(
     let recorder = Arc::new(Recorder::default());
     let worker = Worker::start(&worker_db, &recorder, layer);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    trickle(db, probes, Duration::from_millis(20), || false).await?;
+    let idle_enqueue = trickle(db, probes, Duration::from_millis(20), || false)
+        .await?
+        .p50_p99();
     wait_for(&recorder, probes as u64, limit).await?;
     let idle = recorder.take_latencies().p50_p99();
     worker.stop().await?;
@@ -517,7 +528,7 @@ async fn drain(
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let after = probe.snapshot();
-    let sent = during.await??;
+    let sent = during.await??.0.len();
     wait_for(&recorder, (n + sent) as u64, limit).await?;
     let under_drain = recorder.take_latencies().p50_p99();
     worker.stop().await?;
@@ -535,6 +546,7 @@ async fn drain(
     clear(db).await?;
     Ok(Drained {
         idle,
+        idle_enqueue,
         rate,
         under_drain,
         cpu: probe.report(&before, &after),
@@ -696,6 +708,15 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
                 &format!("enqueue→start, idle: {label}"),
                 None,
                 Some(figures.idle),
+                sql_1
+            )
+        );
+        println!(
+            "{}",
+            line(
+                &format!("enqueue alone (its commit), idle: {label}"),
+                None,
+                Some(figures.idle_enqueue),
                 sql_1
             )
         );
