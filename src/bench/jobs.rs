@@ -206,7 +206,7 @@ struct Worker {
 impl Worker {
     fn start(db: &PgPool, recorder: &Arc<Recorder>, layer: Layer) -> Self {
         let (db, recorder) = (db.clone(), recorder.clone());
-        let queue = jobs::queue_pool(&db);
+        let queue = jobs::queue_pool(&db, 1);
         let name = || worker_name(BenchNoop::QUEUE);
         let monitor = match layer {
             Layer::Courier => Monitor::new().register(move |_restarts| {
@@ -287,6 +287,17 @@ async fn clear(db: &PgPool) -> anyhow::Result<()> {
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// How many bench jobs are `Done`, and how many are not.
+async fn bench_jobs_done(db: &PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'Done'), count(*) FILTER (WHERE status <> 'Done')
+         FROM apalis.jobs WHERE job_type = $1",
+    )
+    .bind(BenchNoop::QUEUE)
+    .fetch_one(db)
+    .await?)
 }
 
 /// Inserts `n` pending bench jobs, 1,000 per statement, through apalis's own insert.
@@ -399,12 +410,7 @@ async fn plain_sql_loop(db: &PgPool, n: usize, loops: usize, batch: i64) -> anyh
         result?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let done: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
-    )
-    .bind(BenchNoop::QUEUE)
-    .fetch_one(db)
-    .await?;
+    let (done, _) = bench_jobs_done(db).await?;
     anyhow::ensure!(
         usize::try_from(done)? == n,
         "the SQL loop finished {done} of {n} jobs"
@@ -532,12 +538,7 @@ async fn drain(
     wait_for(&recorder, (n + sent) as u64, limit).await?;
     let under_drain = recorder.take_latencies().p50_p99();
     worker.stop().await?;
-    let unfinished: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status <> 'Done'",
-    )
-    .bind(BenchNoop::QUEUE)
-    .fetch_one(db)
-    .await?;
+    let (_, unfinished) = bench_jobs_done(db).await?;
     anyhow::ensure!(
         unfinished == 0,
         "{unfinished} jobs not Done after the drain"

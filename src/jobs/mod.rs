@@ -220,42 +220,45 @@ pub(crate) fn worker_name(queue: &str) -> String {
     format!("{queue}@{host}:{}:{instance}", std::process::id())
 }
 
-/// Job kinds with a worker in every worker process.
-const KINDS: u32 = 7;
-
-/// The pool of the job layer's own statements, on the same database as `db`: per kind, one
-/// connection its insert listener holds for good and one for its claims, acknowledgements
-/// and heartbeats (a worker issues those one at a time). Handlers use `db`, so a worker's
-/// claims, acknowledgements and heartbeats never wait behind its own busy handlers for a
-/// connection (a heartbeat that waits too long gets the worker's jobs rescued and run twice).
+/// The pool of the job layer's own statements for `kinds` workers, on the same database as
+/// `db`: per kind, one connection its insert listener holds for good and one for its claims,
+/// acknowledgements and heartbeats (a worker issues those one at a time), and one to spare.
+/// Handlers use `db`, so a worker's claims, acknowledgements and heartbeats never wait behind
+/// its own busy handlers for a connection (a heartbeat that waits too long gets the worker's
+/// jobs rescued and run twice).
 ///
 /// The pool is opened whole, in the background, and kept whole: sqlx opens a new connection
 /// rather than wait for one that is on its way back, so a pool that grows on demand made a
 /// claim wait for a connect now and then (90 ms on the bench machine: the idle tail of
 /// enqueue→start in `docs/benchmarks.md`).
-pub(crate) fn queue_pool(db: &PgPool) -> PgPool {
+pub(crate) fn queue_pool(db: &PgPool, kinds: usize) -> PgPool {
+    let size = u32::try_from(2 * kinds + 1).unwrap_or(u32::MAX);
     sqlx::postgres::PgPoolOptions::new()
-        .max_connections(QUEUE_CONNECTIONS)
-        .min_connections(QUEUE_CONNECTIONS)
+        .max_connections(size)
+        .min_connections(size)
         .connect_lazy_with((*db.connect_options()).clone())
 }
 
-/// The size of [`queue_pool`]: two per kind and one to spare.
-const QUEUE_CONNECTIONS: u32 = 2 * KINDS + 1;
-
 /// Builds the monitor with one worker per job kind, restarting workers that fail.
 pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
-    let queue = queue_pool(&ctx.db);
-    macro_rules! register {
-        ($monitor:expr, $kind:ty, $handler:path) => {{
-            let (ctx, queue) = (ctx.clone(), queue.clone());
-            $monitor.register(move |_restarts| {
-                WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
-                    .backend(worker_backend::<$kind>(&queue, store::CLAIM_BATCH))
-                    .concurrency(WORKER_CONCURRENCY)
-                    .data(ctx.clone())
-                    .build($handler)
-            })
+    // One worker per `(kind, handler)`, all on one queue pool sized from the same list.
+    macro_rules! workers {
+        ($monitor:expr, $(($kind:ty, $handler:path)),+ $(,)?) => {{
+            let queue = queue_pool(&ctx.db, [$(<$kind as Job>::QUEUE),+].len());
+            let monitor = $monitor;
+            $(
+                let monitor = {
+                    let (ctx, queue) = (ctx.clone(), queue.clone());
+                    monitor.register(move |_restarts| {
+                        WorkerBuilder::new(worker_name(<$kind as Job>::QUEUE))
+                            .backend(worker_backend::<$kind>(&queue, store::CLAIM_BATCH))
+                            .concurrency(WORKER_CONCURRENCY)
+                            .data(ctx.clone())
+                            .build($handler)
+                    })
+                };
+            )+
+            monitor
         }};
     }
     let monitor = Monitor::new()
@@ -264,21 +267,16 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
             tracing::error!(worker = worker.name(), error = %error, "job worker failed; restarting");
             true
         });
-    let monitor = register!(
+    let monitor = workers!(
         monitor,
-        confirm_timeout::ConfirmTimeout,
-        confirm_timeout::run
+        (confirm_timeout::ConfirmTimeout, confirm_timeout::run),
+        (match_driver::MatchDriver, match_driver::run),
+        (offer_timeout::OfferTimeout, offer_timeout::run),
+        (refresh_eta::RefreshEta, refresh_eta::run),
+        (notify::Notify, notify::run),
+        (capture_payment::CapturePayment, capture_payment::run),
+        (request_review::RequestReview, request_review::run),
     );
-    let monitor = register!(monitor, match_driver::MatchDriver, match_driver::run);
-    let monitor = register!(monitor, offer_timeout::OfferTimeout, offer_timeout::run);
-    let monitor = register!(monitor, refresh_eta::RefreshEta, refresh_eta::run);
-    let monitor = register!(monitor, notify::Notify, notify::run);
-    let monitor = register!(
-        monitor,
-        capture_payment::CapturePayment,
-        capture_payment::run
-    );
-    let monitor = register!(monitor, request_review::RequestReview, request_review::run);
     let process = worker_name("cron");
     cron::register(
         monitor,
