@@ -186,7 +186,7 @@ impl Layer {
     fn label(self) -> String {
         match self {
             Layer::Courier => format!(
-                "courier worker: our store, {} per claim, one ack per flush",
+                "courier worker: our store, {} per claim",
                 jobs::store::CLAIM_BATCH
             ),
             Layer::Store { batch } => format!("our store, {batch} per claim"),

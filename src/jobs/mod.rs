@@ -221,18 +221,18 @@ pub(crate) fn worker_name(queue: &str) -> String {
 }
 
 /// The pool of the job layer's own statements for `kinds` workers, on the same database as
-/// `db`: per kind, one connection its insert listener holds for good and one for its claims,
-/// acknowledgements and heartbeats (a worker issues those one at a time), and one to spare.
-/// Handlers use `db`, so a worker's claims, acknowledgements and heartbeats never wait behind
-/// its own busy handlers for a connection (a heartbeat that waits too long gets the worker's
-/// jobs rescued and run twice).
+/// `db`: per kind, one connection its insert listener holds for good, one for its claims and
+/// heartbeats (a worker issues those one at a time) and one for its acknowledgement writer,
+/// and one to spare. Handlers use `db`, so a worker's claims, acknowledgements and heartbeats
+/// never wait behind its own busy handlers for a connection (a heartbeat that waits too long
+/// gets the worker's jobs rescued and run twice).
 ///
 /// The pool is opened whole, in the background, and kept whole: sqlx opens a new connection
 /// rather than wait for one that is on its way back, so a pool that grows on demand made a
 /// claim wait for a connect now and then (90 ms on the bench machine: the idle tail of
 /// enqueue→start in `docs/benchmarks.md`).
 pub(crate) fn queue_pool(db: &PgPool, kinds: usize) -> PgPool {
-    let size = u32::try_from(2 * kinds + 1).unwrap_or(u32::MAX);
+    let size = u32::try_from(3 * kinds + 1).unwrap_or(u32::MAX);
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(size)
         .min_connections(size)

@@ -16,6 +16,12 @@
 //! - **acknowledge**: the outcomes gathered since the last flush are written by one
 //!   autocommit `UPDATE … FROM unnest(…)`, only where the row is still locked by this worker
 //!   (a job rescued from a worker presumed dead is not overwritten by that worker's late ack).
+//!   apalis's state machine waits for each flush before it claims or hands out the next job,
+//!   so the worker would have one statement in flight at a time; the flushes are handed to a
+//!   writer task of the worker's own ([`AckWriter`]) instead, and the worker claims and runs
+//!   jobs while they are written. A flush that fails ends the worker at its next step (as a
+//!   failed flush always did), so its heartbeat stops and its unacknowledged jobs are
+//!   rescued; a worker that closes first waits for every flush handed over.
 //! - **wake-up**: the insert NOTIFY is listened to here, and one that arrives while a claim is
 //!   in flight is not lost (see [`JobStore`]).
 //! - **rescue**: apalis's statement, served by our partial index of the jobs in flight
@@ -36,6 +42,7 @@
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,9 +54,11 @@ use apalis_core::backend::persistence::{
 };
 use apalis_core::backend::{BackendConfig, WireFormatBackend};
 use apalis_postgres::{Error, Pubsub};
-use futures::Stream;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs one claim takes. Measured in `courier bench jobs`: 100 per claim reaches the
 /// plain SQL loop's range, while claims of 10 spend the worker's time on round trips.
@@ -68,11 +77,20 @@ pub struct StoreConfig {
     pub dead_after: Duration,
 }
 
+/// Flushes handed to the writer and not yet taken: beyond this, handing one over waits
+/// (so a writer that falls behind slows its worker down instead of queueing without bound).
+const ACKS_IN_FLIGHT: usize = 4;
+
+/// Most outcomes one acknowledgement statement writes when flushes queued up behind it are
+/// written together.
+const ACK_ROWS: usize = 4 * CLAIM_BATCH;
+
 /// The statements behind one worker (see the module docs).
 #[derive(Clone, Debug)]
 pub struct JobTable {
     pool: PgPool,
     config: StoreConfig,
+    acks: AckWriter,
 }
 
 /// One claimed row.
@@ -135,6 +153,9 @@ ON CONFLICT (id) DO UPDATE
 SET worker_type = EXCLUDED.worker_type, storage_name = EXCLUDED.storage_name,
     layers = EXCLUDED.layers, last_seen = now()";
 
+/// One outcome: job id, status, attempt and result.
+type Row = (String, String, i32, Value);
+
 /// The outcome columns of a flush, one entry per job (sorted by id, so two flushes that
 /// touch the same rows lock them in the same order).
 #[derive(Debug, Default, PartialEq)]
@@ -146,9 +167,41 @@ struct Outcomes {
 }
 
 impl Outcomes {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Adds `other`'s rows, keeping the whole sorted by id.
+    fn merge(self, other: Outcomes) -> Outcomes {
+        let mut rows = self.into_rows();
+        rows.extend(other.into_rows());
+        Self::from_rows(rows)
+    }
+
+    fn into_rows(self) -> Vec<Row> {
+        let mut rows = Vec::with_capacity(self.ids.len());
+        let columns = self.ids.into_iter().zip(self.statuses).zip(self.attempts);
+        for (((id, status), attempt), result) in columns.zip(self.results) {
+            rows.push((id, status, attempt, result));
+        }
+        rows
+    }
+
+    fn from_rows(mut rows: Vec<Row>) -> Outcomes {
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut outcomes = Outcomes::default();
+        for (id, status, attempt, result) in rows {
+            outcomes.ids.push(id);
+            outcomes.statuses.push(status);
+            outcomes.attempts.push(attempt);
+            outcomes.results.push(result);
+        }
+        outcomes
+    }
+
     /// Collects the completions among `events` (the only events our layer emits).
     fn from_events(events: Vec<TaskEvent<Value>>) -> Self {
-        let mut rows: Vec<(String, String, i32, Value)> = events
+        let rows: Vec<Row> = events
             .into_iter()
             .filter_map(|event| match event {
                 TaskEvent::Complete(done) => {
@@ -166,15 +219,7 @@ impl Outcomes {
                 _ => None,
             })
             .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut outcomes = Outcomes::default();
-        for (id, status, attempt, result) in rows {
-            outcomes.ids.push(id);
-            outcomes.statuses.push(status);
-            outcomes.attempts.push(attempt);
-            outcomes.results.push(result);
-        }
-        outcomes
+        Self::from_rows(rows)
     }
 }
 
@@ -208,6 +253,7 @@ impl Persistence for JobTable {
     }
 
     async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<Task<Vec<u8>>>, Error> {
+        self.acks.check()?;
         let rows: Vec<Claimed> = sqlx::query_as(CLAIM)
             .bind(worker.name())
             .bind(self.config.queue)
@@ -226,17 +272,9 @@ impl Persistence for JobTable {
     ) -> Result<(), Error> {
         let outcomes = Outcomes::from_events(events);
         if outcomes.ids.is_empty() {
-            return Ok(());
+            return self.acks.check();
         }
-        sqlx::query(ACKNOWLEDGE)
-            .bind(&outcomes.ids)
-            .bind(&outcomes.statuses)
-            .bind(&outcomes.attempts)
-            .bind(&outcomes.results)
-            .bind(worker.name())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.acks.hand_over(worker.name(), outcomes).await
     }
 
     async fn reenqueue_abandoned(
@@ -276,6 +314,139 @@ impl JobTable {
     }
 }
 
+/// The writer task of one worker's acknowledgements, and the way to it (see the module docs).
+/// The task ends when the last handle is dropped.
+#[derive(Clone, Debug)]
+struct AckWriter {
+    flushes: mpsc::Sender<AckMessage>,
+    /// Why the writer stopped, until a caller takes it to end the worker.
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+#[derive(Debug)]
+enum AckMessage {
+    /// Outcomes of jobs locked by `worker`.
+    Write { worker: String, outcomes: Outcomes },
+    /// Answered once everything handed over before it is written.
+    Barrier(oneshot::Sender<()>),
+}
+
+impl AckWriter {
+    /// Starts the writer on `pool`. Needs a Tokio runtime.
+    fn spawn(pool: PgPool, queue: &'static str) -> Self {
+        let (flushes, received) = mpsc::channel(ACKS_IN_FLIGHT);
+        let failure = Arc::new(Mutex::new(None));
+        tokio::spawn(write_acks(pool, queue, received, failure.clone()));
+        Self { flushes, failure }
+    }
+
+    /// Queues `outcomes` for writing; fails if the writer has stopped.
+    async fn hand_over(&self, worker: &str, outcomes: Outcomes) -> Result<(), Error> {
+        let message = AckMessage::Write {
+            worker: worker.to_owned(),
+            outcomes,
+        };
+        match self.flushes.send(message).await {
+            Ok(()) => self.check(),
+            Err(_) => Err(self.stopped()),
+        }
+    }
+
+    /// Waits until everything handed over so far is written.
+    async fn drain(self) -> Result<(), Error> {
+        let (done, written) = oneshot::channel();
+        if self.flushes.send(AckMessage::Barrier(done)).await.is_err() {
+            return Err(self.stopped());
+        }
+        written.await.map_err(|_| self.stopped())
+    }
+
+    /// Fails if the writer has stopped.
+    fn check(&self) -> Result<(), Error> {
+        if self.flushes.is_closed() {
+            Err(self.stopped())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The writer's failure the first time it is asked for, then a plain account of it.
+    fn stopped(&self) -> Error {
+        let failure = self.failure.lock().map(|mut slot| slot.take());
+        failure.ok().flatten().unwrap_or_else(|| {
+            Error::Database(sqlx::Error::Protocol(
+                "the acknowledgement writer of this worker has stopped".into(),
+            ))
+        })
+    }
+}
+
+/// The writer task: writes each flush, together with those queued behind it (up to
+/// [`ACK_ROWS`] outcomes of one worker), and stops at the first failure, leaving it in
+/// `failure` for the worker to end on.
+async fn write_acks(
+    pool: PgPool,
+    queue: &'static str,
+    mut received: mpsc::Receiver<AckMessage>,
+    failure: Arc<Mutex<Option<Error>>>,
+) {
+    // A flush taken from the channel that did not fit the last statement.
+    let mut held = None;
+    loop {
+        let first = match held.take() {
+            Some(message) => message,
+            None => match received.recv().await {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let mut barriers = Vec::new();
+        let mut batch: Option<(String, Outcomes)> = None;
+        let mut message = Some(first);
+        while let Some(current) = message {
+            match current {
+                AckMessage::Barrier(done) => barriers.push(done),
+                AckMessage::Write { worker, outcomes } => match &mut batch {
+                    Some((held_by, rows)) if *held_by == worker && rows.len() < ACK_ROWS => {
+                        *rows = std::mem::take(rows).merge(outcomes);
+                    }
+                    Some(_) => {
+                        held = Some(AckMessage::Write { worker, outcomes });
+                        break;
+                    }
+                    None => batch = Some((worker, outcomes)),
+                },
+            }
+            message = received.try_recv().ok();
+        }
+        if let Some((worker, outcomes)) = batch
+            && let Err(error) = acknowledge(&pool, &worker, &outcomes).await
+        {
+            tracing::error!(queue, %error, "could not record job outcomes; the worker stops");
+            if let Ok(mut slot) = failure.lock() {
+                *slot = Some(error);
+            }
+            return;
+        }
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Writes `outcomes` of jobs still locked by `worker`.
+async fn acknowledge(pool: &PgPool, worker: &str, outcomes: &Outcomes) -> Result<(), Error> {
+    sqlx::query(ACKNOWLEDGE)
+        .bind(&outcomes.ids)
+        .bind(&outcomes.statuses)
+        .bind(&outcomes.attempts)
+        .bind(&outcomes.results)
+        .bind(worker)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 fn log_rescued(queue: &str, rescued: u64) {
     if rescued > 0 {
         tracing::warn!(
@@ -302,6 +473,8 @@ pub struct JobStore<Args> {
     inserts: Pubsub,
     /// An insert was announced after the claim in flight (or the last one) began.
     unclaimed_insert: bool,
+    /// On close, the wait for the acknowledgement writer to finish.
+    closing: Option<BoxFuture<'static, Result<(), Error>>>,
     _args: PhantomData<fn() -> Args>,
 }
 
@@ -317,17 +490,20 @@ impl<Args> std::fmt::Debug for JobStore<Args> {
 
 impl<Args> JobStore<Args> {
     /// A backend for one worker of `config.queue`, woken by `inserts` (apalis's insert
-    /// listener for that queue).
+    /// listener for that queue). Starts the worker's acknowledgement writer, so it needs a
+    /// Tokio runtime.
     pub fn new(pool: &PgPool, config: StoreConfig, inserts: Pubsub) -> Self {
         Self {
             persistence: Persisted::new(JobTable {
                 pool: pool.clone(),
                 config: config.clone(),
+                acks: AckWriter::spawn(pool.clone(), config.queue),
             }),
             config,
             codec: JsonCodec::default(),
             inserts,
             unclaimed_insert: false,
+            closing: None,
             _args: PhantomData,
         }
     }
@@ -396,12 +572,24 @@ impl<Args> Backend for JobStore<Args> {
         }
     }
 
+    /// apalis's close (which hands the last outcomes to the writer), then the wait for the
+    /// writer to write everything it was handed.
     fn poll_close(
         &mut self,
         cx: &mut Context<'_>,
         worker: &WorkerContext,
     ) -> Poll<Result<(), Error>> {
-        self.persistence.poll_close(cx, worker)
+        if self.closing.is_none() {
+            match self.persistence.poll_close(cx, worker) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            self.closing = Some(self.persistence.acks.clone().drain().boxed());
+        }
+        match self.closing.as_mut() {
+            Some(closing) => closing.poll_unpin(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -474,6 +662,26 @@ mod tests {
                 serde_json::json!({"Err": "boom"})
             ]
         );
+    }
+
+    #[test]
+    fn merged_outcomes_stay_sorted_by_id() {
+        let (a, b, c) = (
+            "01KBAAAAAAAAAAAAAAAAAAAAAA",
+            "01KBBBBBBBBBBBBBBBBBBBBBBB",
+            "01KBCCCCCCCCCCCCCCCCCCCCCC",
+        );
+        let first = Outcomes::from_events(vec![
+            done(c, 1, Status::Done, Ok(Value::Null)),
+            done(a, 1, Status::Done, Ok(Value::Null)),
+        ]);
+        let second = Outcomes::from_events(vec![done(b, 3, Status::Killed, Err("no".into()))]);
+        let merged = first.merge(second);
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged.ids, vec![a.to_owned(), b.to_owned(), c.to_owned()]);
+        assert_eq!(merged.statuses, vec!["Done", "Killed", "Done"]);
+        assert_eq!(merged.attempts, vec![1, 3, 1]);
+        assert_eq!(merged.results[1], serde_json::json!({"Err": "no"}));
     }
 
     #[test]

@@ -268,6 +268,100 @@ async fn a_worker_killed_in_the_middle_of_a_claimed_batch_loses_no_job_and_repea
     );
 }
 
+/// Outcomes are written by a worker's own writer task while the worker goes on claiming. If
+/// that write fails, the worker must not carry on: its heartbeat would keep the job it could
+/// not acknowledge `Running` under its name for good. It ends at its next step, the monitor
+/// starts a new worker, and once the old one counts as dead the job is rescued and run
+/// again — here a no-op, as its order is already cancelled. The acknowledgement is made to
+/// fail by a trigger while a flag row exists.
+#[tokio::test]
+async fn a_failed_acknowledgement_ends_the_worker_and_its_job_is_rescued() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let id = app.placed_order(&cast).await;
+    sqlx::raw_sql(
+        "CREATE TABLE fail_acks ();
+         INSERT INTO fail_acks DEFAULT VALUES;
+         CREATE FUNCTION fail_acks() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF OLD.status = 'Running' AND NEW.status <> 'Running'
+                AND EXISTS (SELECT 1 FROM fail_acks) THEN
+                 RAISE EXCEPTION 'acknowledgements are failing';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_acks BEFORE UPDATE ON apalis.jobs
+             FOR EACH ROW EXECUTE FUNCTION fail_acks();",
+    )
+    .execute(&app.db)
+    .await
+    .expect("failing acknowledgements");
+    let workers_of_queue = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM apalis.workers WHERE worker_type = $1")
+            .bind(ConfirmTimeout::QUEUE)
+            .fetch_one(&app.db)
+            .await
+            .expect("workers")
+    };
+    let _workers = app.spawn_workers();
+    enqueue_now(&app, id).await;
+
+    let replaced = eventually(Duration::from_secs(30), || async {
+        app.status_of(id).await == "CANCELLED" && workers_of_queue().await >= 2
+    })
+    .await;
+    assert!(
+        replaced,
+        "the job ran and its worker was replaced; statuses: {:?}",
+        job_statuses(&app, ConfirmTimeout::QUEUE).await
+    );
+    let (status, stuck_by): (String, String) = sqlx::query_as(
+        "SELECT status, lock_by FROM apalis.jobs
+         WHERE job_type = $1 AND status <> 'Pending'",
+    )
+    .bind(ConfirmTimeout::QUEUE)
+    .fetch_one(&app.db)
+    .await
+    .expect("the job that ran");
+    assert_eq!(
+        status, "Running",
+        "the failed acknowledgement wrote nothing"
+    );
+
+    // Acknowledgements work again; the old worker has been silent for long enough.
+    sqlx::raw_sql("DELETE FROM fail_acks")
+        .execute(&app.db)
+        .await
+        .expect("acknowledgements back");
+    sqlx::query("UPDATE apalis.workers SET last_seen = now() - interval '1 hour' WHERE id = $1")
+        .bind(&stuck_by)
+        .execute(&app.db)
+        .await
+        .expect("the old worker is silent");
+    let done = eventually(Duration::from_secs(40), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM apalis.jobs
+                            WHERE job_type = $1 AND status = 'Done' AND lock_by <> $2)",
+        )
+        .bind(ConfirmTimeout::QUEUE)
+        .bind(&stuck_by)
+        .fetch_one(&app.db)
+        .await
+        .expect("done")
+    })
+    .await;
+    assert!(
+        done,
+        "the job was rescued and done by the new worker; statuses: {:?}",
+        job_statuses(&app, ConfirmTimeout::QUEUE).await
+    );
+    assert_eq!(
+        app.audit_rows(id, "cancel").await,
+        1,
+        "the cancel happened exactly once"
+    );
+}
+
 /// Polls `store` for its next job for `time`; the job, if one came.
 async fn next_job(
     store: &mut JobStore<ConfirmTimeout>,
