@@ -1,6 +1,7 @@
 //! `/v1/orders`: placing orders (customers, with `X-Idempotency-Key`), reading them (each
 //! principal sees its own), and the workflow's actions, each applied by the transition
-//! executor.
+//! executor. Also the order lists of one party, `/v1/restaurants/{id}/orders` and
+//! `/v1/drivers/{id}/orders`, which page through the same view.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -19,6 +20,7 @@ use crate::eta::Eta;
 use crate::eta::order::{EtaError, order_eta};
 use crate::geo::Point;
 use crate::store::orders::{self, ListFilter, OrderView};
+use crate::store::restaurants;
 use crate::text::{Line, Text};
 use crate::workflows::OrderStatus;
 use crate::workflows::machine::{Action, Actor, Parties, Refusal};
@@ -50,6 +52,8 @@ pub fn router() -> Router<AppState> {
         .route("/orders/{id}/pickup", post(pickup))
         .route("/orders/{id}/deliver", post(deliver))
         .route("/orders/{id}/cancel", post(cancel))
+        .route("/restaurants/{id}/orders", get(list_for_restaurant))
+        .route("/drivers/{id}/orders", get(list_for_driver))
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,20 +447,114 @@ struct ListBody {
     next_before: Option<i64>,
 }
 
+/// `GET /v1/orders`: the caller's own orders (every order for operators), every state by
+/// default.
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListBody>, ApiError> {
-    let status = q
-        .status
-        .map(|s| {
-            s.to_ascii_uppercase()
-                .parse::<OrderStatus>()
-                .map(|s| s.as_str().to_owned())
-                .map_err(|e| ApiError::unprocessable("invalid_status", e.to_string()))
-        })
-        .transpose()?;
+    list_page(&state, Actor::from(principal), &q, StatusChoice::All).await
+}
+
+/// `GET /v1/restaurants/{id}/orders`: a restaurant's incoming and past orders (that restaurant
+/// or an operator), every state by default.
+async fn list_for_restaurant(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListBody>, ApiError> {
+    principal.require_role(&[Role::Restaurant, Role::Operator])?;
+    if principal.role == Role::Restaurant && principal.subject != id {
+        return Err(ApiError::forbidden(
+            "a restaurant may only list its own orders",
+        ));
+    }
+    if !restaurants::exists(&state.db, id).await? {
+        return Err(ApiError::not_found(format!(
+            "restaurant {id} does not exist"
+        )));
+    }
+    list_page(&state, Actor::Restaurant(id), &q, StatusChoice::All).await
+}
+
+/// `GET /v1/drivers/{id}/orders`: the orders assigned to a driver (that driver or an
+/// operator), only the active ones by default.
+async fn list_for_driver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ListBody>, ApiError> {
+    principal.require_role(&[Role::Driver, Role::Operator])?;
+    if principal.role == Role::Driver && principal.subject != id {
+        return Err(ApiError::forbidden("a driver may only list its own orders"));
+    }
+    if !orders::driver_exists(&state.db, id).await? {
+        return Err(ApiError::not_found(format!("driver {id} does not exist")));
+    }
+    list_page(&state, Actor::Driver(id), &q, StatusChoice::Active).await
+}
+
+/// What a listing's `status` parameter asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusChoice {
+    /// `all`: every state.
+    All,
+    /// `active`: orders neither delivered nor ended ([`OrderStatus::is_active`]).
+    Active,
+    /// One state, by its name in any case.
+    One(OrderStatus),
+}
+
+impl StatusChoice {
+    /// Parses the `status` parameter; `default` when it is absent.
+    fn parse(raw: Option<&str>, default: StatusChoice) -> Result<StatusChoice, ApiError> {
+        let Some(raw) = raw.map(str::trim) else {
+            return Ok(default);
+        };
+        if raw.eq_ignore_ascii_case("all") {
+            return Ok(StatusChoice::All);
+        }
+        if raw.eq_ignore_ascii_case("active") {
+            return Ok(StatusChoice::Active);
+        }
+        raw.to_ascii_uppercase()
+            .parse::<OrderStatus>()
+            .map(StatusChoice::One)
+            .map_err(|e| {
+                ApiError::unprocessable(
+                    "invalid_status",
+                    format!("{e}: give an order state, `active` or `all`"),
+                )
+            })
+    }
+
+    /// The states listed, `None` for all.
+    fn statuses(self) -> Option<Vec<&'static str>> {
+        match self {
+            StatusChoice::All => None,
+            StatusChoice::Active => Some(
+                OrderStatus::ALL
+                    .into_iter()
+                    .filter(|s| s.is_active())
+                    .map(OrderStatus::as_str)
+                    .collect(),
+            ),
+            StatusChoice::One(status) => Some(vec![status.as_str()]),
+        }
+    }
+}
+
+/// One page of the orders `scope` sees, newest first.
+async fn list_page(
+    state: &AppState,
+    scope: Actor,
+    q: &ListQuery,
+    default: StatusChoice,
+) -> Result<Json<ListBody>, ApiError> {
+    let statuses = StatusChoice::parse(q.status.as_deref(), default)?.statuses();
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::unprocessable(
@@ -465,12 +563,12 @@ async fn list(
         ));
     }
     let filter = ListFilter {
-        status,
+        statuses,
         before_id: q.before,
         limit,
     };
     let mut conn = state.db.acquire().await?;
-    let orders = orders::list(&mut conn, Actor::from(principal), &filter).await?;
+    let orders = orders::list(&mut conn, scope, &filter).await?;
     let next_before = (orders.len() == usize::try_from(limit).unwrap_or(usize::MAX))
         .then(|| orders.last().map(|o| o.id))
         .flatten();
@@ -478,4 +576,33 @@ async fn list(
         orders,
         next_before,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_parameter_takes_a_state_active_or_all_in_any_case() {
+        let parse = |raw| StatusChoice::parse(raw, StatusChoice::Active);
+        assert_eq!(parse(None).expect("default"), StatusChoice::Active);
+        assert_eq!(parse(Some("ALL")).expect("all"), StatusChoice::All);
+        assert_eq!(
+            parse(Some(" active ")).expect("active"),
+            StatusChoice::Active
+        );
+        assert_eq!(
+            parse(Some("ready_for_pickup")).expect("a state"),
+            StatusChoice::One(OrderStatus::ReadyForPickup)
+        );
+        let err = parse(Some("shipped")).expect_err("not a state");
+        assert_eq!(err.code(), "invalid_status");
+        assert_eq!(StatusChoice::All.statuses(), None);
+        assert_eq!(
+            StatusChoice::One(OrderStatus::Placed).statuses(),
+            Some(vec!["PLACED"])
+        );
+        let active = StatusChoice::Active.statuses().expect("a list");
+        assert!(active.contains(&"PICKED_UP") && !active.contains(&"DELIVERED"));
+    }
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::workflows::machine::Actor;
 
@@ -70,10 +70,19 @@ pub async fn fetch_view(
     .await
 }
 
+/// Whether driver `id` exists.
+pub async fn driver_exists(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM drivers WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}
+
 /// Filters of an order listing.
 #[derive(Clone, Debug)]
 pub struct ListFilter {
-    pub status: Option<String>,
+    /// Only orders in one of these states (every state when `None`).
+    pub statuses: Option<Vec<&'static str>>,
     /// Only orders with an id below this (keyset pagination, newest first).
     pub before_id: Option<i64>,
     pub limit: i64,
@@ -93,12 +102,12 @@ pub async fn list(
     };
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{VIEW_SELECT} WHERE {scope}
-           AND ($2::text IS NULL OR o.status = $2)
+           AND ($2::text[] IS NULL OR o.status = ANY($2))
            AND ($3::bigint IS NULL OR o.id < $3)
          ORDER BY o.id DESC LIMIT $4"
     )))
     .bind(subject)
-    .bind(filter.status.as_deref())
+    .bind(filter.statuses.as_deref())
     .bind(filter.before_id)
     .bind(filter.limit)
     .fetch_all(conn)

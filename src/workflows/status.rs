@@ -51,6 +51,15 @@ impl OrderStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, OrderStatus::Completed | OrderStatus::Cancelled)
     }
+
+    /// Whether someone still has to act on the order: it is neither delivered nor ended. A
+    /// restaurant's and a driver's "active orders".
+    pub fn is_active(self) -> bool {
+        !matches!(
+            self,
+            OrderStatus::Delivered | OrderStatus::Completed | OrderStatus::Cancelled
+        )
+    }
 }
 
 impl fmt::Display for OrderStatus {
@@ -87,6 +96,30 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", status.as_str()));
         }
         assert!("SHIPPED".parse::<OrderStatus>().is_err());
+    }
+
+    #[test]
+    fn active_orders_are_those_not_yet_delivered_or_ended() {
+        let active: Vec<&str> = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .map(OrderStatus::as_str)
+            .collect();
+        assert_eq!(
+            active,
+            [
+                "PLACED",
+                "CONFIRMED",
+                "PREPARING",
+                "READY_FOR_PICKUP",
+                "PICKED_UP"
+            ]
+        );
+        assert!(
+            OrderStatus::ALL
+                .into_iter()
+                .all(|s| !(s.is_active() && s.is_terminal()))
+        );
     }
 
     #[test]

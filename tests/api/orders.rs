@@ -481,3 +481,153 @@ async fn listing_pages_newest_first() {
     assert_eq!(rest["orders"][0]["id"], ids[0]);
     assert!(rest.get("next_before").is_none());
 }
+
+/// Ids of the orders in a listing, in its order.
+async fn listed(response: reqwest::Response) -> Vec<i64> {
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["orders"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|o| o["id"].as_i64().expect("id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restaurant_lists_its_own_orders_newest_first_by_status() {
+    let app = spawn_app().await;
+    let other = cast(&app.db).await;
+    let cast = cast(&app.db).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.placed_order(&cast).await);
+    }
+    app.placed_order(&other).await;
+    app.act(ids[0], "confirm", Role::Restaurant, cast.restaurant)
+        .await;
+    let path = format!("/v1/restaurants/{}/orders", cast.restaurant);
+
+    let all = listed(app.get_as(&path, Role::Restaurant, cast.restaurant).await).await;
+    assert_eq!(all, vec![ids[2], ids[1], ids[0]]);
+    let placed = listed(
+        app.get_as(
+            &format!("{path}?status=placed"),
+            Role::Restaurant,
+            cast.restaurant,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(placed, vec![ids[2], ids[1]]);
+    let by_operator = listed(
+        app.get_as(
+            &format!("{path}?status=CONFIRMED"),
+            Role::Operator,
+            OPERATOR,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(by_operator, vec![ids[0]]);
+    let page = app
+        .get_as(
+            &format!("{path}?limit=2"),
+            Role::Restaurant,
+            cast.restaurant,
+        )
+        .await;
+    let body: serde_json::Value = page.json().await.expect("json");
+    assert_eq!(body["next_before"], ids[1]);
+
+    assert_error(
+        app.get_as(&path, Role::Restaurant, other.restaurant).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_error(
+        app.get_as(&path, Role::Customer, cast.customer).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_error(
+        app.get_as("/v1/restaurants/999999/orders", Role::Operator, OPERATOR)
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get_as(
+            &format!("{path}?status=shipped"),
+            Role::Restaurant,
+            cast.restaurant,
+        )
+        .await,
+        422,
+        "invalid_status",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_driver_lists_its_active_orders_by_default() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let (order, driver) = app.picked_up_order(&cast).await;
+    let path = format!("/v1/drivers/{driver}/orders");
+    assert_eq!(
+        listed(app.get_as(&path, Role::Driver, driver).await).await,
+        vec![order]
+    );
+    assert_eq!(
+        app.act(order, "deliver", Role::Driver, driver)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert!(
+        listed(app.get_as(&path, Role::Driver, driver).await)
+            .await
+            .is_empty(),
+        "a delivered order is no longer active"
+    );
+    assert_eq!(
+        listed(
+            app.get_as(&format!("{path}?status=all"), Role::Driver, driver)
+                .await
+        )
+        .await,
+        vec![order]
+    );
+    assert_eq!(
+        listed(
+            app.get_as(
+                &format!("{path}?status=delivered"),
+                Role::Operator,
+                OPERATOR
+            )
+            .await
+        )
+        .await,
+        vec![order]
+    );
+
+    let stranger = insert_driver(&app.db).await;
+    assert_error(
+        app.get_as(&path, Role::Driver, stranger).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_error(
+        app.get_as("/v1/drivers/999999/orders", Role::Operator, OPERATOR)
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+}
