@@ -105,7 +105,9 @@ pub enum TokenCommand {
         /// The role the token grants.
         #[arg(long, value_enum)]
         role: Role,
-        /// Id of the user, driver or restaurant the role acts as.
+        /// The id the role acts as: a user id for customer and operator, a driver id
+        /// (drivers.id, not its user id) for driver, a restaurant id for restaurant.
+        /// `GET /v1/me` answers every id a token's holder acts as.
         #[arg(long)]
         subject: i64,
         /// How long the token is valid, e.g. `30m`, `12h`, `7d` (at most 90 days).
@@ -244,6 +246,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 chrono::Utc::now().timestamp(),
                 ttl,
             )?;
+            eprintln!(
+                "courier: a {role} token for subject {subject}, which must be {}; valid for {}",
+                role.subject_kind(),
+                humantime::format_duration(ttl)
+            );
             println!("{token}");
             Ok(())
         }

@@ -56,6 +56,15 @@ impl Role {
             Role::Operator => "operator",
         }
     }
+
+    /// What a token's subject is for this role: the id it must name.
+    pub fn subject_kind(self) -> &'static str {
+        match self {
+            Role::Customer | Role::Operator => "a user id (users.id)",
+            Role::Restaurant => "a restaurant id (restaurants.id), not its owner's user id",
+            Role::Driver => "a driver id (drivers.id), not the driver's user id",
+        }
+    }
 }
 
 impl fmt::Display for Role {

@@ -19,4 +19,5 @@ mod probes;
 mod restaurants;
 mod schema;
 mod transactions;
+mod users;
 mod workflow;
