@@ -10,6 +10,7 @@ pub mod extract;
 pub mod health;
 pub mod middleware;
 pub mod offers;
+pub mod onboarding;
 pub mod orders;
 pub mod restaurants;
 pub mod users;
@@ -77,6 +78,7 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(users::router())
         .merge(drivers::router())
         .merge(restaurants::router())
+        .merge(onboarding::router())
         .merge(orders::router())
         .merge(offers::router())
         .layer(axum::middleware::from_fn_with_state(

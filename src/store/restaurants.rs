@@ -198,3 +198,115 @@ pub async fn set_open(pool: &PgPool, id: i64, open: bool) -> Result<bool, sqlx::
             .await?;
     Ok(updated.rows_affected() == 1)
 }
+
+/// A restaurant's profile as operators manage it (`POST`/`PATCH /v1/restaurants`).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RestaurantProfile {
+    pub id: i64,
+    pub owner_user_id: Option<i64>,
+    pub name: String,
+    pub address: Option<String>,
+    pub cuisine_type: Option<String>,
+    pub rating: Option<f64>,
+    pub prep_time_minutes: i32,
+    pub delivery_radius_m: i32,
+    pub is_open: bool,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+const PROFILE_COLUMNS: &str = "id, owner_user_id, name, address, cuisine_type,
+    rating::float8 AS rating, prep_time_minutes, delivery_radius_m, is_open,
+    ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS lon";
+
+/// Fields of a restaurant to create, already validated.
+#[derive(Clone, Debug)]
+pub struct NewRestaurant {
+    pub name: String,
+    pub address: Option<String>,
+    pub location: Point,
+    pub cuisine_type: Option<String>,
+    pub prep_time_minutes: i32,
+    pub delivery_radius_m: i32,
+    pub is_open: bool,
+    pub owner_user_id: Option<i64>,
+}
+
+/// Creates a restaurant; returns its profile.
+pub async fn insert(pool: &PgPool, new: &NewRestaurant) -> Result<RestaurantProfile, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO restaurants (name, address, location, cuisine_type, prep_time_minutes,
+                                  delivery_radius_m, is_open, owner_user_id)
+         VALUES ($1, $2, ST_SetSRID(ST_MakePoint($4, $3), 4326)::geography, $5, $6, $7, $8, $9)
+         RETURNING {PROFILE_COLUMNS}"
+    )))
+    .bind(&new.name)
+    .bind(&new.address)
+    .bind(new.location.lat)
+    .bind(new.location.lon)
+    .bind(&new.cuisine_type)
+    .bind(new.prep_time_minutes)
+    .bind(new.delivery_radius_m)
+    .bind(new.is_open)
+    .bind(new.owner_user_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Changes to a restaurant's profile, already validated; `None` leaves a field as it is,
+/// `Some(None)` clears a nullable one.
+#[derive(Clone, Debug, Default)]
+pub struct RestaurantChanges {
+    pub name: Option<String>,
+    pub address: Option<Option<String>>,
+    pub location: Option<Point>,
+    pub cuisine_type: Option<Option<String>>,
+    pub prep_time_minutes: Option<i32>,
+    pub delivery_radius_m: Option<i32>,
+    pub owner_user_id: Option<Option<i64>>,
+}
+
+/// Applies `changes` to restaurant `id`; its profile after, or `None` if there is none.
+pub async fn update(
+    pool: &PgPool,
+    id: i64,
+    changes: &RestaurantChanges,
+) -> Result<Option<RestaurantProfile>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE restaurants SET
+             name = COALESCE($2, name),
+             address = CASE WHEN $3 THEN $4 ELSE address END,
+             location = CASE WHEN $5 THEN ST_SetSRID(ST_MakePoint($7, $6), 4326)::geography
+                             ELSE location END,
+             cuisine_type = CASE WHEN $8 THEN $9 ELSE cuisine_type END,
+             prep_time_minutes = COALESCE($10, prep_time_minutes),
+             delivery_radius_m = COALESCE($11, delivery_radius_m),
+             owner_user_id = CASE WHEN $12 THEN $13 ELSE owner_user_id END,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING {PROFILE_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(&changes.name)
+    .bind(changes.address.is_some())
+    .bind(changes.address.clone().flatten())
+    .bind(changes.location.is_some())
+    .bind(changes.location.map(|p| p.lat))
+    .bind(changes.location.map(|p| p.lon))
+    .bind(changes.cuisine_type.is_some())
+    .bind(changes.cuisine_type.clone().flatten())
+    .bind(changes.prep_time_minutes)
+    .bind(changes.delivery_radius_m)
+    .bind(changes.owner_user_id.is_some())
+    .bind(changes.owner_user_id.flatten())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether user `id` exists and has the restaurant role (may own a restaurant).
+pub async fn is_restaurant_user(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'restaurant')")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+}

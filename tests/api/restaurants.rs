@@ -394,3 +394,182 @@ async fn closing_a_restaurant_refuses_new_orders_and_reopening_accepts_them() {
         .await;
     assert_eq!(accepted.status().as_u16(), 201);
 }
+
+async fn patch_restaurant(
+    app: &TestApp,
+    id: i64,
+    role: Role,
+    subject: i64,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    app.request(reqwest::Method::PATCH, &format!("/v1/restaurants/{id}"))
+        .bearer_auth(app.token(role, subject))
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn restaurant_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM restaurants")
+        .fetch_one(&app.db)
+        .await
+        .expect("count")
+}
+
+/// An operator onboards a restaurant: it is found by the nearby search at once (the cached
+/// cell is purged), its token (naming the restaurant id) works, and `/v1/me` names its owner.
+#[tokio::test]
+async fn an_operator_onboards_a_restaurant_that_is_found_and_can_act_at_once() {
+    let app = spawn_app().await;
+    let (lat, lon) = RESTAURANT_AT;
+    let query = format!("lat={lat}&lon={lon}&radius_km=2");
+    let (before, _) = nearby(&app, &query).await;
+    assert!(ids(&before).is_empty());
+    let owner = crate::helpers::insert_user(&app.db, "restaurant").await;
+
+    let body = serde_json::json!({
+        "name": " Noodle Bar ", "address": "1 Pell St", "cuisine_type": "ramen",
+        "location": {"lat": lat + 0.001, "lon": lon}, "prep_time_minutes": 12,
+        "delivery_radius_m": 3000, "owner_user_id": owner,
+    });
+    let created = app
+        .post_as("/v1/restaurants", Role::Operator, OPERATOR, &body)
+        .await;
+    assert_eq!(created.status().as_u16(), 201);
+    let created: serde_json::Value = created.json().await.expect("json");
+    let id = created["id"].as_i64().expect("id");
+    assert_eq!(created["name"], "Noodle Bar");
+    assert_eq!(created["owner_user_id"], owner);
+    assert_eq!(created["prep_time_minutes"], 12);
+    assert_eq!(created["is_open"], true);
+
+    let (after, cache) = nearby(&app, &query).await;
+    assert_eq!(
+        ids(&after),
+        vec![id],
+        "the new restaurant is found (cache: {cache})"
+    );
+    let me: serde_json::Value = app
+        .get_as("/v1/me", Role::Restaurant, id)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["restaurant_id"], id);
+    assert_eq!(me["user_id"], owner);
+    let orders = app
+        .get_as(
+            &format!("/v1/restaurants/{id}/orders"),
+            Role::Restaurant,
+            id,
+        )
+        .await;
+    assert_eq!(orders.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn an_operator_changes_a_restaurant_profile_and_readers_see_it_at_once() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let path = format!("/v1/restaurants/{}", cast.restaurant);
+    let cached = app.get_as(&path, Role::Operator, OPERATOR).await;
+    assert_eq!(cached.status().as_u16(), 200);
+
+    let changed = patch_restaurant(
+        &app,
+        cast.restaurant,
+        Role::Operator,
+        OPERATOR,
+        &serde_json::json!({"name": "Burger Palace", "prep_time_minutes": 35, "cuisine_type": null}),
+    )
+    .await;
+    assert_eq!(changed.status().as_u16(), 200);
+    let shown: serde_json::Value = app
+        .get_as(&path, Role::Operator, OPERATOR)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["name"], "Burger Palace");
+    assert_eq!(shown["prep_time_minutes"], 35);
+    assert!(shown["cuisine_type"].is_null());
+    assert_eq!(
+        shown["menu"].as_array().expect("menu").len(),
+        2,
+        "the menu stays"
+    );
+}
+
+#[tokio::test]
+async fn restaurant_onboarding_refuses_bad_input_and_other_roles_and_changes_nothing() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let count = restaurant_count(&app).await;
+    let customer = cast.customer;
+    let good = serde_json::json!({"name": "Cafe", "location": {"lat": 40.7, "lon": -74.0}});
+    for (role, subject) in [
+        (Role::Restaurant, cast.restaurant),
+        (Role::Customer, customer),
+    ] {
+        assert_error(
+            app.post_as("/v1/restaurants", role, subject, &good).await,
+            403,
+            "forbidden",
+        )
+        .await;
+        assert_error(
+            patch_restaurant(&app, cast.restaurant, role, subject, &good).await,
+            403,
+            "forbidden",
+        )
+        .await;
+    }
+    for (body, code) in [
+        (serde_json::json!({"name": "Cafe"}), "invalid_field"),
+        (
+            serde_json::json!({"name": "Cafe", "location": {"lat": 95.0, "lon": 0.0}}),
+            "invalid_location",
+        ),
+        (
+            serde_json::json!({"name": "Cafe", "location": {"lat": 40.7, "lon": -74.0}, "owner_user_id": customer}),
+            "invalid_owner",
+        ),
+        (
+            serde_json::json!({"name": "Cafe", "location": {"lat": 40.7, "lon": -74.0}, "stars": 5}),
+            "invalid_body",
+        ),
+    ] {
+        let response = app
+            .post_as("/v1/restaurants", Role::Operator, OPERATOR, &body)
+            .await;
+        assert_eq!(response.status().as_u16(), 422, "{body}");
+        assert_error(response, 422, code).await;
+    }
+    assert_error(
+        patch_restaurant(
+            &app,
+            cast.restaurant,
+            Role::Operator,
+            OPERATOR,
+            &serde_json::json!({"is_open": false}),
+        )
+        .await,
+        422,
+        "invalid_field",
+    )
+    .await;
+    assert_error(
+        patch_restaurant(&app, 999_999, Role::Operator, OPERATOR, &good).await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_eq!(restaurant_count(&app).await, count);
+    let name: String = sqlx::query_scalar("SELECT name FROM restaurants WHERE id = $1")
+        .bind(cast.restaurant)
+        .fetch_one(&app.db)
+        .await
+        .expect("name");
+    assert_eq!(name, "Burger Barn");
+}
