@@ -114,6 +114,11 @@ pub struct CommonArgs {
     )]
     pub match_alert_rounds: u32,
 
+    /// How long a driver who passed on an order (declined it or let the offer lapse) is not
+    /// offered it again, e.g. `3m`.
+    #[arg(long, env = "COURIER_REOFFER_AFTER", default_value = "3m", value_parser = humantime::parse_duration, global = true)]
+    pub reoffer_after: Duration,
+
     /// Base URL of an OSRM routing server (e.g. `http://osrm:5000`); unset, ETAs use the
     /// built-in estimator.
     #[arg(long, env = "COURIER_ROUTING_URL", global = true)]
@@ -145,6 +150,10 @@ pub struct CommonArgs {
         global = true
     )]
     pub max_order_total_cents: i64,
+
+    /// How long a restaurant has to confirm a placed order before it is cancelled, e.g. `10m`.
+    #[arg(long, env = "COURIER_CONFIRM_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub confirm_timeout: Duration,
 
     /// Payments, notifications and cron.
     #[command(flatten)]
@@ -373,6 +382,8 @@ pub enum ConfigError {
     MatchRetry,
     #[error("COURIER_MATCH_ALERT_ROUNDS must be between 1 and 1000")]
     MatchAlertRounds,
+    #[error("COURIER_REOFFER_AFTER must be between 1 second and 24 hours")]
+    ReofferAfter,
     #[error("COURIER_ROUTING_URL must be an http(s) URL: {0}")]
     RoutingUrl(String),
     #[error("COURIER_ROUTING_TIMEOUT must be between 100 ms and 30 s")]
@@ -464,6 +475,13 @@ impl Config {
                 "COURIER_MAX_ORDER_TOTAL_CENTS must be 100 to {MAX_ORDER_TOTAL_CAP_CENTS}"
             )));
         }
+        if !(Duration::from_secs(5)..=Duration::from_secs(24 * 3600))
+            .contains(&args.confirm_timeout)
+        {
+            return Err(ConfigError::Workflow(
+                "COURIER_CONFIRM_TIMEOUT must be between 5 seconds and 24 hours".to_owned(),
+            ));
+        }
         Ok(Self {
             database: DatabaseSettings {
                 url: args.database_url.clone(),
@@ -482,6 +500,7 @@ impl Config {
             cron,
             order_limits: OrderLimits {
                 max_total_cents: args.max_order_total_cents,
+                confirm_within: args.confirm_timeout,
             },
         })
     }
@@ -640,12 +659,16 @@ fn dispatch_settings(args: &CommonArgs) -> Result<DispatchSettings, ConfigError>
     if !(1..=1000).contains(&args.match_alert_rounds) {
         return Err(ConfigError::MatchAlertRounds);
     }
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&args.reoffer_after) {
+        return Err(ConfigError::ReofferAfter);
+    }
     Ok(DispatchSettings {
         first_offer_ttl: args.offer_ttl,
         later_offer_ttl: args.later_offer_ttl,
         retry_base: args.match_retry_base,
         retry_cap: args.match_retry_cap,
         alert_after_rounds: args.match_alert_rounds,
+        reoffer_after: args.reoffer_after,
         ..DispatchSettings::default()
     })
 }

@@ -146,7 +146,7 @@ struct DriverRow {
     total_deliveries: i64,
     daily_goal: i64,
     delivered_today: i64,
-    /// Already offered this order, or holding another pending offer.
+    /// Offered this order within the re-offer window, or holding another pending offer.
     excluded: bool,
 }
 
@@ -166,6 +166,7 @@ async fn eligible(
     order_id: i64,
     order: &OrderRow,
     nearby: &[NearbyDriver],
+    reoffer_after: Duration,
 ) -> Result<Vec<(Candidate, Breakdown)>, sqlx::Error> {
     if nearby.is_empty() {
         return Ok(Vec::new());
@@ -177,11 +178,15 @@ async fn eligible(
                 (SELECT count(*) FROM orders o
                   WHERE o.driver_id = d.id AND o.delivered_at >= date_trunc('day', now())) AS delivered_today,
                 EXISTS (SELECT 1 FROM offers f
-                         WHERE f.driver_id = d.id AND (f.order_id = $2 OR f.status = 'pending')) AS excluded
+                         WHERE f.driver_id = d.id
+                           AND (f.status = 'pending'
+                                OR (f.order_id = $2 AND f.created_at > now() - $3::interval)))
+                    AS excluded
          FROM drivers d WHERE d.id = ANY($1) AND d.is_active",
     )
     .bind(&ids)
     .bind(order_id)
+    .bind(reoffer_after)
     .fetch_all(&mut *conn)
     .await?;
     let carried = carried_orders(&mut *conn, &ids).await?;
@@ -274,12 +279,19 @@ impl Dispatcher {
                 tracing::warn!(order_id, error = %e, "database unavailable for scoring");
                 "database unavailable".to_owned()
             })?;
-            let ranked = eligible(&mut conn, &self.routing, order_id, order, &nearby)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(order_id, error = %e, "candidate facts query failed");
-                    "candidate facts unavailable".to_owned()
-                })?;
+            let ranked = eligible(
+                &mut conn,
+                &self.routing,
+                order_id,
+                order,
+                &nearby,
+                self.settings.reoffer_after,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(order_id, error = %e, "candidate facts query failed");
+                "candidate facts unavailable".to_owned()
+            })?;
             last = Search {
                 radius_km,
                 found: nearby.len(),
@@ -462,8 +474,10 @@ impl Dispatcher {
         });
         let offer_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
-             ON CONFLICT (order_id, driver_id) DO NOTHING
+             SELECT $1, $2, $3, $4, $5, now() + make_interval(secs => $6)
+             WHERE NOT EXISTS (SELECT 1 FROM offers
+                               WHERE order_id = $1 AND driver_id = $2
+                                 AND created_at > now() - $7::interval)
              RETURNING id",
         )
         .bind(order_id)
@@ -472,6 +486,7 @@ impl Dispatcher {
         .bind(breakdown.total)
         .bind(&details)
         .bind(ttl.as_secs_f64())
+        .bind(self.settings.reoffer_after)
         .fetch_optional(&mut *tx)
         .await?;
         // The driver was offered this order since the search (and answered already): whoever

@@ -77,6 +77,11 @@ pub struct DispatchSettings {
     pub retry_cap: Duration,
     /// After this many empty rounds the order is flagged for operators.
     pub alert_after_rounds: u32,
+    /// How long a driver who was offered an order (and declined it or let it lapse) is not
+    /// offered it again. Not for good: in a quiet market every nearby driver may pass on an
+    /// order while busy, and it would then wait for ever (the spec's matching starts each
+    /// retry with every nearby driver).
+    pub reoffer_after: Duration,
     /// Most candidates looked up and scored per search.
     pub candidates: usize,
     /// The candidate lookup's circuit breaker.
@@ -91,6 +96,7 @@ impl Default for DispatchSettings {
             retry_base: Duration::from_secs(15),
             retry_cap: Duration::from_secs(120),
             alert_after_rounds: 5,
+            reoffer_after: Duration::from_secs(180),
             candidates: 25,
             breaker: BreakerSettings::default(),
         }

@@ -540,6 +540,41 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     assert!(next_offer > offer);
 }
 
+/// A driver who passed on an order is not offered it again within the re-offer window, and is
+/// after it: with one driver near, an order that driver declined would otherwise wait for ever
+/// (the city simulator found such orders stuck at `READY_FOR_PICKUP`).
+#[tokio::test]
+async fn a_driver_who_passed_on_an_order_is_offered_it_again_after_the_reoffer_window() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = app.online_driver_at(300.0).await;
+    let order = app.confirmed_order(&cast).await;
+    let window = Duration::from_secs(2);
+    let dispatcher = app.dispatcher(DispatchSettings {
+        reoffer_after: window,
+        ..fast_dispatch()
+    });
+    let (offer, offered_to) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    assert_eq!(offered_to, driver);
+    assert_eq!(decline(&app, offer, driver).await.status().as_u16(), 200);
+
+    let next = match dispatcher.run_round(order, 1).await.expect("round") {
+        RoundOutcome::Rescheduled { round, .. } => round,
+        other => panic!("within the window nobody may be offered the order: {other:?}"),
+    };
+    assert_eq!(offers_of(&app, order).await.len(), 1);
+
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+    let (again, offered_to) = offered(&dispatcher.run_round(order, next).await.expect("round"));
+    assert_eq!(
+        offered_to, driver,
+        "after the window the driver is offered it again"
+    );
+    assert!(again > offer);
+    assert_eq!(accept(&app, again, driver).await.status().as_u16(), 200);
+    assert_eq!(driver_of(&app, order).await, Some(driver));
+}
+
 #[tokio::test]
 async fn cancelling_the_order_withdraws_its_offer() {
     let app = spawn_app().await;
