@@ -15,7 +15,8 @@ use crate::jobs::{Job, JobContext, JobError, bounded};
 use crate::workflows::machine::{Action, Actor};
 use crate::workflows::transition::{self, RequestMeta, TransitionError, TransitionRequest};
 
-/// How long a restaurant has to confirm a placed order.
+/// How long a restaurant has to confirm a placed order, unless configured otherwise
+/// (`COURIER_CONFIRM_TIMEOUT`, [`crate::workflows::place::OrderLimits`]).
 pub const CONFIRM_WITHIN: Duration = Duration::from_secs(10 * 60);
 
 /// The cancellation reason recorded when the restaurant never confirmed.

@@ -9,6 +9,7 @@
 //! different body is refused. Keys live 24 hours (the spec); an expired key is reclaimed.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -111,18 +112,21 @@ struct MenuRow {
     is_available: bool,
 }
 
-/// Limits on what one order may be.
+/// Limits on what one order may be, and how long its restaurant has to confirm it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderLimits {
     /// Largest total (items and delivery fee), in cents: a typo or an abuse of a hundred
     /// thousand dollars should never reach a restaurant or a payment provider.
     pub max_total_cents: i64,
+    /// How long the restaurant has to confirm before the system cancels the order.
+    pub confirm_within: Duration,
 }
 
 impl Default for OrderLimits {
     fn default() -> Self {
         Self {
             max_total_cents: 500_000,
+            confirm_within: CONFIRM_WITHIN,
         }
     }
 }
@@ -276,7 +280,7 @@ pub async fn place(
         },
     )
     .await?;
-    jobs::enqueue(&mut tx, &ConfirmTimeout { order_id }, CONFIRM_WITHIN).await?;
+    jobs::enqueue(&mut tx, &ConfirmTimeout { order_id }, limits.confirm_within).await?;
 
     let view: OrderView = orders::fetch_view(&mut tx, order_id)
         .await?

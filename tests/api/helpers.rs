@@ -211,6 +211,8 @@ pub struct TestAppOptions {
     pub routing: RoutingSettings,
     /// Overrides the database URL (e.g. a dead port) instead of a fresh database.
     pub database_url: Option<String>,
+    /// Order total cap and confirm timeout.
+    pub order_limits: OrderLimits,
 }
 
 impl Default for TestAppOptions {
@@ -219,6 +221,7 @@ impl Default for TestAppOptions {
             valkey_url: valkey_url(),
             routing: RoutingSettings::default(),
             database_url: None,
+            order_limits: OrderLimits::default(),
         }
     }
 }
@@ -254,7 +257,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         payments: PaymentSettings::default(),
         webhooks: WebhookSettings::default(),
         cron: CronSettings::default(),
-        order_limits: OrderLimits::default(),
+        order_limits: options.order_limits,
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
