@@ -25,6 +25,14 @@ services-down:
 migrate: services-up
     cargo run --quiet -- migrate
 
+# A city on courier in two minutes: server, workers and the simulator, then the KPI table.
+demo *ARGS: services-up
+    ops/demo {{ARGS}}
+
+# Run the city simulator against a running server, e.g. `just sim --url http://127.0.0.1:8080`.
+sim *ARGS:
+    cargo run --release --locked --quiet -p courier-sim -- {{ARGS}}
+
 # Run the whole stack in one process (API + workers) in development mode.
 dev: services-up
     cargo run -- --dev run --migrate-on-start
@@ -35,12 +43,12 @@ test *ARGS: services-up
     COURIER_TEST_DATABASE_URL="${COURIER_TEST_DATABASE_URL:-$DATABASE_URL}" \
     COURIER_TEST_VALKEY_URL="${COURIER_TEST_VALKEY_URL:-$VALKEY_URL}" \
     VALKEY_SERVER="$(ops/valkey-bin)" \
-    cargo test --locked --all-targets {{ARGS}}
+    cargo test --locked --workspace --all-targets {{ARGS}}
 
 # Formatting and clippy, as CI runs them.
 lint:
     cargo fmt --all -- --check
-    cargo clippy --locked --all-targets -- -D warnings
+    cargo clippy --locked --workspace --all-targets -- -D warnings
 
 # Mint a development token, e.g. `just token operator 1`.
 token ROLE SUBJECT:

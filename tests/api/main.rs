@@ -18,6 +18,7 @@ mod payments;
 mod probes;
 mod restaurants;
 mod schema;
+mod simulation;
 mod transactions;
 mod users;
 mod workflow;

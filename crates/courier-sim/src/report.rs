@@ -1,0 +1,386 @@
+//! The simulation's report: KPIs from the final state of every order (as the API shows it to
+//! an operator) and what the parties saw, the invariants that must hold, and its printed
+//! table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{Decisions, Track};
+
+/// An order as `GET /v1/orders/{id}` shows it, the fields the report needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct OrderView {
+    pub id: i64,
+    pub status: String,
+    pub placed_at: DateTime<Utc>,
+    pub ready_at: Option<DateTime<Utc>>,
+    pub picked_up_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub cancel_reason: Option<String>,
+}
+
+impl OrderView {
+    /// Whether the workflow has ended (completed or cancelled).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "COMPLETED" | "CANCELLED")
+    }
+}
+
+/// Percentiles of one duration, in simulated minutes and in real seconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Spread {
+    pub count: u64,
+    pub p50_sim_min: f64,
+    pub p90_sim_min: f64,
+    pub p99_sim_min: f64,
+    pub p50_real_s: f64,
+    pub p99_real_s: f64,
+}
+
+impl Spread {
+    /// The spread of `real` durations with time compressed `speed` times.
+    pub fn of(real: &[Duration], speed: f64) -> Spread {
+        // 1 ms to a day, three significant digits.
+        let Ok(mut histogram) = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3) else {
+            return Spread::default();
+        };
+        for duration in real {
+            let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            histogram.saturating_record(ms);
+        }
+        if histogram.is_empty() {
+            return Spread::default();
+        }
+        let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
+        Spread {
+            count: histogram.len(),
+            p50_sim_min: at(0.5) * speed / 60.0,
+            p90_sim_min: at(0.9) * speed / 60.0,
+            p99_sim_min: at(0.99) * speed / 60.0,
+            p50_real_s: at(0.5),
+            p99_real_s: at(0.99),
+        }
+    }
+}
+
+/// The whole report (`--json` prints it as is).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub speed: f64,
+    pub simulated_minutes: f64,
+    pub drivers: usize,
+    pub restaurants: usize,
+    pub customers: usize,
+    pub orders_placed: u64,
+    pub orders_delivered: u64,
+    pub orders_completed: u64,
+    /// Cancelled orders by their recorded reason.
+    pub cancelled: BTreeMap<String, u64>,
+    /// Must be empty: orders neither completed nor cancelled after the drain, with their
+    /// status, e.g. `17 READY_FOR_PICKUP`.
+    pub not_terminal_after_drain: Vec<String>,
+    /// Must be empty: drivers the server still counts as carrying an order once every order
+    /// has ended (listed with an active order, or answered `unavailable` when online).
+    pub drivers_holding_orders: Vec<i64>,
+    pub click_to_door: Spread,
+    pub ready_to_pickup: Spread,
+    pub placed_to_first_offer: Spread,
+    pub placed_to_assigned: Spread,
+    pub offers_per_order: f64,
+    pub orders_per_driver_hour: f64,
+    pub driver_utilisation: f64,
+    /// Answers by HTTP status; no 5xx may appear.
+    pub http: BTreeMap<u16, u64>,
+    pub http_5xx: u64,
+    pub transport_errors: u64,
+    /// Must be 0: a retried idempotency key that made a second order.
+    pub duplicate_orders: u64,
+    pub retried_keys: u64,
+    pub offers_accepted: u64,
+    pub offers_declined: u64,
+    pub offers_ignored: u64,
+    pub accepts_refused: u64,
+    pub confirms_ignored: u64,
+    pub customer_cancels: u64,
+    pub drivers_went_offline: u64,
+    pub no_restaurant_nearby: u64,
+    pub party_errors: u64,
+}
+
+/// What the report is built from.
+#[derive(Debug)]
+pub struct Gathered<'a> {
+    pub speed: f64,
+    pub simulated: Duration,
+    pub drivers: usize,
+    pub restaurants: usize,
+    pub customers: usize,
+    pub views: &'a [OrderView],
+    pub tracks: &'a HashMap<i64, Track>,
+    pub decisions: &'a Decisions,
+    pub busy: Duration,
+    pub drivers_holding: Vec<i64>,
+    pub http: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+}
+
+fn between(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Option<Duration> {
+    to.and_then(|to| (to - from).to_std().ok())
+}
+
+impl Report {
+    /// Computes the KPIs.
+    pub fn build(g: Gathered<'_>) -> Report {
+        let mut click_to_door = Vec::new();
+        let mut ready_to_pickup = Vec::new();
+        let mut first_offer = Vec::new();
+        let mut assigned = Vec::new();
+        let mut cancelled: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut delivered, mut completed, mut offers, mut offered) = (0, 0, 0u64, 0u64);
+        let mut not_terminal = Vec::new();
+        for view in g.views {
+            if !view.is_terminal() {
+                not_terminal.push(format!("{} {}", view.id, view.status));
+            }
+            match view.status.as_str() {
+                "CANCELLED" => {
+                    let reason = view.cancel_reason.clone().unwrap_or_else(|| "none".into());
+                    *cancelled.entry(reason).or_default() += 1;
+                }
+                "COMPLETED" => completed += 1,
+                _ => {}
+            }
+            if let Some(door) = between(view.placed_at, view.delivered_at) {
+                delivered += 1;
+                click_to_door.push(door);
+            }
+            if let (Some(ready), Some(waited)) = (view.ready_at, view.picked_up_at)
+                && let Some(waited) = between(ready, Some(waited))
+            {
+                ready_to_pickup.push(waited);
+            }
+            if let Some(track) = g.tracks.get(&view.id) {
+                if track.offers > 0 {
+                    offers += u64::from(track.offers);
+                    offered += 1;
+                }
+                first_offer.extend(between(view.placed_at, track.first_offer));
+                assigned.extend(between(view.placed_at, track.assigned));
+            }
+        }
+        let driver_hours = g.drivers as f64 * g.simulated.as_secs_f64() / 3_600.0;
+        let d = g.decisions;
+        Report {
+            speed: g.speed,
+            simulated_minutes: g.simulated.as_secs_f64() / 60.0,
+            drivers: g.drivers,
+            restaurants: g.restaurants,
+            customers: g.customers,
+            orders_placed: g.views.len() as u64,
+            orders_delivered: delivered,
+            orders_completed: completed,
+            cancelled,
+            not_terminal_after_drain: not_terminal,
+            drivers_holding_orders: g.drivers_holding,
+            click_to_door: Spread::of(&click_to_door, g.speed),
+            ready_to_pickup: Spread::of(&ready_to_pickup, g.speed),
+            placed_to_first_offer: Spread::of(&first_offer, g.speed),
+            placed_to_assigned: Spread::of(&assigned, g.speed),
+            offers_per_order: if offered == 0 {
+                0.0
+            } else {
+                offers as f64 / offered as f64
+            },
+            orders_per_driver_hour: if driver_hours > 0.0 {
+                delivered as f64 / driver_hours
+            } else {
+                0.0
+            },
+            driver_utilisation: if driver_hours > 0.0 {
+                g.busy.as_secs_f64() / 3_600.0 / driver_hours
+            } else {
+                0.0
+            },
+            http_5xx: g.http.range(500..600).map(|(_, n)| n).sum(),
+            http: g.http,
+            transport_errors: g.transport_errors,
+            duplicate_orders: d.duplicate_orders,
+            retried_keys: d.retried_keys,
+            offers_accepted: d.offers_accepted,
+            offers_declined: d.offers_declined,
+            offers_ignored: d.offers_ignored,
+            accepts_refused: d.accepts_refused,
+            confirms_ignored: d.confirms_ignored,
+            customer_cancels: d.customer_cancels,
+            drivers_went_offline: d.went_offline,
+            no_restaurant_nearby: d.no_restaurant_nearby,
+            party_errors: d.party_errors,
+        }
+    }
+
+    /// The invariants that failed, in words; empty when the run was sound.
+    pub fn violations(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if !self.not_terminal_after_drain.is_empty() {
+            failed.push(format!(
+                "{} orders were neither completed nor cancelled after the drain: {:?}",
+                self.not_terminal_after_drain.len(),
+                self.not_terminal_after_drain
+            ));
+        }
+        if self.http_5xx > 0 {
+            failed.push(format!("{} answers were 5xx", self.http_5xx));
+        }
+        if self.duplicate_orders > 0 {
+            failed.push(format!(
+                "{} retried idempotency keys made a second order",
+                self.duplicate_orders
+            ));
+        }
+        if !self.drivers_holding_orders.is_empty() {
+            failed.push(format!(
+                "drivers still hold orders after every order ended: {:?}",
+                self.drivers_holding_orders
+            ));
+        }
+        failed
+    }
+
+    /// The KPI table.
+    pub fn table(&self) -> String {
+        let spread = |name: &str, s: &Spread| {
+            format!(
+                "{name:<28} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>10.2}\n",
+                s.count, s.p50_sim_min, s.p90_sim_min, s.p99_sim_min, s.p50_real_s, s.p99_real_s
+            )
+        };
+        let mut out = String::new();
+        out.push_str(&format!(
+            "city: {} drivers, {} restaurants, {} customers; {:.0} simulated minutes at {}x\n\n",
+            self.drivers, self.restaurants, self.customers, self.simulated_minutes, self.speed
+        ));
+        out.push_str(&format!(
+            "{:<28} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "duration", "orders", "p50 min", "p90 min", "p99 min", "p50 real s", "p99 real s"
+        ));
+        out.push_str(&spread("click to door", &self.click_to_door));
+        out.push_str(&spread(
+            "food waiting (ready→pickup)",
+            &self.ready_to_pickup,
+        ));
+        out.push_str(&spread("placed → first offer", &self.placed_to_first_offer));
+        out.push_str(&spread("placed → assigned", &self.placed_to_assigned));
+        out.push('\n');
+        out.push_str(&format!(
+            "orders: {} placed, {} delivered, {} completed, cancelled {:?}\n",
+            self.orders_placed, self.orders_delivered, self.orders_completed, self.cancelled
+        ));
+        out.push_str(&format!(
+            "offers per order {:.2}; orders per driver-hour {:.2}; driver utilisation {:.0} %\n",
+            self.offers_per_order,
+            self.orders_per_driver_hour,
+            self.driver_utilisation * 100.0
+        ));
+        out.push_str(&format!(
+            "parties: offers accepted {} / declined {} / ignored {} / accept refused {}; confirms ignored {}; customer cancels {}; retried keys {}; drivers went offline {}\n",
+            self.offers_accepted,
+            self.offers_declined,
+            self.offers_ignored,
+            self.accepts_refused,
+            self.confirms_ignored,
+            self.customer_cancels,
+            self.retried_keys,
+            self.drivers_went_offline
+        ));
+        out.push_str(&format!(
+            "HTTP answers by status {:?}; transport errors {}; party errors {}\n",
+            self.http, self.transport_errors, self.party_errors
+        ));
+        out.push_str(&format!(
+            "invariants: not terminal after the drain {} (must be 0); 5xx {} (must be 0); duplicate orders {} (must be 0); drivers holding ended orders {} (must be 0)\n",
+            self.not_terminal_after_drain.len(),
+            self.http_5xx,
+            self.duplicate_orders,
+            self.drivers_holding_orders.len()
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_are_in_simulated_minutes_and_real_seconds() {
+        let real: Vec<Duration> = (1..=100).map(Duration::from_secs).collect();
+        let spread = Spread::of(&real, 10.0);
+        assert_eq!(spread.count, 100);
+        assert!((spread.p50_real_s - 50.0).abs() < 0.1, "{spread:?}");
+        assert!(
+            (spread.p50_sim_min - 50.0 * 10.0 / 60.0).abs() < 0.1,
+            "{spread:?}"
+        );
+        assert!((spread.p99_real_s - 99.0).abs() < 0.1, "{spread:?}");
+        assert_eq!(Spread::of(&[], 10.0), Spread::default());
+    }
+
+    fn view(id: i64, status: &str, minutes_to_door: Option<i64>) -> OrderView {
+        let placed_at = Utc::now();
+        OrderView {
+            id,
+            status: status.to_owned(),
+            placed_at,
+            ready_at: None,
+            picked_up_at: None,
+            delivered_at: minutes_to_door.map(|m| placed_at + chrono::Duration::minutes(m)),
+            cancel_reason: (status == "CANCELLED").then(|| "changed my mind".to_owned()),
+        }
+    }
+
+    fn gathered<'a>(
+        views: &'a [OrderView],
+        tracks: &'a HashMap<i64, Track>,
+        decisions: &'a Decisions,
+    ) -> Gathered<'a> {
+        Gathered {
+            speed: 10.0,
+            simulated: Duration::from_secs(600),
+            drivers: 2,
+            restaurants: 1,
+            customers: 1,
+            views,
+            tracks,
+            decisions,
+            busy: Duration::from_secs(300),
+            drivers_holding: Vec::new(),
+            http: BTreeMap::from([(200, 10)]),
+            transport_errors: 0,
+        }
+    }
+
+    #[test]
+    fn a_sound_run_has_no_violations_and_each_broken_invariant_is_named() {
+        let (tracks, decisions) = (HashMap::new(), Decisions::default());
+        let views = [view(1, "COMPLETED", Some(3)), view(2, "CANCELLED", None)];
+        let sound = Report::build(gathered(&views, &tracks, &decisions));
+        assert!(sound.violations().is_empty(), "{:?}", sound.violations());
+        assert_eq!(sound.orders_delivered, 1);
+        assert_eq!(sound.cancelled.get("changed my mind"), Some(&1));
+        assert!((sound.driver_utilisation - 0.25).abs() < 1e-9);
+
+        let stuck = [view(3, "PREPARING", None)];
+        let mut broken = Report::build(gathered(&stuck, &tracks, &decisions));
+        broken.http = BTreeMap::from([(500, 1)]);
+        broken.http_5xx = 1;
+        broken.duplicate_orders = 1;
+        broken.drivers_holding_orders = vec![7];
+        let failed = broken.violations();
+        assert_eq!(failed.len(), 4, "{failed:?}");
+        assert!(failed[0].contains("3 PREPARING"), "{failed:?}");
+    }
+}
