@@ -1,7 +1,8 @@
 //! Extractors that reject bad input with our JSON error shape instead of axum's plain text.
 //!
 //! Handlers take [`ApiJson`], [`ApiPath`] and [`ApiQuery`] in place of axum's `Json`, `Path`
-//! and `Query`: same parsing, but every rejection is an [`ApiError`] with a stable code.
+//! and `Query`: same parsing, but every rejection is an [`ApiError`] with a stable code. The
+//! field checks that several create and patch bodies share live here too.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -222,6 +223,54 @@ impl NearbySearch {
     }
 }
 
+/// For `#[serde(deserialize_with = …)]` on an `Option<Option<T>>` field with
+/// `#[serde(default)]`: tells an absent field (`None`) from an explicit `null` (`Some(None)`),
+/// as `PATCH` bodies need.
+pub fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// A 422 `invalid_field` naming what is wrong.
+pub fn invalid_field(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::unprocessable("invalid_field", message)
+}
+
+/// A name, if given: trimmed, 1 to `max` characters.
+pub fn name_field(value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    match value.map(str::trim) {
+        Some(name) if name.is_empty() || name.chars().count() > max => {
+            Err(invalid_field(format!("name must be 1 to {max} characters")))
+        }
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
+/// An optional text field of a create or patch body: absent stays `None`, `null` or blank
+/// clears it (`Some(None)`), anything else is trimmed and at most `max` characters.
+pub fn optional_text(
+    value: Option<Option<&str>>,
+    max: usize,
+    field: &str,
+) -> Result<Option<Option<String>>, ApiError> {
+    match value {
+        Some(Some(text)) => {
+            let text = text.trim();
+            if text.chars().count() > max {
+                return Err(invalid_field(format!(
+                    "{field} must be at most {max} characters"
+                )));
+            }
+            Ok(Some((!text.is_empty()).then(|| text.to_owned())))
+        }
+        Some(None) => Ok(Some(None)),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +283,30 @@ mod tests {
             assert_eq!(error.code(), "invalid_query");
             assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
         }
+    }
+
+    #[test]
+    fn names_and_optional_texts_are_trimmed_bounded_and_clearable() {
+        assert_eq!(
+            name_field(Some("  Ada "), 5).expect("valid"),
+            Some("Ada".to_owned())
+        );
+        assert_eq!(name_field(None, 5).expect("absent"), None);
+        for bad in ["   ", "abcdef"] {
+            let err = name_field(Some(bad), 5).expect_err("invalid");
+            assert_eq!(err.code(), "invalid_field");
+        }
+        assert_eq!(optional_text(None, 3, "x").expect("absent"), None);
+        assert_eq!(optional_text(Some(None), 3, "x").expect("null"), Some(None));
+        assert_eq!(
+            optional_text(Some(Some("  ")), 3, "x").expect("blank"),
+            Some(None)
+        );
+        assert_eq!(
+            optional_text(Some(Some(" ab ")), 3, "x").expect("text"),
+            Some(Some("ab".to_owned()))
+        );
+        let err = optional_text(Some(Some("abcd")), 3, "note").expect_err("long");
+        assert!(err.to_string().contains("note"), "{err}");
     }
 }

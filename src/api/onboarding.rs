@@ -11,10 +11,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::api::AppState;
-use crate::api::extract::{ApiJson, ApiPath};
+use crate::api::extract::{
+    ApiJson, ApiPath, double_option, invalid_field, name_field, optional_text,
+};
 use crate::auth::{Principal, Role};
 use crate::cache;
 use crate::error::ApiError;
@@ -36,15 +38,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/restaurants", post(create))
         .route("/restaurants/{id}", patch(update))
-}
-
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -73,43 +66,9 @@ struct ProfileBody {
     is_open: Option<bool>,
 }
 
-fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::unprocessable("invalid_field", message)
-}
-
-/// An optional text field, trimmed; blank clears it.
-fn optional_text(
-    value: Option<Option<Line>>,
-    max: usize,
-    field: &str,
-) -> Result<Option<Option<String>>, ApiError> {
-    match value {
-        Some(Some(text)) => {
-            let text = text.trim().to_owned();
-            if text.chars().count() > max {
-                return Err(invalid(format!("{field} must be at most {max} characters")));
-            }
-            Ok(Some((!text.is_empty()).then_some(text)))
-        }
-        Some(None) => Ok(Some(None)),
-        None => Ok(None),
-    }
-}
-
 /// Validates the fields present in `body`; names the first bad one.
 fn validate(body: ProfileBody) -> Result<RestaurantChanges, ApiError> {
-    let name = match body.name {
-        Some(name) => {
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-                return Err(invalid(format!(
-                    "name must be 1 to {MAX_NAME_CHARS} characters"
-                )));
-            }
-            Some(name)
-        }
-        None => None,
-    };
+    let name = name_field(body.name.as_deref(), MAX_NAME_CHARS)?;
     let location = match body.location {
         Some(at) => Some(
             Point::new(at.lat, at.lon)
@@ -127,7 +86,7 @@ fn validate(body: ProfileBody) -> Result<RestaurantChanges, ApiError> {
         .prep_time_minutes
         .is_some_and(|m| !PREP_MINUTES.contains(&m))
     {
-        return Err(invalid(format!(
+        return Err(invalid_field(format!(
             "prep_time_minutes must be {} to {}",
             PREP_MINUTES.start(),
             PREP_MINUTES.end()
@@ -137,7 +96,7 @@ fn validate(body: ProfileBody) -> Result<RestaurantChanges, ApiError> {
         .delivery_radius_m
         .is_some_and(|m| !RADIUS_M.contains(&m))
     {
-        return Err(invalid(format!(
+        return Err(invalid_field(format!(
             "delivery_radius_m must be {} to {}",
             RADIUS_M.start(),
             RADIUS_M.end()
@@ -145,9 +104,17 @@ fn validate(body: ProfileBody) -> Result<RestaurantChanges, ApiError> {
     }
     Ok(RestaurantChanges {
         name,
-        address: optional_text(body.address, MAX_ADDRESS_CHARS, "address")?,
+        address: optional_text(
+            body.address.as_ref().map(|a| a.as_deref()),
+            MAX_ADDRESS_CHARS,
+            "address",
+        )?,
         location,
-        cuisine_type: optional_text(body.cuisine_type, MAX_CUISINE_CHARS, "cuisine_type")?,
+        cuisine_type: optional_text(
+            body.cuisine_type.as_ref().map(|c| c.as_deref()),
+            MAX_CUISINE_CHARS,
+            "cuisine_type",
+        )?,
         prep_time_minutes: body.prep_time_minutes,
         delivery_radius_m: body.delivery_radius_m,
         owner_user_id: body.owner_user_id,
@@ -182,7 +149,7 @@ async fn create(
     let is_open = body.is_open.unwrap_or(true);
     let fields = validate(body)?;
     let (Some(name), Some(location)) = (fields.name, fields.location) else {
-        return Err(invalid("name and location are required"));
+        return Err(invalid_field("name and location are required"));
     };
     check_owner(&state, fields.owner_user_id).await?;
     let new = NewRestaurant {
@@ -209,7 +176,7 @@ async fn update(
 ) -> Result<Json<RestaurantProfile>, ApiError> {
     principal.require_role(&[Role::Operator])?;
     if body.is_open.is_some() {
-        return Err(invalid(
+        return Err(invalid_field(
             "is_open is changed with POST /v1/restaurants/{id}/open or /close",
         ));
     }

@@ -13,10 +13,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
-use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
+use crate::api::extract::{
+    ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds, double_option, invalid_field,
+    name_field, optional_text,
+};
 use crate::auth::{Principal, Role};
 use crate::cache;
 use crate::error::ApiError;
@@ -230,15 +233,6 @@ async fn close(
     set_open(&state, &principal, id, false).await
 }
 
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn double_option<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 /// Body of `POST` (all required fields) and `PATCH` (any subset) on menu items.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,48 +246,24 @@ struct ItemBody {
     is_available: Option<bool>,
 }
 
-fn invalid(message: String) -> ApiError {
-    ApiError::unprocessable("invalid_field", message)
-}
-
 /// Validates and trims the fields present in `body`.
 fn validate_item(body: ItemBody) -> Result<MenuItemFields, ApiError> {
-    let name = match body.name {
-        Some(name) => {
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-                return Err(invalid(format!(
-                    "name must be 1 to {MAX_NAME_CHARS} characters"
-                )));
-            }
-            Some(name)
-        }
-        None => None,
-    };
-    fn clean(
-        value: Option<Option<impl std::ops::Deref<Target = str>>>,
-        max: usize,
-        field: &str,
-    ) -> Result<Option<Option<String>>, ApiError> {
-        match value {
-            Some(Some(text)) => {
-                let text = text.trim().to_owned();
-                if text.chars().count() > max {
-                    return Err(invalid(format!("{field} must be at most {max} characters")));
-                }
-                Ok(Some((!text.is_empty()).then_some(text)))
-            }
-            Some(None) => Ok(Some(None)),
-            None => Ok(None),
-        }
-    }
-    let description = clean(body.description, MAX_DESCRIPTION_CHARS, "description")?;
-    let category = clean(body.category, MAX_CATEGORY_CHARS, "category")?;
+    let name = name_field(body.name.as_deref(), MAX_NAME_CHARS)?;
+    let description = optional_text(
+        body.description.as_ref().map(|d| d.as_deref()),
+        MAX_DESCRIPTION_CHARS,
+        "description",
+    )?;
+    let category = optional_text(
+        body.category.as_ref().map(|c| c.as_deref()),
+        MAX_CATEGORY_CHARS,
+        "category",
+    )?;
     if body
         .price_cents
         .is_some_and(|p| !(0..=MAX_PRICE_CENTS).contains(&p))
     {
-        return Err(invalid(format!(
+        return Err(invalid_field(format!(
             "price_cents must be 0 to {MAX_PRICE_CENTS}"
         )));
     }
@@ -323,7 +293,9 @@ async fn create_item(
     require_owner(&principal, id)?;
     let fields = validate_item(body)?;
     if fields.name.is_none() || fields.price_cents.is_none() {
-        return Err(invalid("name and price_cents are required".to_owned()));
+        return Err(invalid_field(
+            "name and price_cents are required".to_owned(),
+        ));
     }
     if !restaurants::exists(&state.db, id).await? {
         return Err(ApiError::not_found(format!(

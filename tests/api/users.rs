@@ -4,8 +4,15 @@
 use courier::auth::Role;
 
 use crate::helpers::{
-    OPERATOR, assert_error, insert_driver, insert_restaurant, insert_user, spawn_app,
+    OPERATOR, TestApp, assert_error, insert_driver, insert_restaurant, insert_user, spawn_app,
 };
+
+/// `GET /v1/me` as `role` `subject`.
+async fn me(app: &TestApp, role: Role, subject: i64) -> serde_json::Value {
+    let response = app.get_as("/v1/me", role, subject).await;
+    assert_eq!(response.status().as_u16(), 200);
+    response.json().await.expect("json")
+}
 
 #[tokio::test]
 async fn an_onboarded_driver_can_use_its_token_at_once() {
@@ -35,16 +42,11 @@ async fn an_onboarded_driver_can_use_its_token_at_once() {
         (Some("scooter"), 14, false)
     );
 
-    let me: serde_json::Value = app
-        .get_as("/v1/me", Role::Driver, driver)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(me["role"], "driver");
-    assert_eq!(me["subject"], driver);
-    assert_eq!(me["driver_id"], driver);
-    assert_eq!(me["user_id"], user);
+    let who = me(&app, Role::Driver, driver).await;
+    assert_eq!(who["role"], "driver");
+    assert_eq!(who["subject"], driver);
+    assert_eq!(who["driver_id"], driver);
+    assert_eq!(who["user_id"], user);
     let online = app
         .post_as(
             &format!("/v1/drivers/{driver}/status"),
@@ -116,24 +118,14 @@ async fn a_driver_user_with_a_taken_email_is_409_and_creates_no_driver() {
 async fn me_answers_every_id_the_caller_acts_as() {
     let app = spawn_app().await;
     let customer = insert_user(&app.db, "customer").await;
-    let me: serde_json::Value = app
-        .get_as("/v1/me", Role::Customer, customer)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(me["user_id"], customer);
-    assert!(me["driver_id"].is_null() && me["restaurant_id"].is_null());
+    let who = me(&app, Role::Customer, customer).await;
+    assert_eq!(who["user_id"], customer);
+    assert!(who["driver_id"].is_null() && who["restaurant_id"].is_null());
 
     let restaurant = insert_restaurant(&app.db, "Diner", "burgers", 40.7, -74.0).await;
-    let me: serde_json::Value = app
-        .get_as("/v1/me", Role::Restaurant, restaurant)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(me["restaurant_id"], restaurant);
-    assert!(me["user_id"].is_null(), "a seeded restaurant has no owner");
+    let who = me(&app, Role::Restaurant, restaurant).await;
+    assert_eq!(who["restaurant_id"], restaurant);
+    assert!(who["user_id"].is_null(), "a seeded restaurant has no owner");
 
     let owner = insert_user(&app.db, "restaurant").await;
     sqlx::query("UPDATE restaurants SET owner_user_id = $2 WHERE id = $1")
@@ -142,23 +134,13 @@ async fn me_answers_every_id_the_caller_acts_as() {
         .execute(&app.db)
         .await
         .expect("owner");
-    let me: serde_json::Value = app
-        .get_as("/v1/me", Role::Restaurant, restaurant)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(me["user_id"], owner);
+    let who = me(&app, Role::Restaurant, restaurant).await;
+    assert_eq!(who["user_id"], owner);
 
     let driver = insert_driver(&app.db).await;
-    let me: serde_json::Value = app
-        .get_as("/v1/me", Role::Driver, driver)
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(me["driver_id"], driver);
-    assert!(me["user_id"].as_i64().is_some());
+    let who = me(&app, Role::Driver, driver).await;
+    assert_eq!(who["driver_id"], driver);
+    assert!(who["user_id"].as_i64().is_some());
 }
 
 /// `courier token issue` says which id the role's subject must be, on standard error, and
