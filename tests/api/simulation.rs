@@ -53,7 +53,7 @@ async fn a_small_city_runs_through_the_api_and_every_order_ends_sound() {
     settings.drain = Duration::from_secs(150);
     // Some restaurants never answer, some customers cancel: the drain sees both end.
     settings.behaviour.ignore_confirm = 0.1;
-    settings.behaviour.cancel = 0.1;
+    settings.behaviour.cancel = 0.25;
 
     let report = courier_sim::run(&settings, &|_| {})
         .await

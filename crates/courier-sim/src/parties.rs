@@ -6,7 +6,8 @@
 //!   answer, so courier's confirm timeout cancels), prepare, and mark ready after their prep
 //!   time with noise;
 //! - **customers** browse nearby restaurants, read a menu, order with an idempotency key
-//!   (retrying some requests with the same key, as flaky networks do), and a few cancel early.
+//!   (retrying some requests with the same key, as flaky networks do), then watch their order
+//!   until it ends; a few cancel early.
 //!
 //! Delays are simulated time ([`SimClock`]); polling runs at a fixed real tick.
 
@@ -531,6 +532,21 @@ async fn try_order(ctx: &Ctx, customer: Customer, rng: &mut StdRng) -> anyhow::R
         if cancelled.status.is_success() {
             ctx.ledger.count(|d| d.customer_cancels += 1);
         }
+        return Ok(());
     }
-    Ok(())
+    watch(ctx, me, placed.id, rng).await
+}
+
+/// A customer watching its order (with its ETA) every couple of simulated minutes until it
+/// ends or the simulation stops.
+async fn watch(ctx: &Ctx, me: As, order: i64, rng: &mut StdRng) -> anyhow::Result<()> {
+    loop {
+        if !ctx.pause(seconds(rng, 60, 180)).await {
+            return Ok(());
+        }
+        let state: OrderState = ctx.api.get(me, &format!("/orders/{order}")).await?.ok()?;
+        if matches!(state.status.as_str(), "COMPLETED" | "CANCELLED") {
+            return Ok(());
+        }
+    }
 }
