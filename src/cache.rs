@@ -92,3 +92,13 @@ pub async fn bump_nearby_generation(valkey: &Valkey) {
         failed("invalidate", &error);
     }
 }
+
+/// Purges what a change to restaurant `restaurant_id` can make stale: its cached entry (with
+/// its menu) and, when the change shows in nearby searches too (hours, name, place, cuisine),
+/// every nearby-restaurants entry.
+pub async fn purge_restaurant(valkey: &Valkey, restaurant_id: i64, nearby_too: bool) {
+    invalidate(valkey, &[restaurant_key(valkey, restaurant_id)]).await;
+    if nearby_too {
+        bump_nearby_generation(valkey).await;
+    }
+}

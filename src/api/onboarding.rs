@@ -134,12 +134,6 @@ async fn check_owner(state: &AppState, owner: Option<Option<i64>>) -> Result<(),
     Ok(())
 }
 
-/// Purges what a profile change can make stale: the restaurant and every nearby search.
-async fn purge(state: &AppState, id: i64) {
-    cache::invalidate(&state.valkey, &[cache::restaurant_key(&state.valkey, id)]).await;
-    cache::bump_nearby_generation(&state.valkey).await;
-}
-
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -163,7 +157,7 @@ async fn create(
         owner_user_id: fields.owner_user_id.flatten(),
     };
     let restaurant = restaurants::insert(&state.db, &new).await?;
-    purge(&state, restaurant.id).await;
+    cache::purge_restaurant(&state.valkey, restaurant.id, true).await;
     tracing::info!(restaurant_id = restaurant.id, "restaurant created");
     Ok((StatusCode::CREATED, Json(restaurant)))
 }
@@ -185,7 +179,7 @@ async fn update(
     let restaurant = restaurants::update(&state.db, id, &changes)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("restaurant {id} does not exist")))?;
-    purge(&state, id).await;
+    cache::purge_restaurant(&state.valkey, id, true).await;
     tracing::info!(restaurant_id = id, "restaurant profile changed");
     Ok(Json(restaurant))
 }

@@ -211,8 +211,7 @@ async fn set_open(
             "restaurant {id} does not exist"
         )));
     }
-    cache::invalidate(&state.valkey, &[cache::restaurant_key(&state.valkey, id)]).await;
-    cache::bump_nearby_generation(&state.valkey).await;
+    cache::purge_restaurant(&state.valkey, id, true).await;
     tracing::info!(restaurant_id = id, open, "restaurant hours changed");
     Ok(Json(OpenBody { id, is_open: open }))
 }
@@ -276,14 +275,6 @@ fn validate_item(body: ItemBody) -> Result<MenuItemFields, ApiError> {
     })
 }
 
-async fn invalidate_restaurant(state: &AppState, restaurant_id: i64) {
-    cache::invalidate(
-        &state.valkey,
-        &[cache::restaurant_key(&state.valkey, restaurant_id)],
-    )
-    .await;
-}
-
 async fn create_item(
     State(state): State<AppState>,
     principal: Principal,
@@ -303,7 +294,7 @@ async fn create_item(
         )));
     }
     let item = restaurants::insert_item(&state.db, id, &fields).await?;
-    invalidate_restaurant(&state, id).await;
+    cache::purge_restaurant(&state.valkey, id, false).await;
     tracing::info!(restaurant_id = id, item_id = item.id, "menu item created");
     Ok((StatusCode::CREATED, Json(item)))
 }
@@ -321,7 +312,7 @@ async fn update_item(
         .ok_or_else(|| {
             ApiError::not_found(format!("restaurant {id} has no menu item {item_id}"))
         })?;
-    invalidate_restaurant(&state, id).await;
+    cache::purge_restaurant(&state.valkey, id, false).await;
     tracing::info!(restaurant_id = id, item_id, "menu item updated");
     Ok(Json(item))
 }
@@ -337,7 +328,7 @@ async fn delete_item(
             "restaurant {id} has no menu item {item_id}"
         )));
     }
-    invalidate_restaurant(&state, id).await;
+    cache::purge_restaurant(&state.valkey, id, false).await;
     tracing::info!(restaurant_id = id, item_id, "menu item deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -70,7 +70,7 @@ async fn a_small_city_runs_through_the_api_and_every_order_ends_sound() {
         report.orders_delivered >= 1,
         "orders were delivered: {table}"
     );
-    assert_eq!(report.party_errors, 0, "{table}");
+    assert_eq!(report.decisions.party_errors, 0, "{table}");
     assert_eq!(report.transport_errors, 0, "{table}");
 
     // Each delivered order was captured exactly once, and only delivered ones were.

@@ -19,8 +19,8 @@ pub struct Track {
     pub assigned: Option<DateTime<Utc>>,
 }
 
-/// Counters of the parties' decisions.
-#[derive(Clone, Debug, Default)]
+/// Counters of the parties' decisions (reported as they are).
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Decisions {
     pub offers_accepted: u64,
     pub offers_declined: u64,
@@ -81,6 +81,11 @@ impl Ledger {
     /// Counts a decision.
     pub fn count(&self, decision: impl FnOnce(&mut Decisions)) {
         self.with(|s| decision(&mut s.decisions));
+    }
+
+    /// How many orders were placed so far.
+    pub fn orders_placed(&self) -> usize {
+        self.with(|s| s.orders.len()).unwrap_or(0)
     }
 
     /// The ids of every order placed.

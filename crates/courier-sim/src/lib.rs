@@ -157,7 +157,7 @@ pub async fn run(
         progress(&Status {
             phase: "ordering",
             simulated: ctx.clock.now(),
-            orders: ctx.ledger.order_ids().len(),
+            orders: ctx.ledger.orders_placed(),
             open_orders: 0,
         });
     }
@@ -166,20 +166,32 @@ pub async fn run(
     // Drain: parties go on working until every order has ended, or the drain runs out.
     let operator = As::Operator(settings.operator);
     let drain_started = Instant::now();
+    // Every order is read once; after that only those still open are read again.
     let mut views = read_orders(&api, operator, &ctx.ledger.order_ids()).await?;
+    let position: std::collections::HashMap<i64, usize> =
+        views.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
     loop {
-        let open = views.iter().filter(|v| !v.is_terminal()).count();
+        let open: Vec<i64> = views
+            .iter()
+            .filter(|v| !v.is_terminal())
+            .map(|v| v.id)
+            .collect();
         progress(&Status {
             phase: "draining",
             simulated: ctx.clock.now(),
             orders: views.len(),
-            open_orders: open,
+            open_orders: open.len(),
         });
-        if open == 0 || drain_started.elapsed() >= settings.drain {
+        if open.is_empty() || drain_started.elapsed() >= settings.drain {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        views = read_orders(&api, operator, &ctx.ledger.order_ids()).await?;
+        let fresh = read_orders(&api, operator, &open).await?;
+        for view in fresh {
+            if let Some(&at) = position.get(&view.id) {
+                views[at] = view;
+            }
+        }
     }
     let simulated = ctx.clock.now();
     ctx.stop.cancel();

@@ -97,18 +97,10 @@ pub struct Report {
     pub http: BTreeMap<u16, u64>,
     pub http_5xx: u64,
     pub transport_errors: u64,
-    /// Must be 0: a retried idempotency key that made a second order.
-    pub duplicate_orders: u64,
-    pub retried_keys: u64,
-    pub offers_accepted: u64,
-    pub offers_declined: u64,
-    pub offers_ignored: u64,
-    pub accepts_refused: u64,
-    pub confirms_ignored: u64,
-    pub customer_cancels: u64,
-    pub drivers_went_offline: u64,
-    pub no_restaurant_nearby: u64,
-    pub party_errors: u64,
+    /// What the parties decided and saw; `duplicate_orders` (a retried idempotency key that
+    /// made a second order) must be 0.
+    #[serde(flatten)]
+    pub decisions: Decisions,
 }
 
 /// What the report is built from.
@@ -208,17 +200,7 @@ impl Report {
             http_5xx: g.http.range(500..600).map(|(_, n)| n).sum(),
             http: g.http,
             transport_errors: g.transport_errors,
-            duplicate_orders: d.duplicate_orders,
-            retried_keys: d.retried_keys,
-            offers_accepted: d.offers_accepted,
-            offers_declined: d.offers_declined,
-            offers_ignored: d.offers_ignored,
-            accepts_refused: d.accepts_refused,
-            confirms_ignored: d.confirms_ignored,
-            customer_cancels: d.customer_cancels,
-            drivers_went_offline: d.went_offline,
-            no_restaurant_nearby: d.no_restaurant_nearby,
-            party_errors: d.party_errors,
+            decisions: d.clone(),
         }
     }
 
@@ -235,10 +217,10 @@ impl Report {
         if self.http_5xx > 0 {
             failed.push(format!("{} answers were 5xx", self.http_5xx));
         }
-        if self.duplicate_orders > 0 {
+        if self.decisions.duplicate_orders > 0 {
             failed.push(format!(
                 "{} retried idempotency keys made a second order",
-                self.duplicate_orders
+                self.decisions.duplicate_orders
             ));
         }
         if !self.drivers_holding_orders.is_empty() {
@@ -252,6 +234,7 @@ impl Report {
 
     /// The KPI table.
     pub fn table(&self) -> String {
+        let d = &self.decisions;
         let spread = |name: &str, s: &Spread| {
             format!(
                 "{name:<28} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>10.2}\n",
@@ -287,24 +270,24 @@ impl Report {
         ));
         out.push_str(&format!(
             "parties: offers accepted {} / declined {} / ignored {} / accept refused {}; confirms ignored {}; customer cancels {}; retried keys {}; drivers went offline {}\n",
-            self.offers_accepted,
-            self.offers_declined,
-            self.offers_ignored,
-            self.accepts_refused,
-            self.confirms_ignored,
-            self.customer_cancels,
-            self.retried_keys,
-            self.drivers_went_offline
+            d.offers_accepted,
+            d.offers_declined,
+            d.offers_ignored,
+            d.accepts_refused,
+            d.confirms_ignored,
+            d.customer_cancels,
+            d.retried_keys,
+            d.went_offline
         ));
         out.push_str(&format!(
             "HTTP answers by status {:?}; transport errors {}; party errors {}\n",
-            self.http, self.transport_errors, self.party_errors
+            self.http, self.transport_errors, d.party_errors
         ));
         out.push_str(&format!(
             "invariants: not terminal after the drain {} (must be 0); 5xx {} (must be 0); duplicate orders {} (must be 0); drivers holding ended orders {} (must be 0)\n",
             self.not_terminal_after_drain.len(),
             self.http_5xx,
-            self.duplicate_orders,
+            self.decisions.duplicate_orders,
             self.drivers_holding_orders.len()
         ));
         out
@@ -377,7 +360,7 @@ mod tests {
         let mut broken = Report::build(gathered(&stuck, &tracks, &decisions));
         broken.http = BTreeMap::from([(500, 1)]);
         broken.http_5xx = 1;
-        broken.duplicate_orders = 1;
+        broken.decisions.duplicate_orders = 1;
         broken.drivers_holding_orders = vec![7];
         let failed = broken.violations();
         assert_eq!(failed.len(), 4, "{failed:?}");
