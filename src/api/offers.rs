@@ -83,6 +83,11 @@ async fn pending(
     if principal.role == Role::Driver && principal.subject != id {
         return Err(ApiError::forbidden("a driver may only see its own offers"));
     }
+    // Nearly every poll finds nothing: Valkey says so without a Postgres read. If Valkey
+    // cannot answer, Postgres does.
+    if let Ok(false) = state.location.may_hold_offer(id).await {
+        return Ok(Json(PendingBody { offers: Vec::new() }));
+    }
     let offers = offers::pending_for_driver(&state.db, id).await?;
     Ok(Json(PendingBody { offers }))
 }

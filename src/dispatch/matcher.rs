@@ -56,6 +56,8 @@ pub enum MatchError {
     Enqueue(#[from] EnqueueError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("valkey error: {0}")]
+    Valkey(#[from] redis::RedisError),
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -494,6 +496,9 @@ impl Dispatcher {
         let Some(offer_id) = offer_id else {
             return Ok(Some(RoundOutcome::Superseded));
         };
+        // Before the commit, so the driver's polls find the offer the moment it exists; if
+        // Valkey refuses, the round fails and is retried (the driver would not see it).
+        self.location.note_offer(best.driver_id, ttl).await?;
         jobs::enqueue(tx, &OfferTimeout { offer_id }, ttl).await?;
         notify::enqueue(
             tx,

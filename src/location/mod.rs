@@ -22,6 +22,11 @@
 //! - `online` — set of drivers who said they are online; `load` — hash driver → active orders;
 //!   `tracking` — hash driver → the order whose customer watches them (live tracking).
 //! - `state` — a marker that the three above were restored from Postgres.
+//! - `o:{id}` — "this driver was offered an order", set by matching in the offer's transaction
+//!   and kept for the offer's TTL and a little more. A driver's offer poll with no such key
+//!   (and the `state` marker present, so Valkey was not flushed since) is answered empty
+//!   without asking Postgres: polls are most of what drivers send, and nearly all of them find
+//!   nothing. A marker whose transaction rolled back only costs one Postgres read.
 //!
 //! # Postgres is the source of truth
 //! Who is online (`drivers.is_active`) and how many orders each driver carries live in Postgres;
@@ -75,6 +80,9 @@ use crate::valkey::Valkey;
 pub const FRESHNESS: Duration = Duration::from_secs(30);
 /// A driver with this many active orders is not available.
 pub const MAX_ACTIVE_ORDERS: u32 = 2;
+/// How much longer than its offer a driver's offer note lives: the offer's expiry counts from
+/// its transaction's start, the note from a moment later.
+pub const OFFER_NOTE_SLACK: Duration = Duration::from_secs(5);
 /// Order states in which an order counts against its driver's capacity.
 pub const ACTIVE_STATES: [&str; 4] = ["CONFIRMED", "PREPARING", "READY_FOR_PICKUP", "PICKED_UP"];
 /// Search rings, in km; the requested radius caps them.
@@ -152,6 +160,7 @@ struct Keys {
     pos: String,
     state: String,
     driver_prefix: String,
+    offer_prefix: String,
     channel_prefix: String,
 }
 
@@ -167,6 +176,7 @@ impl Keys {
             pos: valkey.key(&format!("{tag}pos")),
             state: valkey.key(&format!("{tag}state")),
             driver_prefix: valkey.key(&format!("{tag}d:")),
+            offer_prefix: valkey.key(&format!("{tag}o:")),
             channel_prefix: valkey.key("order:"),
         }
     }
@@ -288,6 +298,33 @@ impl LocationService {
             .arg("+inf")
             .query_async(&mut conn)
             .await
+    }
+
+    /// Notes that `driver_id` was offered an order that expires within `ttl` (see the module
+    /// docs): its offer polls read Postgres until `ttl` and [`OFFER_NOTE_SLACK`] have passed.
+    pub async fn note_offer(&self, driver_id: i64, ttl: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.conn();
+        let px = u64::try_from((ttl + OFFER_NOTE_SLACK).as_millis()).unwrap_or(u64::MAX);
+        redis::cmd("SET")
+            .arg(format!("{}{driver_id}", self.core.keys.offer_prefix))
+            .arg(1)
+            .arg("PX")
+            .arg(px)
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Whether `driver_id` may hold a pending offer: false only when no offer was noted for it
+    /// within its TTL and Valkey still holds the `state` marker (a flushed Valkey has lost the
+    /// notes too, so then every driver may).
+    pub async fn may_hold_offer(&self, driver_id: i64) -> redis::RedisResult<bool> {
+        let mut conn = self.conn();
+        let (noted, state): (bool, bool) = redis::pipe()
+            .exists(format!("{}{driver_id}", self.core.keys.offer_prefix))
+            .exists(&self.core.keys.state)
+            .query_async(&mut conn)
+            .await?;
+        Ok(noted || !state)
     }
 
     /// Up to `limit` available drivers within `radius_km` of `at`, nearest first, searching

@@ -85,6 +85,67 @@ async fn decline(app: &TestApp, offer: i64, driver: i64) -> reqwest::Response {
     .await
 }
 
+/// A driver's offers as its own poll lists them: their ids.
+async fn polled_offers(app: &TestApp, driver: i64) -> Vec<i64> {
+    let listed: serde_json::Value = app
+        .get_as(
+            &format!("/v1/drivers/{driver}/offers"),
+            Role::Driver,
+            driver,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    listed["offers"]
+        .as_array()
+        .expect("offers")
+        .iter()
+        .map(|o| o["id"].as_i64().expect("id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn offer_polls_read_postgres_only_for_drivers_noted_as_offered() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = app.online_driver_at(300.0).await;
+    let order = app.confirmed_order(&cast).await;
+    // Matching notes the driver as it makes the offer: the poll finds it.
+    let (made, _) = offered(&round_one(&app, order).await);
+    assert_eq!(polled_offers(&app, driver).await, vec![made]);
+
+    // An offer row no round made (so never noted) is not looked for: the poll is answered
+    // from Valkey alone.
+    let other = app.online_driver_at(600.0).await;
+    let second = app.confirmed_order(&cast).await;
+    let unnoted = insert_offer(&app, second, other).await;
+    assert_eq!(polled_offers(&app, other).await, Vec::<i64>::new());
+    // Once noted, it is.
+    app.state
+        .location
+        .note_offer(other, Duration::from_secs(30))
+        .await
+        .expect("note");
+    assert_eq!(polled_offers(&app, other).await, vec![unnoted]);
+
+    // A flushed Valkey has lost every note: polls go to Postgres until the driver state is
+    // restored, so no pending offer is hidden.
+    let mut valkey = app.state.valkey.connection();
+    let notes: Vec<String> = redis::cmd("KEYS")
+        .arg(app.state.valkey.key("loc:{default}:*"))
+        .query_async(&mut valkey)
+        .await
+        .expect("keys");
+    let _: () = redis::cmd("DEL")
+        .arg(&notes)
+        .query_async(&mut valkey)
+        .await
+        .expect("flush");
+    assert_eq!(polled_offers(&app, driver).await, vec![made]);
+    assert_eq!(polled_offers(&app, other).await, vec![unnoted]);
+}
+
 /// Inserts a pending offer directly (to set up races matching itself would never create).
 async fn insert_offer(app: &TestApp, order: i64, driver: i64) -> i64 {
     try_insert_offer(app, order, driver)
