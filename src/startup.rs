@@ -184,15 +184,16 @@ async fn accept_failed(error: &std::io::Error) {
 
 /// What the workers need, built from the process's state and configuration.
 pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<jobs::JobContext> {
+    let db = store::handler_pool(&state.db, jobs::JOB_TIMEOUT);
     Ok(jobs::JobContext {
-        db: state.db.clone(),
+        db: db.clone(),
         dispatch: Dispatcher::new(
-            state.db.clone(),
+            db.clone(),
             state.location.clone(),
             state.routing.clone(),
             config.dispatch.clone(),
         ),
-        payments: Payments::new(state.db.clone(), config.payments.clone())
+        payments: Payments::new(db, config.payments.clone())
             .context("cannot build the payment client")?,
         notifier: Notifier::new(config.webhooks.clone())
             .context("cannot build the webhook client")?,

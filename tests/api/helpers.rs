@@ -615,8 +615,13 @@ impl TestApp {
 
     /// A dispatcher on this app's database and Valkey.
     pub fn dispatcher(&self, settings: DispatchSettings) -> Dispatcher {
+        self.dispatcher_on(self.db.clone(), settings)
+    }
+
+    /// A dispatcher on `db` and this app's Valkey.
+    fn dispatcher_on(&self, db: sqlx::PgPool, settings: DispatchSettings) -> Dispatcher {
         Dispatcher::new(
-            self.db.clone(),
+            db,
             self.state.location.clone(),
             self.state.routing.clone(),
             settings,
@@ -633,10 +638,11 @@ impl TestApp {
 
     /// The workers' context with `settings`.
     pub fn job_context(&self, settings: WorkerSettings) -> JobContext {
+        let db = courier::store::handler_pool(&self.db, courier::jobs::JOB_TIMEOUT);
         JobContext {
-            db: self.db.clone(),
-            dispatch: self.dispatcher(settings.dispatch),
-            payments: Payments::new(self.db.clone(), settings.payments).expect("payments"),
+            db: db.clone(),
+            dispatch: self.dispatcher_on(db.clone(), settings.dispatch),
+            payments: Payments::new(db, settings.payments).expect("payments"),
             notifier: Notifier::new(settings.webhooks).expect("notifier"),
             cron: Arc::new(settings.cron),
         }

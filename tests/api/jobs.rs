@@ -12,6 +12,7 @@ use courier::cron::CronSettings;
 use courier::jobs::Job;
 use courier::jobs::confirm_timeout::{self, ConfirmTimeout};
 use courier::jobs::store::{JobStore, StoreConfig};
+use courier::shutdown::CancellationToken;
 
 use crate::helpers::{TestApp, WorkerProcess, WorkerSettings, cast, eventually, spawn_app};
 
@@ -274,6 +275,60 @@ async fn a_worker_killed_in_the_middle_of_a_claimed_batch_loses_no_job_and_repea
 /// starts a new worker, and once the old one counts as dead the job is rescued and run
 /// again — here a no-op, as its order is already cancelled. The acknowledgement is made to
 /// fail by a trigger while a flag row exists.
+#[tokio::test]
+async fn a_job_whose_handlers_find_every_connection_busy_waits_instead_of_failing() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let id = app.placed_order(&cast).await;
+    let context = app.job_context(WorkerSettings::default());
+    // Every connection of the handlers' pool is taken, for longer than a request would wait.
+    let size = context.db.options().get_max_connections();
+    let mut held = Vec::new();
+    for _ in 0..size {
+        held.push(context.db.acquire().await.expect("connection"));
+    }
+    let stop = CancellationToken::new();
+    tokio::spawn(courier::jobs::run(
+        context,
+        stop.clone(),
+        Duration::from_secs(2),
+    ));
+    enqueue_now(&app, id).await;
+    // The placement's own timeout job waits for its time; this one runs now.
+    let now_job = || async {
+        sqlx::query_as::<_, (String, i32)>(
+            "SELECT status, attempts FROM apalis.jobs
+             WHERE job_type = $1 AND run_at <= now() ORDER BY id DESC LIMIT 1",
+        )
+        .bind(ConfirmTimeout::QUEUE)
+        .fetch_optional(&app.db)
+        .await
+        .expect("job")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            now_job()
+                .await
+                .is_some_and(|(status, _)| status == "Running")
+        })
+        .await,
+        "{:?}",
+        now_job().await
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    drop(held);
+
+    // The handler got its connection once they came back, and its first run did the work.
+    let done = eventually(Duration::from_secs(20), || async {
+        now_job().await.is_some_and(|(status, _)| status == "Done")
+    })
+    .await;
+    stop.cancel();
+    assert!(done, "{:?}", now_job().await);
+    assert_eq!(now_job().await, Some(("Done".to_owned(), 1)));
+    assert_eq!(app.status_of(id).await, "CANCELLED");
+}
+
 #[tokio::test]
 async fn a_failed_acknowledgement_ends_the_worker_and_its_job_is_rescued() {
     let app = spawn_app().await;
