@@ -54,16 +54,20 @@ lint:
 token ROLE SUBJECT:
     cargo run --quiet -- --dev token issue --role {{ROLE}} --subject {{SUBJECT}}
 
-# Job-layer benchmark against a dedicated database, e.g. `just bench-jobs --jobs 20000`.
-# Results: docs/benchmarks.md.
-bench-jobs *ARGS: services-up
-    DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/courier_bench}" \
-    COURIER_KEY_PREFIX=bench: LOG_LEVEL=warn \
-    cargo run --release --locked -- --dev bench jobs {{ARGS}}
+# The benchmarks are `courier-bench` (crates/courier-bench), built beside the `courier` binary
+# they start. Each runs on a dedicated database and key prefix; results: docs/benchmarks.md.
+_bench DB PREFIX *ARGS: services-up
+    cargo build --release --locked --quiet -p courier -p courier-bench
+    DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/{{DB}}}" \
+    COURIER_KEY_PREFIX={{PREFIX}} LOG_LEVEL=warn \
+    target/release/courier-bench --dev {{ARGS}}
 
-# Location benchmark against a dedicated database and key prefix, e.g.
-# `just bench-location --drivers 100000 --rate 10000`. Results: docs/benchmarks.md.
-bench-location *ARGS: services-up
-    DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/courier_bench}" \
-    COURIER_KEY_PREFIX=bench: LOG_LEVEL=warn \
-    cargo run --release --locked -- --dev bench location {{ARGS}}
+# Job-layer benchmark, e.g. `just bench-jobs --jobs 20000` or `just bench-jobs --peer graphile`.
+bench-jobs *ARGS: (_bench "courier_bench" "bench:" "jobs" ARGS)
+
+# Location benchmark, e.g. `just bench-location --drivers 100000 --rate 10000`.
+bench-location *ARGS: (_bench "courier_bench" "bench:" "location" ARGS)
+
+# A whole city at peak: 10,000 drivers reporting every second and 100 orders/s carried through
+# the workflow by `courier serve` and `courier worker`, e.g. `just bench-e2e --duration 60s`.
+bench-e2e *ARGS: (_bench "courier_bench_e2e" "bench-e2e:" "e2e" ARGS)

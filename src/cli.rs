@@ -1,5 +1,5 @@
-//! The command line: `serve`, `worker`, `run`, `migrate`, `seed`, `bench`, `admin` and
-//! `token issue`.
+//! The command line: `serve`, `worker`, `run`, `migrate`, `seed`, `admin` and `token issue`.
+//! (The benchmarks are `courier-bench`, a crate of their own.)
 //!
 //! Every flag also reads an environment variable (see the README's configuration table).
 //! Errors are printed as one line and turn into a non-zero exit code.
@@ -73,11 +73,6 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         customers: usize,
     },
-    /// Benchmarks (see docs/benchmarks.md).
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
     /// Operators' commands: jobs, workers, cron, orders, drivers.
     Admin(crate::admin::AdminArgs),
     /// Bearer tokens.
@@ -85,16 +80,6 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-}
-
-/// `courier bench …`
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Location ingest and nearby search under load, against raw Valkey in the same run.
-    Location(crate::bench::LocationBench),
-    /// The job layer: a drain through the worker setup, enqueue→start latency, and plain SQL
-    /// claim loops and inserts on the same database in the same run.
-    Jobs(crate::bench::JobsBench),
 }
 
 /// `courier token …`
@@ -231,12 +216,6 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench {
-            command: BenchCommand::Location(options),
-        } => crate::bench::run_location(&config, &options).await,
-        Command::Bench {
-            command: BenchCommand::Jobs(options),
-        } => crate::bench::run_jobs(&config, &options).await,
         Command::Token {
             command: TokenCommand::Issue { role, subject, ttl },
         } => {

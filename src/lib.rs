@@ -26,14 +26,12 @@
 //! - [`payments`]: payment capture (Stripe-style client, development ledger), exactly once.
 //! - [`workflows`]: the order workflow (state machine and transitions).
 //! - [`telemetry`]: structured logs and Prometheus metrics.
-//! - [`mod@bench`]: `courier bench location`.
 //! - [`seed`]: the synthetic city of `courier seed`.
 //! - [`shutdown`]: signal handling and the shutdown token shared by background tasks.
 
 pub mod admin;
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -1,4 +1,4 @@
-// The graphile-worker peer of `courier bench jobs --peer graphile`: drains N no-op jobs with
+// The graphile-worker peer of `courier-bench jobs --peer graphile`: drains N no-op jobs with
 // graphile-worker on the same database and prints `jobs_per_s=<rate>`.
 //
 // Usage: DATABASE_URL=… node graphile-peer.mjs <jobs> <defaults|tuned>

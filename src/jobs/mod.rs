@@ -189,14 +189,14 @@ pub struct JobContext {
 }
 
 /// The backend every worker of kind `K` polls.
-pub(crate) type WorkerBackend<K> = PollWith<store::JobStore<K>, IntervalStrategy>;
+pub type WorkerBackend<K> = PollWith<store::JobStore<K>, IntervalStrategy>;
 
 /// The backend a worker of kind `K` polls, as `courier worker` sets it up: our
 /// [`store::JobStore`] claiming up to `claim` jobs at a time ([`store::CLAIM_BATCH`] in
 /// production; the job benchmark also measures other sizes), woken by apalis's insert NOTIFY
 /// and by a [`POLL_INTERVAL`] poll (NOTIFY misses delayed tasks and retries). `queue` is the
 /// [`queue_pool`]. The job benchmark builds its worker through here too.
-pub(crate) fn worker_backend<K: Job>(queue: &PgPool, claim: usize) -> WorkerBackend<K> {
+pub fn worker_backend<K: Job>(queue: &PgPool, claim: usize) -> WorkerBackend<K> {
     let config = store::StoreConfig {
         queue: K::QUEUE,
         batch: claim,
@@ -209,7 +209,7 @@ pub(crate) fn worker_backend<K: Job>(queue: &PgPool, claim: usize) -> WorkerBack
 
 /// A worker name unique in the fleet: queue, host, pid and an instance number (tests run
 /// several monitors in one process).
-pub(crate) fn worker_name(queue: &str) -> String {
+pub fn worker_name(queue: &str) -> String {
     static INSTANCE: AtomicUsize = AtomicUsize::new(0);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -231,7 +231,7 @@ pub(crate) fn worker_name(queue: &str) -> String {
 /// rather than wait for one that is on its way back, so a pool that grows on demand made a
 /// claim wait for a connect now and then (90 ms on the bench machine: the idle tail of
 /// enqueue→start in `docs/benchmarks.md`).
-pub(crate) fn queue_pool(db: &PgPool, kinds: usize) -> PgPool {
+pub fn queue_pool(db: &PgPool, kinds: usize) -> PgPool {
     let size = u32::try_from(3 * kinds + 1).unwrap_or(u32::MAX);
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(size)

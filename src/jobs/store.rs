@@ -60,7 +60,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most jobs one claim takes. Measured in `courier bench jobs`: 100 per claim reaches the
+/// Most jobs one claim takes. Measured in `courier-bench jobs`: 100 per claim reaches the
 /// plain SQL loop's range, while claims of 10 spend the worker's time on round trips.
 pub const CLAIM_BATCH: usize = 100;
 

@@ -138,6 +138,11 @@ impl Api {
         Ok(token)
     }
 
+    /// The `Authorization` header's value for `who` (`Bearer …`), for clients of their own.
+    pub fn bearer(&self, who: As) -> anyhow::Result<String> {
+        Ok(format!("Bearer {}", self.token(who)?))
+    }
+
     /// Sends a request as `who`; counts its status. A transport failure is an error.
     pub async fn call(
         &self,

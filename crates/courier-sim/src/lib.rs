@@ -16,9 +16,11 @@
 pub mod api;
 pub mod city;
 pub mod clock;
+pub mod fleet;
 pub mod ledger;
 pub mod parties;
 pub mod report;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,40 +226,53 @@ pub async fn run(
 /// Drivers the server still counts as carrying an order once every order has ended: each
 /// driver goes online and reports where it is, and must be answered `available` (an online
 /// driver is unavailable only while it carries orders).
-async fn ghost_loads(
+pub(crate) async fn ghost_loads(
     api: &Api,
     operator: As,
     drivers: &[city::Driver],
 ) -> anyhow::Result<Vec<i64>> {
-    let mut holding = Vec::new();
-    for driver in drivers {
-        let me = As::Driver(driver.id);
-        let listed: serde_json::Value = api
-            .get(
-                operator,
-                &format!("/drivers/{}/orders?status=active", driver.id),
-            )
-            .await?
-            .ok()?;
-        let online = serde_json::json!({"status": "online"});
-        api.post(me, &format!("/drivers/{}/status", driver.id), &online)
-            .await?
-            .ok::<serde_json::Value>()?;
-        let at = serde_json::json!({"lat": driver.start.lat, "lon": driver.start.lon});
-        let reported: serde_json::Value = api
-            .post(me, &format!("/drivers/{}/location", driver.id), &at)
-            .await?
-            .ok()?;
-        let carries = listed["orders"].as_array().is_some_and(|o| !o.is_empty());
-        if carries || reported["result"] != "available" {
-            holding.push(driver.id);
-        }
-    }
-    Ok(holding)
+    use futures::{StreamExt, TryStreamExt};
+    let checked: Vec<Option<i64>> = futures::stream::iter(drivers.iter().copied())
+        .map(|driver| holds_an_order(api, operator, driver))
+        .buffered(16)
+        .try_collect()
+        .await?;
+    Ok(checked.into_iter().flatten().collect())
+}
+
+/// `Some(driver id)` if the server counts `driver` as carrying an order.
+async fn holds_an_order(
+    api: &Api,
+    operator: As,
+    driver: city::Driver,
+) -> anyhow::Result<Option<i64>> {
+    let me = As::Driver(driver.id);
+    let listed: serde_json::Value = api
+        .get(
+            operator,
+            &format!("/drivers/{}/orders?status=active", driver.id),
+        )
+        .await?
+        .ok()?;
+    let online = serde_json::json!({"status": "online"});
+    api.post(me, &format!("/drivers/{}/status", driver.id), &online)
+        .await?
+        .ok::<serde_json::Value>()?;
+    let at = serde_json::json!({"lat": driver.start.lat, "lon": driver.start.lon});
+    let reported: serde_json::Value = api
+        .post(me, &format!("/drivers/{}/location", driver.id), &at)
+        .await?
+        .ok()?;
+    let carries = listed["orders"].as_array().is_some_and(|o| !o.is_empty());
+    Ok((carries || reported["result"] != "available").then_some(driver.id))
 }
 
 /// The current view of each order, as an operator reads it.
-async fn read_orders(api: &Api, operator: As, ids: &[i64]) -> anyhow::Result<Vec<OrderView>> {
+pub(crate) async fn read_orders(
+    api: &Api,
+    operator: As,
+    ids: &[i64],
+) -> anyhow::Result<Vec<OrderView>> {
     use futures::{StreamExt, TryStreamExt};
     futures::stream::iter(ids.iter().copied())
         .map(|id| async move {
@@ -265,7 +280,7 @@ async fn read_orders(api: &Api, operator: As, ids: &[i64]) -> anyhow::Result<Vec
                 .await?
                 .ok::<OrderView>()
         })
-        .buffered(16)
+        .buffered(64)
         .try_collect()
         .await
 }

@@ -17,6 +17,7 @@ pub struct OrderView {
     pub id: i64,
     pub status: String,
     pub placed_at: DateTime<Utc>,
+    pub confirmed_at: Option<DateTime<Utc>>,
     pub ready_at: Option<DateTime<Utc>>,
     pub picked_up_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
@@ -64,6 +65,15 @@ impl Spread {
             p50_real_s: at(0.5),
             p99_real_s: at(0.99),
         }
+    }
+}
+
+/// The first ten of `items`, and how many more there are.
+fn first_few<T: std::fmt::Display>(items: &[T]) -> String {
+    let shown: Vec<String> = items.iter().take(10).map(ToString::to_string).collect();
+    match items.len().saturating_sub(10) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
     }
 }
 
@@ -209,9 +219,9 @@ impl Report {
         let mut failed = Vec::new();
         if !self.not_terminal_after_drain.is_empty() {
             failed.push(format!(
-                "{} orders were neither completed nor cancelled after the drain: {:?}",
+                "{} orders were neither completed nor cancelled after the drain: {}",
                 self.not_terminal_after_drain.len(),
-                self.not_terminal_after_drain
+                first_few(&self.not_terminal_after_drain)
             ));
         }
         if self.http_5xx > 0 {
@@ -225,8 +235,9 @@ impl Report {
         }
         if !self.drivers_holding_orders.is_empty() {
             failed.push(format!(
-                "drivers still hold orders after every order ended: {:?}",
-                self.drivers_holding_orders
+                "{} drivers still hold orders after every order ended: {}",
+                self.drivers_holding_orders.len(),
+                first_few(&self.drivers_holding_orders)
             ));
         }
         failed
@@ -318,6 +329,7 @@ mod tests {
             id,
             status: status.to_owned(),
             placed_at,
+            confirmed_at: None,
             ready_at: None,
             picked_up_at: None,
             delivered_at: minutes_to_door.map(|m| placed_at + chrono::Duration::minutes(m)),
@@ -344,6 +356,17 @@ mod tests {
             http: BTreeMap::from([(200, 10)]),
             transport_errors: 0,
         }
+    }
+
+    #[test]
+    fn long_lists_are_cut_to_their_first_ten() {
+        assert_eq!(first_few(&[1, 2, 3]), "1, 2, 3");
+        let many: Vec<i64> = (1..=25).collect();
+        assert_eq!(
+            first_few(&many),
+            "1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 15 more"
+        );
+        assert_eq!(first_few::<i64>(&[]), "");
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! `courier bench jobs`: the durable workflow's job layer, measured beside what Postgres allows
+//! `courier-bench jobs`: the durable workflow's job layer, measured beside what Postgres allows
 //! in the same run.
 //!
 //! A job kind of its own (`courier::bench_noop`, registered only here) is drained through the
-//! very worker setup `courier worker` uses ([`worker_backend`](crate::jobs::worker_backend):
+//! very worker setup `courier worker` uses ([`worker_backend`](courier::jobs::worker_backend):
 //! the same storage settings, NOTIFY plus a 1 s poll, the same pool size, the same handler
 //! wrapper). In the same run, on the same database:
 //! - **drain**: `--jobs` rows inserted up front, then one worker started; jobs/s until the last
@@ -16,7 +16,7 @@
 //!   a job and a hundred jobs per round trip — what Postgres allows on this machine for any job
 //!   layer on this table;
 //! - **transactional enqueue**: business transactions that update a row and enqueue a job
-//!   through [`crate::jobs::enqueue`], against the same transactions inserting a plain row;
+//!   through [`courier::jobs::enqueue`], against the same transactions inserting a plain row;
 //! - with `--peer graphile`: graphile-worker (npm) draining as many no-op jobs on the same
 //!   database, with its defaults and tuned.
 //!
@@ -34,11 +34,12 @@ use apalis::prelude::{
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::bench::{Samples, cpu};
-use crate::config::{Config, DatabaseSettings};
-use crate::jobs::{self, Job, bounded, worker_backend, worker_name};
-use crate::shutdown::CancellationToken;
-use crate::store;
+use crate::cpu;
+use crate::location::Samples;
+use courier::config::{Config, DatabaseSettings};
+use courier::jobs::{self, Job, bounded, worker_backend, worker_name};
+use courier::shutdown::CancellationToken;
+use courier::store;
 
 /// Options of the job benchmark.
 #[derive(Clone, Debug, clap::Args)]

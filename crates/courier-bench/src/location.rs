@@ -1,6 +1,5 @@
-//! `courier bench location`: the location service under load, measured end to end and against
-//! raw Valkey in the same run. (`courier bench jobs`, the job layer's benchmark, is in
-//! [`jobs`].)
+//! `courier-bench location`: the location service under load, measured end to end and against
+//! raw Valkey in the same run.
 //!
 //! One command does everything: it migrates the configured (bench) database, makes sure it
 //! holds `--drivers` drivers, clears this key prefix's location keys, starts `courier serve` as a
@@ -14,29 +13,27 @@
 //! generator shares the machine with what it measures. Everything it prints is measured in
 //! that run.
 
-mod conn;
-mod cpu;
-mod jobs;
-
-pub use jobs::{JobsBench, run_jobs};
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::StreamExt;
 use sqlx::PgPool;
 
-use crate::auth::{Principal, Role, TokenKeys};
-use crate::config::Config;
-use crate::geo::Point;
-use crate::location::history;
-use crate::location::update::LocationUpdate;
-use crate::location::{Ingested, LocationService};
-use crate::store;
-use crate::valkey::Valkey;
-use conn::Conn;
+use courier::auth::{Principal, Role, TokenKeys};
+use courier::config::Config;
+use courier::geo::Point;
+use courier::location::history;
+use courier::location::update::LocationUpdate;
+use courier::location::{Ingested, LocationService};
+use courier::store;
+use courier::valkey::Valkey;
+use courier_sim::wire::Conn;
+
+use crate::cpu;
+use crate::server::{
+    Server, clear_location_keys, ensure_dedicated, ensure_operator, valkey_pid, wait_ready,
+};
 
 /// How drivers are spread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -122,10 +119,10 @@ fn city_of(layout: Layout, index: usize, total: usize) -> (f64, f64) {
 
 /// Latency samples in microseconds.
 #[derive(Debug, Default)]
-struct Samples(Vec<u64>);
+pub(crate) struct Samples(pub(crate) Vec<u64>);
 
 impl Samples {
-    fn percentile_ms(&mut self, p: f64) -> f64 {
+    pub(crate) fn percentile_ms(&mut self, p: f64) -> f64 {
         if self.0.is_empty() {
             return f64::NAN;
         }
@@ -135,7 +132,7 @@ impl Samples {
     }
 
     /// The median and the 99th percentile, in ms.
-    fn p50_p99(&mut self) -> (f64, f64) {
+    pub(crate) fn p50_p99(&mut self) -> (f64, f64) {
         (self.percentile_ms(50.0), self.percentile_ms(99.0))
     }
 }
@@ -166,22 +163,6 @@ async fn evalsha_stats(conn: &mut redis::aio::ConnectionManager) -> anyhow::Resu
         .query_async(conn)
         .await?;
     Ok(parse_evalsha_stats(&info))
-}
-
-/// Valkey's process id (`INFO server`), for the CPU report; `None` if it does not say.
-async fn valkey_pid(conn: &mut redis::aio::ConnectionManager) -> Option<u32> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .ok()?;
-    parse_process_id(&info)
-}
-
-fn parse_process_id(info: &str) -> Option<u32> {
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn parse_evalsha_stats(info: &str) -> (u64, u64) {
@@ -233,120 +214,6 @@ async fn ensure_drivers(db: &PgPool, n: usize) -> anyhow::Result<Vec<i64>> {
     )
 }
 
-/// The id of an operator account (tokens must name one that exists), created if there is none.
-async fn ensure_operator(db: &PgPool) -> anyhow::Result<i64> {
-    let existing: Option<i64> =
-        sqlx::query_scalar("SELECT min(id) FROM users WHERE role = 'operator'")
-            .fetch_one(db)
-            .await?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    Ok(sqlx::query_scalar(
-        "INSERT INTO users (role, name, email)
-         VALUES ('operator', 'Bench operator', 'bench-operator@bench.courier.invalid') RETURNING id",
-    )
-    .fetch_one(db)
-    .await?)
-}
-
-/// Deletes every location key under this process's prefix.
-async fn clear_location_keys(valkey: &Valkey) -> anyhow::Result<()> {
-    let mut conn = valkey.connection();
-    let pattern = valkey.key("loc:*");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
-/// The server under test, stopped with SIGTERM when done.
-#[derive(Debug)]
-struct Server(std::process::Child);
-
-impl Server {
-    fn start(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the courier executable")?;
-        let mut command = std::process::Command::new(exe);
-        command
-            .args([
-                "--database-url",
-                &config.database.url,
-                "--valkey-url",
-                &config.valkey.url,
-            ])
-            .args(["--key-prefix", &config.valkey.key_prefix]);
-        if config.dev {
-            command.arg("--dev");
-        }
-        let child = command
-            .args(["serve", "--listen", &listen.to_string()])
-            .env("LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start courier serve")?;
-        Ok(Self(child))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGTERM, then wait: the server drains and flushes its history.
-    fn stop(mut self) -> anyhow::Result<()> {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "could not signal the server");
-        let exit = self.0.wait()?;
-        anyhow::ensure!(exit.success(), "the server exited with {exit}");
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The benchmark adds drivers, empties the location history and deletes location keys:
-/// it refuses to run unless its database is a dedicated one (its name contains `bench`) and
-/// its keys live under a prefix of their own.
-fn ensure_dedicated(database_url: &str, key_prefix: &str) -> anyhow::Result<()> {
-    let url = url::Url::parse(database_url).context("the database URL is not a URL")?;
-    let database = url.path().trim_start_matches('/');
-    anyhow::ensure!(
-        database.contains("bench"),
-        "the benchmark empties the location history of its database; give it a dedicated one \
-         whose name contains \"bench\" (database \"{database}\" refused)"
-    );
-    anyhow::ensure!(
-        !key_prefix.is_empty(),
-        "the benchmark deletes the location keys under its key prefix; set one (e.g. \
-         COURIER_KEY_PREFIX=bench:)"
-    );
-    Ok(())
-}
-
 /// Runs the benchmark and prints its report.
 pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -391,27 +258,13 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         .map(|i| point_in(&mut rng, city_of(opts.layout, i, ids.len())))
         .collect();
 
-    let server = Server::start(config, opts.listen)?;
+    let server = Server::start(config, "serve", Some(opts.listen), &[], None)?;
     let base = format!("http://{}", opts.listen);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency + 8)
         .timeout(Duration::from_secs(10))
         .build()?;
-    let ready = async {
-        for _ in 0..300 {
-            if client
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    anyhow::ensure!(ready.await, "the server did not become ready");
+    wait_ready(&base).await?;
 
     let keys = TokenKeys::new(&config.jwt_secret);
     let now_s = chrono::Utc::now().timestamp();
@@ -575,7 +428,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     });
     // One connection for the benchmark's own Valkey calls (statistics, the naive search).
     let mut conn = valkey.connection();
-    let probe = cpu::Probe::new(server.pid(), valkey_pid(&mut conn).await);
+    let probe = cpu::Probe::new(&[("server", server.pid())], valkey_pid(&mut conn).await);
     let cpu_before = probe.snapshot();
     let before_phase = evalsha_stats(&mut conn).await?;
     let phase_started = Instant::now();
@@ -613,7 +466,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
                 ticks.tick().await;
                 let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
                 let update =
-                    LocationUpdate::position(ids[i], positions[i], crate::location::now_ms());
+                    LocationUpdate::position(ids[i], positions[i], courier::location::now_ms());
                 let sent = Instant::now();
                 if let Ok(outcome) = location.ingest(&[update]).await {
                     samples.0.push(elapsed_us(sent));
@@ -637,7 +490,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
 
     // Steady state for the queries: every driver reported within the last 30 s (as with a
     // report every 10 s), so stale members do not force wider rings.
-    let now_ms = crate::location::now_ms();
+    let now_ms = courier::location::now_ms();
     for (chunk_ids, chunk_points) in ids.chunks(1_000).zip(positions.chunks(1_000)) {
         let updates: Vec<LocationUpdate> = chunk_ids
             .iter()
@@ -787,18 +640,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_dedicated_database_and_prefix_are_benchmarked() {
-        assert!(ensure_dedicated("postgres://h/courier_bench", "bench:").is_ok());
-        let refused =
-            ensure_dedicated("postgres://h/courier", "bench:").expect_err("not a bench database");
-        assert!(
-            refused.to_string().contains("\"courier\" refused"),
-            "{refused}"
-        );
-        assert!(ensure_dedicated("postgres://h/courier_bench", "").is_err());
-    }
-
-    #[test]
     fn percentiles_pick_the_nearest_rank() {
         let mut samples = Samples((1..=100).map(|ms| ms * 1_000).collect());
         assert_eq!(samples.percentile_ms(50.0), 51.0);
@@ -813,13 +654,6 @@ mod tests {
         assert_eq!(parse_evalsha_stats(info), (10, 250));
         assert_eq!(parse_evalsha_stats("# Commandstats\r\n"), (0, 0));
         assert_eq!(per_call_us((10, 250), (20, 450)), 20.0);
-    }
-
-    #[test]
-    fn valkeys_process_id_parses_from_info() {
-        let info = "# Server\r\nvalkey_version:9.1.2\r\nprocess_id:21126\r\ntcp_port:6380\r\n";
-        assert_eq!(parse_process_id(info), Some(21_126));
-        assert_eq!(parse_process_id("# Server\r\n"), None);
     }
 
     #[test]
@@ -840,7 +674,7 @@ mod tests {
         for _ in 0..1_000 {
             let p = point_in(&mut rng, (40.0, -74.0));
             assert!(
-                crate::geo::haversine_m(
+                courier::geo::haversine_m(
                     p,
                     Point {
                         lat: 40.0,

@@ -1,4 +1,4 @@
-//! The load generator's HTTP/1.1 client: one keep-alive connection, written by hand.
+//! The load generators' HTTP/1.1 client: one keep-alive connection, written by hand.
 //!
 //! The benchmark's load generator shares the machine's two cores with the server it measures,
 //! so whatever it spends per request is taken from the system under test. With a general
@@ -23,7 +23,7 @@ const MAX_HEADERS: usize = 32;
 
 /// One keep-alive connection to the server under test.
 #[derive(Debug)]
-pub(super) struct Conn {
+pub struct Conn {
     address: SocketAddr,
     stream: Option<TcpStream>,
     request: Vec<u8>,
@@ -38,7 +38,7 @@ struct Answer {
 }
 
 impl Conn {
-    pub(super) fn new(address: SocketAddr) -> Self {
+    pub fn new(address: SocketAddr) -> Self {
         Self {
             address,
             stream: None,
@@ -50,11 +50,23 @@ impl Conn {
     /// Sends one request (opening the connection first if it is new or was dropped) and reads
     /// the whole answer: its status and its body, which lives in this connection's buffer
     /// until the next request.
-    pub(super) async fn send(
+    pub async fn send(
         &mut self,
         method: &str,
         path: &str,
         authorization: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, &[u8])> {
+        self.send_with(method, path, authorization, &[], body).await
+    }
+
+    /// [`Conn::send`] with more headers (`name`, `value`), e.g. an idempotency key.
+    pub async fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        authorization: &str,
+        headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> anyhow::Result<(u16, &[u8])> {
         self.request.clear();
@@ -62,6 +74,9 @@ impl Conn {
             self.request,
             "{method} {path} HTTP/1.1\r\nhost: courier\r\nauthorization: {authorization}\r\n"
         )?;
+        for (name, value) in headers {
+            write!(self.request, "{name}: {value}\r\n")?;
+        }
         if let Some(body) = body {
             write!(
                 self.request,

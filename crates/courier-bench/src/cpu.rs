@@ -111,32 +111,37 @@ impl Party {
 
 /// The parties of one benchmark run.
 #[derive(Debug)]
-pub(super) struct Probe {
+pub(crate) struct Probe {
     parties: Vec<Party>,
 }
 
 /// What the probe read at one instant.
 #[derive(Debug)]
-pub(super) struct Snapshot {
+pub(crate) struct Snapshot {
     at: Instant,
     machine: Option<(u64, u64)>,
     parties: Vec<HashMap<u32, Sched>>,
 }
 
 impl Probe {
-    /// The server child, this process (the load generator), Valkey's process when it runs on
-    /// this host (`valkey_pid` from `INFO server`, kept only if that pid is a Valkey or Redis
-    /// server here) and every Postgres process.
-    pub(super) fn new(server_pid: u32, valkey_pid: Option<u32>) -> Self {
+    /// The `courier` children (named), this process (the load generator), Valkey's process
+    /// when it runs on this host (`valkey_pid` from `INFO server`, kept only if that pid is a
+    /// Valkey or Redis server here) and every Postgres process.
+    pub(crate) fn new(children: &[(&'static str, u32)], valkey_pid: Option<u32>) -> Self {
         let party = |name, processes, show_wait| Party {
             name,
             processes,
             show_wait,
         };
-        let mut parties = vec![
-            party("server", Processes::Pid(server_pid), false),
-            party("load generator", Processes::Pid(std::process::id()), false),
-        ];
+        let mut parties: Vec<Party> = children
+            .iter()
+            .map(|(name, pid)| party(*name, Processes::Pid(*pid), false))
+            .collect();
+        parties.push(party(
+            "load generator",
+            Processes::Pid(std::process::id()),
+            false,
+        ));
         let local_valkey = valkey_pid
             .filter(|pid| comm(*pid).is_some_and(|c| c.contains("valkey") || c.contains("redis")));
         if let Some(pid) = local_valkey {
@@ -148,7 +153,7 @@ impl Probe {
 
     /// This process (named `label`) and every Postgres process: a benchmark that runs what it
     /// measures in process.
-    pub(super) fn this_process_and_postgres(label: &'static str) -> Self {
+    pub(crate) fn this_process_and_postgres(label: &'static str) -> Self {
         Self {
             parties: vec![
                 Party {
@@ -165,7 +170,7 @@ impl Probe {
         }
     }
 
-    pub(super) fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             at: Instant::now(),
             machine: std::fs::read_to_string("/proc/stat")
@@ -176,16 +181,20 @@ impl Probe {
         }
     }
 
-    /// One line: each party's share of one core between the snapshots, Valkey's time waiting
-    /// for a core, and how busy the whole machine was.
-    pub(super) fn report(&self, before: &Snapshot, after: &Snapshot) -> String {
+    /// Each party's share of one core between the snapshots, and how busy the machine was.
+    pub(crate) fn shares(&self, before: &Snapshot, after: &Snapshot) -> Shares {
         let elapsed_ns = after.at.duration_since(before.at).as_nanos() as f64;
         let labels = self.parties.iter().map(|p| (p.name, p.show_wait));
-        report_line(
+        shares(
             labels.zip(before.parties.iter().zip(&after.parties)),
             elapsed_ns,
             before.machine.zip(after.machine),
         )
+    }
+
+    /// [`Probe::shares`] as one line.
+    pub(crate) fn report(&self, before: &Snapshot, after: &Snapshot) -> String {
+        self.shares(before, after).line()
     }
 }
 
@@ -203,37 +212,70 @@ fn delta(before: &HashMap<u32, Sched>, after: &HashMap<u32, Sched>) -> Sched {
 
 type PartyReadings<'a> = (&'a HashMap<u32, Sched>, &'a HashMap<u32, Sched>);
 
+/// Each party's share of one core (and of the interval spent waiting for one) between two
+/// readings, and how busy the whole machine was, in percent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Shares {
+    /// Name, % of one core on a CPU, % of the interval runnable but waiting, whether the wait
+    /// is worth showing.
+    pub(crate) parties: Vec<(&'static str, f64, f64, bool)>,
+    pub(crate) machine_busy: Option<f64>,
+}
+
+impl Shares {
+    /// The party that used the most CPU.
+    pub(crate) fn busiest(&self) -> Option<(&'static str, f64)> {
+        self.parties
+            .iter()
+            .map(|(name, cpu, _, _)| (*name, *cpu))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// One line: `CPU, % of one core: server 50, …; machine 75 % busy`.
+    pub(crate) fn line(&self) -> String {
+        let shares: Vec<String> = self
+            .parties
+            .iter()
+            .map(|(name, cpu, wait, show_wait)| {
+                let mut share = format!("{name} {cpu:.0}");
+                if *show_wait {
+                    share.push_str(&format!(
+                        " (runnable but waiting for a core {wait:.1} % of the time)"
+                    ));
+                }
+                share
+            })
+            .collect();
+        let mut line = format!("CPU, % of one core: {}", shares.join(", "));
+        if let Some(busy) = self.machine_busy {
+            line.push_str(&format!("; machine {busy:.0} % busy"));
+        }
+        line
+    }
+}
+
 /// `parties`: each party's name, whether to show its run-queue wait, and its two readings.
-fn report_line<'a>(
+fn shares<'a>(
     parties: impl Iterator<Item = ((&'static str, bool), PartyReadings<'a>)>,
     elapsed_ns: f64,
     machine: Option<((u64, u64), (u64, u64))>,
-) -> String {
+) -> Shares {
     let percent = |ns: u64| ns as f64 / elapsed_ns.max(1.0) * 100.0;
-    let mut shares = Vec::new();
-    for ((name, show_wait), (before, after)) in parties {
-        if after.is_empty() {
-            continue;
-        }
-        let d = delta(before, after);
-        let mut share = format!("{name} {:.0}", percent(d.on_cpu_ns));
-        if show_wait {
-            share.push_str(&format!(
-                " (runnable but waiting for a core {:.1} % of the time)",
-                percent(d.waiting_ns)
-            ));
-        }
-        shares.push(share);
-    }
-    let mut line = format!("CPU, % of one core: {}", shares.join(", "));
-    if let Some(((busy0, total0), (busy1, total1))) = machine {
+    let parties = parties
+        .filter(|(_, (_, after))| !after.is_empty())
+        .map(|((name, show_wait), (before, after))| {
+            let d = delta(before, after);
+            (name, percent(d.on_cpu_ns), percent(d.waiting_ns), show_wait)
+        })
+        .collect();
+    let machine_busy = machine.map(|((busy0, total0), (busy1, total1))| {
         let total = total1.saturating_sub(total0).max(1) as f64;
-        line.push_str(&format!(
-            "; machine {:.0} % busy",
-            busy1.saturating_sub(busy0) as f64 / total * 100.0
-        ));
+        busy1.saturating_sub(busy0) as f64 / total * 100.0
+    });
+    Shares {
+        parties,
+        machine_busy,
     }
-    line
 }
 
 #[cfg(test)]
@@ -287,13 +329,14 @@ mod tests {
             (("Postgres", false), (&postgres.0, &postgres.1)),
             (("elsewhere", true), (&gone.0, &gone.1)),
         ];
-        let line = report_line(
+        let shares = shares(
             parties.into_iter(),
             1_000.0,
             Some(((100, 1_000), (250, 1_200))),
         );
+        assert_eq!(shares.busiest(), Some(("server", 50.0)));
         assert_eq!(
-            line,
+            shares.line(),
             "CPU, % of one core: server 50, Valkey 40 (runnable but waiting for a core 5.0 % of \
              the time), Postgres 25; machine 75 % busy"
         );
