@@ -3,6 +3,7 @@
 //! `just test` brings up.
 
 mod admin;
+mod architecture;
 mod auth;
 mod cron;
 mod errors;

@@ -108,20 +108,22 @@ fn seconds(rng: &mut StdRng, from: u64, to: u64) -> Duration {
     Duration::from_secs(rng.random_range(from..=to))
 }
 
+/// A driver's offers, as `GET /v1/drivers/{id}/offers` lists them.
 #[derive(Deserialize)]
-struct Offers {
-    offers: Vec<Offer>,
+pub(crate) struct Offers {
+    pub(crate) offers: Vec<Offer>,
 }
 
+/// An offer: the fields the parties act on.
 #[derive(Deserialize)]
-struct Offer {
-    id: i64,
-    order_id: i64,
-    created_at: DateTime<Utc>,
-    restaurant_lat: f64,
-    restaurant_lon: f64,
-    delivery_lat: f64,
-    delivery_lon: f64,
+pub(crate) struct Offer {
+    pub(crate) id: i64,
+    pub(crate) order_id: i64,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) restaurant_lat: f64,
+    pub(crate) restaurant_lon: f64,
+    pub(crate) delivery_lat: f64,
+    pub(crate) delivery_lon: f64,
 }
 
 #[derive(Deserialize)]
