@@ -43,10 +43,10 @@ async fn a_small_city_runs_through_the_api_and_every_order_ends_sound() {
     });
     let mut settings = Settings::new(&app.address, TEST_SECRET, OPERATOR);
     settings.seed = 7;
-    settings.drivers = 6;
-    settings.restaurants = 3;
-    settings.customers = 12;
-    settings.city_side_m = 3_000.0;
+    settings.plan.drivers = 6;
+    settings.plan.restaurants = 3;
+    settings.plan.customers = 12;
+    settings.plan.side_m = 3_000.0;
     settings.orders_per_minute = 2.0;
     settings.duration = Duration::from_secs(10 * 60);
     settings.speed = 60.0;

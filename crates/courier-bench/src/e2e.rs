@@ -28,6 +28,7 @@ use sqlx::postgres::PgConnectOptions;
 use courier::config::Config;
 use courier::store;
 use courier::valkey::Valkey;
+use courier_sim::city::Plan;
 use courier_sim::clock::Spot;
 use courier_sim::fleet::{FleetBehaviour, FleetReport, FleetSettings};
 
@@ -338,14 +339,16 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
         jwt_secret: config.jwt_secret.expose().to_vec(),
         operator,
         seed: opts.seed,
-        center: Spot {
-            lat: 40.7128,
-            lon: -74.0060,
+        plan: Plan {
+            center: Spot {
+                lat: 40.7128,
+                lon: -74.0060,
+            },
+            side_m: opts.city_km * 1_000.0,
+            restaurants: opts.restaurants,
+            customers: opts.customers,
+            drivers: opts.drivers,
         },
-        city_side_m: opts.city_km * 1_000.0,
-        drivers: opts.drivers,
-        restaurants: opts.restaurants,
-        customers: opts.customers,
         orders_per_second: opts.orders_per_second,
         duration: opts.duration,
         speed: opts.speed,

@@ -46,11 +46,8 @@ pub struct Settings {
     /// The operator (a user id) that builds the city and reads the orders at the end.
     pub operator: i64,
     pub seed: u64,
-    pub center: Spot,
-    pub city_side_m: f64,
-    pub drivers: usize,
-    pub restaurants: usize,
-    pub customers: usize,
+    /// The city's shape and population.
+    pub plan: Plan,
     /// Orders per simulated minute, over the whole city.
     pub orders_per_minute: f64,
     /// How long customers order (simulated).
@@ -70,14 +67,16 @@ impl Settings {
             jwt_secret: jwt_secret.to_vec(),
             operator,
             seed: 1,
-            center: Spot {
-                lat: 40.7128,
-                lon: -74.0060,
+            plan: Plan {
+                center: Spot {
+                    lat: 40.7128,
+                    lon: -74.0060,
+                },
+                side_m: 6_000.0,
+                restaurants: 10,
+                customers: 80,
+                drivers: 40,
             },
-            city_side_m: 6_000.0,
-            drivers: 40,
-            restaurants: 10,
-            customers: 80,
             orders_per_minute: 1.5,
             duration: Duration::from_secs(20 * 60),
             speed: 10.0,
@@ -104,13 +103,7 @@ pub async fn run(
     let api = Api::new(&settings.base_url, &settings.jwt_secret)?;
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let tag = format!("sim{}-{}", settings.seed, uuid::Uuid::new_v4().simple());
-    let plan = Plan {
-        center: settings.center,
-        side_m: settings.city_side_m,
-        restaurants: settings.restaurants,
-        customers: settings.customers,
-        drivers: settings.drivers,
-    };
+    let plan = settings.plan;
     progress(&Status {
         phase: "building the city",
         simulated: Duration::ZERO,
@@ -167,34 +160,21 @@ pub async fn run(
 
     // Drain: parties go on working until every order has ended, or the drain runs out.
     let operator = As::Operator(settings.operator);
-    let drain_started = Instant::now();
-    // Every order is read once; after that only those still open are read again.
-    let mut views = read_orders(&api, operator, &ctx.ledger.order_ids()).await?;
-    let position: std::collections::HashMap<i64, usize> =
-        views.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
-    loop {
-        let open: Vec<i64> = views
-            .iter()
-            .filter(|v| !v.is_terminal())
-            .map(|v| v.id)
-            .collect();
-        progress(&Status {
-            phase: "draining",
-            simulated: ctx.clock.now(),
-            orders: views.len(),
-            open_orders: open.len(),
-        });
-        if open.is_empty() || drain_started.elapsed() >= settings.drain {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let fresh = read_orders(&api, operator, &open).await?;
-        for view in fresh {
-            if let Some(&at) = position.get(&view.id) {
-                views[at] = view;
-            }
-        }
-    }
+    let views = drain(
+        &api,
+        operator,
+        &ctx.ledger.order_ids(),
+        settings.drain,
+        |open| {
+            progress(&Status {
+                phase: "draining",
+                simulated: ctx.clock.now(),
+                orders: ctx.ledger.orders_placed(),
+                open_orders: open,
+            })
+        },
+    )
+    .await?;
     let simulated = ctx.clock.now();
     ctx.stop.cancel();
     for task in tasks {
@@ -265,6 +245,39 @@ async fn holds_an_order(
         .ok()?;
     let carries = listed["orders"].as_array().is_some_and(|o| !o.is_empty());
     Ok((carries || reported["result"] != "available").then_some(driver.id))
+}
+
+/// Waits for orders to end: reads every order of `ids` once, then, once a second, those
+/// still open, until none is or `limit` has passed; `each_round` hears how many are open
+/// before each wait. The orders' last views, in the order of `ids`.
+pub(crate) async fn drain(
+    api: &Api,
+    operator: As,
+    ids: &[i64],
+    limit: Duration,
+    mut each_round: impl FnMut(usize),
+) -> anyhow::Result<Vec<OrderView>> {
+    let started = Instant::now();
+    let mut views = read_orders(api, operator, ids).await?;
+    let position: std::collections::HashMap<i64, usize> =
+        views.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+    loop {
+        let open: Vec<i64> = views
+            .iter()
+            .filter(|v| !v.is_terminal())
+            .map(|v| v.id)
+            .collect();
+        each_round(open.len());
+        if open.is_empty() || started.elapsed() >= limit {
+            return Ok(views);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for view in read_orders(api, operator, &open).await? {
+            if let Some(&at) = position.get(&view.id) {
+                views[at] = view;
+            }
+        }
+    }
 }
 
 /// The current view of each order, as an operator reads it.

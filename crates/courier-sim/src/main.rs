@@ -73,14 +73,14 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
     let mut settings = Settings::new(&cli.url, secret.as_bytes(), cli.operator);
     settings.seed = cli.seed;
-    settings.drivers = cli.drivers;
-    settings.restaurants = cli.restaurants;
-    settings.customers = cli.customers;
+    settings.plan.drivers = cli.drivers;
+    settings.plan.restaurants = cli.restaurants;
+    settings.plan.customers = cli.customers;
     settings.orders_per_minute = cli.orders_per_minute;
     settings.duration = cli.duration;
     settings.speed = cli.speed;
     settings.drain = cli.drain;
-    settings.center = Spot {
+    settings.plan.center = Spot {
         lat: cli.lat,
         lon: cli.lon,
     };

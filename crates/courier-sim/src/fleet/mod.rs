@@ -26,7 +26,7 @@ mod drivers;
 mod kitchens;
 mod lane;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +38,6 @@ use serde_json::json;
 
 use crate::api::{Api, As};
 use crate::city::Plan;
-use crate::clock::Spot;
 use crate::report::{Gathered, OrderView, Report};
 use customers::customer_lane;
 use drivers::{Agent, Phase, Position, report_lane};
@@ -55,11 +54,8 @@ pub struct FleetSettings {
     /// The operator (a user id) that builds the city and reads the orders at the end.
     pub operator: i64,
     pub seed: u64,
-    pub center: Spot,
-    pub city_side_m: f64,
-    pub drivers: usize,
-    pub restaurants: usize,
-    pub customers: usize,
+    /// The city's shape and population.
+    pub plan: Plan,
     /// Orders placed per real second, over the whole city.
     pub orders_per_second: f64,
     /// How long customers order (real time).
@@ -234,13 +230,7 @@ pub async fn run(
     let api = Api::new(&base_url, &settings.jwt_secret)?;
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let tag = format!("peak{}-{}", settings.seed, uuid::Uuid::new_v4().simple());
-    let plan = Plan {
-        center: settings.center,
-        side_m: settings.city_side_m,
-        restaurants: settings.restaurants,
-        customers: settings.customers,
-        drivers: settings.drivers,
-    };
+    let plan = settings.plan;
     let started = Instant::now();
     progress(&FleetStatus {
         phase: "building the city",
@@ -386,31 +376,17 @@ pub async fn run(
         .flat_map(|t| t.placed.iter().copied())
         .collect();
     placed_ids.sort_unstable();
-    let mut views = crate::read_orders(&api, operator, &placed_ids).await?;
-    let position: HashMap<i64, usize> = views.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
-    loop {
-        let open: Vec<i64> = views
-            .iter()
-            .filter(|v| !v.is_terminal())
-            .map(|v| v.id)
-            .collect();
+    let location_reports = || shared.live.reports.load(Ordering::Relaxed);
+    let views = crate::drain(&api, operator, &placed_ids, settings.drain, |open| {
         progress(&FleetStatus {
             phase: "draining",
             elapsed: started.elapsed(),
             placed,
-            location_reports: shared.live.reports.load(Ordering::Relaxed),
-            open_orders: open.len(),
-        });
-        if open.is_empty() || drain_started.elapsed() >= settings.drain {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for view in crate::read_orders(&api, operator, &open).await? {
-            if let Some(&at) = position.get(&view.id) {
-                views[at] = view;
-            }
-        }
-    }
+            location_reports: location_reports(),
+            open_orders: open,
+        })
+    })
+    .await?;
     let drain_s = drain_started.elapsed().as_secs_f64();
     shared.stop.store(true, Ordering::Relaxed);
     let mut tally = Tally::new()?;
