@@ -30,7 +30,7 @@ use courier::store;
 use courier::valkey::Valkey;
 use courier_sim::city::Plan;
 use courier_sim::clock::Spot;
-use courier_sim::fleet::{FleetBehaviour, FleetReport, FleetSettings};
+use courier_sim::fleet::{self, FleetBehaviour, FleetReport, FleetSettings};
 
 use crate::cpu;
 use crate::server::{
@@ -368,8 +368,7 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
         ],
         valkey_pid(&mut conn).await,
     );
-    // The CPU window is the ordering period: it opens when the first order is placed and
-    // closes when ordering stops (the progress callback sees both).
+    // The CPU window is the ordering period: the run announces its start and its end.
     let window: std::sync::Mutex<(Option<cpu::Snapshot>, Option<cpu::Snapshot>)> =
         std::sync::Mutex::new((None, None));
     let stop_lag = Arc::new(AtomicBool::new(false));
@@ -386,16 +385,16 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
             stop_lag.clone(),
         )))
     };
-    let progress = |status: &courier_sim::fleet::FleetStatus| {
+    let progress = |status: &fleet::FleetStatus| {
         if let Ok(mut window) = window.lock() {
-            if status.phase == "ordering" && window.0.is_none() {
+            if status.phase == fleet::ORDERING && window.0.is_none() {
                 window.0 = Some(probe.snapshot());
             }
-            if status.phase == "draining" && window.1.is_none() {
+            if status.phase == fleet::ORDERING_OVER {
                 window.1 = Some(probe.snapshot());
             }
         }
-        if status.elapsed.as_secs().is_multiple_of(5) || status.phase != "ordering" {
+        if status.elapsed.as_secs().is_multiple_of(5) || status.phase != fleet::ORDERING {
             eprintln!(
                 "  {:>4} s {:<18} placed {:>6}  location reports {:>8}  open {:>5}",
                 status.elapsed.as_secs(),
@@ -406,7 +405,7 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
             );
         }
     };
-    let outcome = courier_sim::fleet::run(&settings, &progress).await;
+    let outcome = fleet::run(&settings, &progress).await;
     stop_lag.store(true, Ordering::Relaxed);
     let lag = lag_task.await.unwrap_or_default();
     let (statement_samples, statements) = statements_task.await.unwrap_or_default();

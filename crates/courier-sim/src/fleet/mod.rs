@@ -145,7 +145,9 @@ pub struct FleetReport {
     pub report: Report,
 }
 
-/// A live status line.
+/// A live status line. Its phase is one of [`BUILDING`], [`GOING_ONLINE`], [`ORDERING`]
+/// (announced once the moment ordering starts, then about once a second), [`ORDERING_OVER`]
+/// (once, the moment it stops) and [`DRAINING`].
 #[derive(Clone, Copy, Debug)]
 pub struct FleetStatus {
     pub phase: &'static str,
@@ -154,6 +156,13 @@ pub struct FleetStatus {
     pub location_reports: u64,
     pub open_orders: usize,
 }
+
+/// The phases of a run, as [`FleetStatus`] names them.
+pub const BUILDING: &str = "building the city";
+pub const GOING_ONLINE: &str = "drivers going online";
+pub const ORDERING: &str = "ordering";
+pub const ORDERING_OVER: &str = "ordering over";
+pub const DRAINING: &str = "draining";
 
 /// Shared, read-only context of every lane.
 struct Shared {
@@ -233,7 +242,7 @@ pub async fn run(
     let plan = settings.plan;
     let started = Instant::now();
     progress(&FleetStatus {
-        phase: "building the city",
+        phase: BUILDING,
         elapsed: Duration::ZERO,
         placed: 0,
         location_reports: 0,
@@ -253,7 +262,7 @@ pub async fn run(
         closing: AtomicBool::new(false),
     });
     progress(&FleetStatus {
-        phase: "drivers going online",
+        phase: GOING_ONLINE,
         elapsed: started.elapsed(),
         placed: 0,
         location_reports: 0,
@@ -331,6 +340,13 @@ pub async fn run(
     tokio::time::sleep(settings.report_every).await;
     let ordering_started = Instant::now();
     let reports_before = shared.live.reports.load(Ordering::Relaxed);
+    progress(&FleetStatus {
+        phase: ORDERING,
+        elapsed: started.elapsed(),
+        placed: 0,
+        location_reports: reports_before,
+        open_orders: 0,
+    });
     for i in 0..customer_lanes {
         let seeded = StdRng::seed_from_u64(rng.random());
         tasks.push(tokio::spawn(customer_lane(
@@ -350,7 +366,7 @@ pub async fn run(
         )
         .await;
         progress(&FleetStatus {
-            phase: "ordering",
+            phase: ORDERING,
             elapsed: started.elapsed(),
             placed: shared.live.placed.load(Ordering::Relaxed),
             location_reports: shared.live.reports.load(Ordering::Relaxed),
@@ -361,6 +377,13 @@ pub async fn run(
     let ordering_s = ordering_started.elapsed().as_secs_f64();
     let reports_during = shared.live.reports.load(Ordering::Relaxed) - reports_before;
     let placed = shared.live.placed.load(Ordering::Relaxed);
+    progress(&FleetStatus {
+        phase: ORDERING_OVER,
+        elapsed: started.elapsed(),
+        placed,
+        location_reports: reports_before + reports_during,
+        open_orders: 0,
+    });
 
     // Drain: the parties go on until every order has ended, or the drain runs out. The
     // customers' lanes end by themselves once their cancellations are sent.
@@ -379,7 +402,7 @@ pub async fn run(
     let location_reports = || shared.live.reports.load(Ordering::Relaxed);
     let views = crate::drain(&api, operator, &placed_ids, settings.drain, |open| {
         progress(&FleetStatus {
-            phase: "draining",
+            phase: DRAINING,
             elapsed: started.elapsed(),
             placed,
             location_reports: location_reports(),
