@@ -34,7 +34,7 @@ use courier_sim::fleet::{self, FleetBehaviour, FleetReport, FleetSettings};
 
 use crate::cpu;
 use crate::server::{
-    Server, clear_location_keys, ensure_dedicated, ensure_operator, valkey_pid, wait_ready,
+    Courier, clear_location_keys, ensure_dedicated, ensure_operator, valkey_pid, wait_ready,
 };
 
 /// Options of the end-to-end benchmark.
@@ -318,14 +318,14 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
     let logs = PathBuf::from(std::env::var("COURIER_DATA_DIR").unwrap_or_else(|_| ".data".into()));
     std::fs::create_dir_all(&logs)?;
     let timers = server_timers();
-    let server = Server::start(
+    let server = Courier::start(
         config,
         "serve",
         Some(opts.listen),
         &timers,
         Some(&logs.join("bench-e2e-serve.log")),
     )?;
-    let worker = Server::start(
+    let worker = Courier::start(
         config,
         "worker",
         None,
@@ -371,9 +371,9 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
     // The CPU window is the ordering period: the run announces its start and its end.
     let window: std::sync::Mutex<(Option<cpu::Snapshot>, Option<cpu::Snapshot>)> =
         std::sync::Mutex::new((None, None));
-    let stop_lag = Arc::new(AtomicBool::new(false));
-    let lag_task = tokio::spawn(sample_queue_lag(db.clone(), stop_lag.clone()));
-    let statements_task = tokio::spawn(sample_statements(db.clone(), stop_lag.clone()));
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let lag_task = tokio::spawn(sample_queue_lag(db.clone(), stop_sampling.clone()));
+    let statements_task = tokio::spawn(sample_statements(db.clone(), stop_sampling.clone()));
     let vacuum_task = if autovacuum_on(&db).await? {
         None
     } else {
@@ -382,7 +382,7 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
         );
         Some(tokio::spawn(vacuum_like_autovacuum(
             db.clone(),
-            stop_lag.clone(),
+            stop_sampling.clone(),
         )))
     };
     let progress = |status: &fleet::FleetStatus| {
@@ -406,7 +406,7 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
         }
     };
     let outcome = fleet::run(&settings, &progress).await;
-    stop_lag.store(true, Ordering::Relaxed);
+    stop_sampling.store(true, Ordering::Relaxed);
     let lag = lag_task.await.unwrap_or_default();
     let (statement_samples, statements) = statements_task.await.unwrap_or_default();
     if let Some(task) = vacuum_task {

@@ -28,11 +28,12 @@ use courier::location::update::LocationUpdate;
 use courier::location::{Ingested, LocationService};
 use courier::store;
 use courier::valkey::Valkey;
+use courier_sim::clock::staggered;
 use courier_sim::wire::Conn;
 
 use crate::cpu;
 use crate::server::{
-    Server, clear_location_keys, ensure_dedicated, ensure_operator, valkey_pid, wait_ready,
+    Courier, clear_location_keys, ensure_dedicated, ensure_operator, valkey_pid, wait_ready,
 };
 
 /// How drivers are spread.
@@ -135,15 +136,6 @@ impl Samples {
     pub(crate) fn p50_p99(&mut self) -> (f64, f64) {
         (self.percentile_ms(50.0), self.percentile_ms(99.0))
     }
-}
-
-/// Ticks every `period`, the first one offset by `lane / lanes` of a period: loops started
-/// together then spread their requests evenly instead of firing in synchronized bursts.
-fn staggered(period: Duration, lane: usize, lanes: usize) -> tokio::time::Interval {
-    let offset = period.mul_f64(lane as f64 / lanes.max(1) as f64);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticks
 }
 
 fn elapsed_us(started: Instant) -> u64 {
@@ -258,7 +250,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         .map(|i| point_in(&mut rng, city_of(opts.layout, i, ids.len())))
         .collect();
 
-    let server = Server::start(config, "serve", Some(opts.listen), &[], None)?;
+    let server = Courier::start(config, "serve", Some(opts.listen), &[], None)?;
     let base = format!("http://{}", opts.listen);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency + 8)

@@ -27,11 +27,12 @@ fn courier_exe() -> anyhow::Result<PathBuf> {
     Ok(exe)
 }
 
-/// A `courier` process under test, stopped with SIGTERM when done (killed if dropped).
+/// A `courier` process under test (`serve` or `worker`), stopped with SIGTERM when done
+/// (killed if dropped).
 #[derive(Debug)]
-pub(crate) struct Server(std::process::Child);
+pub(crate) struct Courier(std::process::Child);
 
-impl Server {
+impl Courier {
     /// Starts `courier <command>` on `config`'s database, Valkey and key prefix, listening on
     /// `listen` if given, with `env` added to its environment; its log goes to `log` if given.
     pub(crate) fn start(
@@ -89,7 +90,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for Courier {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

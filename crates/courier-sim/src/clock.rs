@@ -1,5 +1,6 @@
 //! Simulated time and space: a clock that runs `speed` times faster than the wall clock, and
-//! straight-line movement over a city small enough for a flat-earth approximation.
+//! straight-line movement over a city small enough for a flat-earth approximation; and the
+//! staggered ticks the load generators pace their loops with.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,16 @@ impl Spot {
             lon: self.lon + dx_m / (M_PER_DEG * self.lat.to_radians().cos()),
         }
     }
+}
+
+/// Ticks every `period`, the first one offset by `lane / lanes` of a period, skipping ticks
+/// it falls behind on: load-generator loops started together then spread their requests
+/// evenly instead of firing in synchronized bursts.
+pub fn staggered(period: Duration, lane: usize, lanes: usize) -> tokio::time::Interval {
+    let offset = period.mul_f64(lane as f64 / lanes.max(1) as f64);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticks
 }
 
 #[cfg(test)]

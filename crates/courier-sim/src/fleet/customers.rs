@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::Shared;
 use super::kitchens::Listed;
-use super::lane::{Kind, Lane, Tally, staggered};
+use super::lane::{Kind, Lane, Tally};
 use crate::city::City;
+use crate::clock::staggered;
 
 /// A lane of customers placing `per_second` orders a second until ordering closes, then
 /// sending the cancellations still due until the run stops.

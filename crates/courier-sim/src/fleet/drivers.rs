@@ -13,8 +13,8 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::Shared;
-use super::lane::{Kind, Lane, Stepped, Tally, between, staggered};
-use crate::clock::Spot;
+use super::lane::{Kind, Lane, Stepped, Tally, between};
+use crate::clock::{Spot, staggered};
 use crate::parties::Offers;
 
 /// Where a driver is in its work.

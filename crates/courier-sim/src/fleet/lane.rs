@@ -187,14 +187,6 @@ impl Lane {
 /// How often lanes look at their parties.
 pub(super) const LANE_TICK: Duration = Duration::from_millis(20);
 
-/// The same interval of `period`, each lane's first tick offset by its share of a period.
-pub(super) fn staggered(period: Duration, lane: usize, lanes: usize) -> tokio::time::Interval {
-    let offset = period.mul_f64(lane as f64 / lanes.max(1) as f64);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticks
-}
-
 pub(super) fn between(rng: &mut StdRng, (from, to): (Duration, Duration)) -> Duration {
     if to <= from {
         return from;
