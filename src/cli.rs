@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 
+use crate::api::HttpSettings;
 use crate::auth::{Principal, Role, TokenKeys};
-use crate::config::{CommonArgs, Config, HttpArgs, HttpSettings, LifecycleArgs, redact_url};
+use crate::config::{CommonArgs, Config, HttpArgs, LifecycleArgs, redact_url};
 use crate::startup::{Parts, run_process};
 use crate::{store, telemetry};
 
@@ -170,7 +172,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let pool = store::pool(&config.database)?;
             store::migrate(&pool).await?;
             tracing::info!(
-                database = redact_url(&config.database.url),
+                database = redact_url(config.database.url.expose_secret()),
                 created_database = created,
                 "migrations applied"
             );

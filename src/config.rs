@@ -10,21 +10,24 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use chrono_tz::Tz;
+use secrecy::ExposeSecret;
 
+use crate::api::HttpSettings;
+use crate::auth::{JwtSecret, MIN_JWT_SECRET_BYTES};
 use crate::cron::CronSettings;
 use crate::dispatch::DispatchSettings;
 use crate::eta::estimator::Estimator;
 use crate::eta::routing::RoutingSettings;
 use crate::notify::WebhookSettings;
 use crate::payments::PaymentSettings;
+use crate::store::DatabaseSettings;
+use crate::telemetry::LogFormat;
+use crate::valkey::ValkeySettings;
 use crate::workflows::place::OrderLimits;
 
 /// The development signing secret used when `--dev` is given without `COURIER_JWT_SECRET`.
 /// Tokens signed with it are worthless outside a developer's machine, which is the point.
 pub const DEV_JWT_SECRET: &str = "courier-development-secret-never-use-in-production";
-
-/// The shortest signing secret accepted: HS256 keys shorter than the hash output are weak.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// Settings shared by every subcommand: where the data stores are and how to log.
 #[derive(Args, Clone, Debug)]
@@ -312,13 +315,6 @@ pub struct WorkflowArgs {
     pub job_retention: Duration,
 }
 
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
-
 /// Settings of the HTTP server (`serve` and `run`).
 #[derive(Args, Clone, Debug)]
 pub struct HttpArgs {
@@ -396,46 +392,6 @@ pub enum ConfigError {
     Workflow(String),
 }
 
-/// Where Postgres is and how many connections to open.
-#[derive(Clone, Debug)]
-pub struct DatabaseSettings {
-    pub url: String,
-    pub max_connections: u32,
-}
-
-/// Where Valkey is and which key prefix this process owns.
-#[derive(Clone, Debug)]
-pub struct ValkeySettings {
-    pub url: String,
-    pub key_prefix: String,
-}
-
-/// The token signing secret. Its `Debug` never prints the secret.
-#[derive(Clone)]
-pub struct JwtSecret(Vec<u8>);
-
-impl JwtSecret {
-    /// The secret's bytes, for building signing keys.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for JwtSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtSecret(..)")
-    }
-}
-
-/// HTTP server settings, validated.
-#[derive(Clone, Debug)]
-pub struct HttpSettings {
-    pub listen: SocketAddr,
-    pub max_body_bytes: usize,
-    pub request_timeout: Duration,
-    pub header_read_timeout: Duration,
-}
-
 /// Validated settings of one courier process.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -484,11 +440,11 @@ impl Config {
         }
         Ok(Self {
             database: DatabaseSettings {
-                url: args.database_url.clone(),
+                url: args.database_url.clone().into(),
                 max_connections: args.db_max_connections,
             },
             valkey: ValkeySettings {
-                url: args.valkey_url.clone(),
+                url: args.valkey_url.clone().into(),
                 key_prefix: args.key_prefix.clone(),
             },
             jwt_secret,
@@ -548,7 +504,7 @@ fn workflow_settings(
                 })?;
             Some((
                 http_url("COURIER_STRIPE_API_URL", &args.stripe_api_url)?,
-                key,
+                key.into(),
             ))
         }
     };
@@ -580,14 +536,19 @@ fn workflow_settings(
             "COURIER_WEBHOOK_RESTAURANT_URL",
             &args.webhook_restaurant_url,
         )?,
-        secret: args.webhook_secret.clone().unwrap_or_default().into_bytes(),
+        secret: args
+            .webhook_secret
+            .clone()
+            .unwrap_or_default()
+            .into_bytes()
+            .into(),
         max_attempts: args.webhook_max_attempts.clamp(1, 100),
         ..WebhookSettings::default()
     };
     let any_url = webhooks.customer_url.is_some()
         || webhooks.driver_url.is_some()
         || webhooks.restaurant_url.is_some();
-    if any_url && webhooks.secret.len() < 16 {
+    if any_url && webhooks.secret.expose_secret().len() < 16 {
         return Err(ConfigError::Workflow(
             "COURIER_WEBHOOK_SECRET (at least 16 bytes) is required when a webhook URL is set"
                 .to_owned(),
@@ -700,19 +661,11 @@ pub fn jwt_secret(configured: Option<&str>, dev: bool) -> Result<JwtSecret, Conf
         Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => {
             Err(ConfigError::ShortJwtSecret(secret.len()))
         }
-        Some(secret) => Ok(JwtSecret(secret.as_bytes().to_vec())),
-        None if dev => Ok(JwtSecret(DEV_JWT_SECRET.as_bytes().to_vec())),
+        Some(secret) => JwtSecret::from_bytes(secret.as_bytes().to_vec())
+            .map_err(|short| ConfigError::ShortJwtSecret(short.0)),
+        None if dev => JwtSecret::from_bytes(DEV_JWT_SECRET.as_bytes().to_vec())
+            .map_err(|short| ConfigError::ShortJwtSecret(short.0)),
         None => Err(ConfigError::MissingJwtSecret),
-    }
-}
-
-impl JwtSecret {
-    /// A secret from raw bytes, for tests and tools that generate their own.
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, ConfigError> {
-        if bytes.len() < MIN_JWT_SECRET_BYTES {
-            return Err(ConfigError::ShortJwtSecret(bytes.len()));
-        }
-        Ok(Self(bytes))
     }
 }
 
@@ -777,6 +730,49 @@ mod tests {
         let secret = JwtSecret::from_bytes(b"s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t".to_vec())
             .expect("long enough");
         assert_eq!(format!("{secret:?}"), "JwtSecret(..)");
+    }
+
+    #[test]
+    fn no_secret_of_the_config_shows_in_its_debug_output() {
+        #[derive(clap::Parser)]
+        struct Harness {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let secrets = [
+            "db-password-1f2e3d",
+            "valkey-password-4c5b6a",
+            "jwt-secret-7a8b9c-jwt-secret-7a8b9c-jwt",
+            "sk_live_stripe_0d1e2f",
+            "webhook-secret-3a4b5c",
+        ];
+        let database = format!("postgres://app:{}@db:5432/courier", secrets[0]);
+        let valkey = format!("redis://:{}@127.0.0.1:6380", secrets[1]);
+        let args = <Harness as clap::Parser>::try_parse_from([
+            "courier",
+            "--database-url",
+            &database,
+            "--valkey-url",
+            &valkey,
+            "--jwt-secret",
+            secrets[2],
+            "--payment-provider",
+            "stripe",
+            "--stripe-secret-key",
+            secrets[3],
+            "--webhook-customer-url",
+            "https://hooks.example.com/customer",
+            "--webhook-secret",
+            secrets[4],
+        ])
+        .expect("arguments parse");
+        let config = Config::from_args(&args.common).expect("valid config");
+        assert_eq!(config.jwt_secret.expose(), secrets[2].as_bytes());
+        let shown = format!("{config:?} {config:#?}");
+        assert!(shown.contains("hooks.example.com"), "the config is shown");
+        for secret in secrets {
+            assert!(!shown.contains(secret), "{secret} leaks: {shown}");
+        }
     }
 
     #[test]

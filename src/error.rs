@@ -13,7 +13,19 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::api::middleware::current_request_id;
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `work` as the handling of request `id`: errors it answers carry that id.
+pub async fn with_request_id<F: Future>(id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(id, work).await
+}
+
+/// The id of the request being handled on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
 
 /// An error answered to an API client.
 #[derive(Debug)]

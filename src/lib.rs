@@ -5,39 +5,34 @@
 //! binary and the integration tests build on and the `courier` command itself.
 //!
 //! Module map:
-//! - [`admin`]: `courier admin …`, the operators' commands.
-//! - [`config`]: every setting, parsed and validated once from flags and environment.
-//! - [`startup`]: builds the HTTP application ([`startup::Application`]) and the worker process.
-//! - [`api`]: the HTTP surface, one router per resource group, merged in one place.
-//! - [`auth`]: signed bearer tokens, roles and the principal extractor.
-//! - [`error`]: the one API error type and its JSON shape.
-//! - [`store`]: the Postgres pool, migrations and SQL queries.
-//! - [`valkey`]: the Valkey connection and key namespacing.
-//! - [`cache`]: cache-aside on Valkey (restaurants, nearby searches).
-//! - [`geo`]: coordinates, distances and cache cells (pure).
-//! - [`location`]: driver positions in Valkey, nearby search, expiry, history.
-//! - [`dispatch`]: driver matching: scoring, batching, offers, the circuit breaker.
-//! - [`eta`]: delivery ETAs, traffic multipliers, routing (OSRM client, estimator, cache).
-//! - [`clock`]: the injectable wall clock.
-//! - [`cron`]: periodic tasks (auto-completion, stuck orders, housekeeping, partitions), once
-//!   per tick across the fleet.
-//! - [`jobs`]: apalis workers and their registry.
-//! - [`notify`]: signed webhooks to customers, drivers and restaurants.
-//! - [`payments`]: payment capture (Stripe-style client, development ledger), exactly once.
-//! - [`workflows`]: the order workflow (state machine and transitions).
-//! - [`telemetry`]: structured logs and Prometheus metrics.
-//! - [`seed`]: the synthetic city of `courier seed`.
-//! - [`shutdown`]: signal handling and the shutdown token shared by background tasks.
+//! Module map, from the ground up (each imports only its own floor and below; the map with the
+//! order's steps is `docs/architecture.md`, and the `architecture` tests hold the code to it):
+//! 1. [`domain`] (ids, order states and actions, actors, roles, offer states), [`geo`],
+//!    [`clock`], [`shutdown`], [`text`]: vocabulary and pure helpers.
+//! 2. [`jobs`] (job messages and `enqueue`), [`error`] (the API error), [`valkey`],
+//!    [`breaker`] (the circuit breaker).
+//! 3. [`store`] (pool, migrations, queries), [`location`] (positions in Valkey, nearby
+//!    search), [`cache`], [`auth`] (tokens → actors).
+//! 4. [`eta`] (routing and ETAs), [`notify`] (webhooks), [`payments`] (providers).
+//! 5. [`dispatch`]: candidates and scoring.
+//! 6. [`workflows`]: the order's one writer — every change of an order and its effects;
+//!    [`telemetry`], [`seed`].
+//! 7. The edges that call it: [`api`] (HTTP), [`workers`] (job handlers), [`cron`].
+//! 8. [`config`]: every setting, parsed once from flags and environment.
+//! 9. [`admin`] (`courier admin …`), [`startup`] (the server and worker processes);
+//!    10. [`cli`].
 
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cron;
 pub mod dispatch;
+pub mod domain;
 pub mod error;
 pub mod eta;
 pub mod geo;
@@ -52,4 +47,5 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod valkey;
+pub mod workers;
 pub mod workflows;

@@ -5,6 +5,9 @@
 //! It targets an empty database and refuses one that already has restaurants, so it can never
 //! mix two cities or duplicate one.
 
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng as _, SeedableRng};
 use sqlx::PgPool;
 
 /// What to create.
@@ -41,34 +44,17 @@ pub enum SeedError {
     Database(#[from] sqlx::Error),
 }
 
-/// SplitMix64: small, fast, and the same sequence on every machine for a seed.
-#[derive(Debug)]
-struct Rng(u64);
+/// The seeded generator: the same sequence on every machine for a seed.
+type Rng = StdRng;
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// Uniform in [lo, hi] (integers).
+fn range(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
+    rng.random_range(lo..=hi.max(lo))
+}
 
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [lo, hi] (integers).
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = u64::try_from(hi - lo + 1).unwrap_or(1).max(1);
-        lo + i64::try_from(self.next_u64() % span).unwrap_or(0)
-    }
-
-    fn pick<'a>(&mut self, items: &'a [&'a str]) -> &'a str {
-        let index = usize::try_from(self.next_u64() % items.len() as u64).unwrap_or(0);
-        items[index]
-    }
+/// One of `items` (not empty).
+fn pick<'a>(rng: &mut Rng, items: &'a [&'a str]) -> &'a str {
+    items.choose(rng).copied().unwrap_or_default()
 }
 
 const CUISINES: &[&str] = &[
@@ -88,8 +74,8 @@ const VEHICLES: &[&str] = &["bicycle", "scooter", "car", "motorbike"];
 /// A point uniformly inside the square city.
 fn point_in_city(rng: &mut Rng, plan: &SeedPlan) -> (f64, f64) {
     let half = plan.size_km / 2.0;
-    let dy_km = (rng.unit() * 2.0 - 1.0) * half;
-    let dx_km = (rng.unit() * 2.0 - 1.0) * half;
+    let dy_km = (rng.random::<f64>() * 2.0 - 1.0) * half;
+    let dx_km = (rng.random::<f64>() * 2.0 - 1.0) * half;
     let lat = plan.center_lat + dy_km / 111.32;
     let lon = plan.center_lon + dx_km / (111.32 * plan.center_lat.to_radians().cos());
     (lat, lon)
@@ -97,7 +83,7 @@ fn point_in_city(rng: &mut Rng, plan: &SeedPlan) -> (f64, f64) {
 
 /// Seeds the city described by `plan` in one transaction.
 pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
-    let mut rng = Rng(plan.seed);
+    let mut rng = Rng::seed_from_u64(plan.seed);
     let mut tx = crate::store::begin(pool).await?;
     let existing: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM restaurants)")
         .fetch_one(&mut *tx)
@@ -113,14 +99,14 @@ pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
     let mut prep = Vec::with_capacity(plan.restaurants);
     let mut ratings = Vec::with_capacity(plan.restaurants);
     for n in 0..plan.restaurants {
-        let cuisine = rng.pick(CUISINES);
-        names.push(format!("{} {} #{n}", rng.pick(ADJECTIVES), cuisine));
+        let cuisine = pick(&mut rng, CUISINES);
+        names.push(format!("{} {} #{n}", pick(&mut rng, ADJECTIVES), cuisine));
         cuisines.push(cuisine.to_owned());
         let (lat, lon) = point_in_city(&mut rng, plan);
         lats.push(lat);
         lons.push(lon);
-        prep.push(i32::try_from(rng.range(10, 45)).unwrap_or(20));
-        ratings.push(3.0 + (rng.range(0, 20) as f64) / 10.0);
+        prep.push(i32::try_from(range(&mut rng, 10, 45)).unwrap_or(20));
+        ratings.push(3.0 + (range(&mut rng, 0, 20) as f64) / 10.0);
     }
     let restaurant_ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO restaurants (name, address, location, cuisine_type, rating, prep_time_minutes)
@@ -143,16 +129,16 @@ pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
     let (mut item_restaurants, mut item_names, mut item_categories, mut item_prices) =
         (vec![], vec![], vec![], vec![]);
     for (index, id) in restaurant_ids.iter().enumerate() {
-        for n in 0..rng.range(8, 20) {
+        for n in 0..range(&mut rng, 8, 20) {
             item_restaurants.push(*id);
             item_names.push(format!(
                 "{} {} {}",
-                rng.pick(DISHES),
+                pick(&mut rng, DISHES),
                 cuisines[index],
                 n + 1
             ));
-            item_categories.push(rng.pick(CATEGORIES).to_owned());
-            item_prices.push(rng.range(299, 2_999));
+            item_categories.push(pick(&mut rng, CATEGORIES).to_owned());
+            item_prices.push(range(&mut rng, 299, 2_999));
         }
     }
     let menu_items = sqlx::query(
@@ -187,13 +173,13 @@ pub async fn seed(pool: &PgPool, plan: &SeedPlan) -> Result<Seeded, SeedError> {
     .rows_affected();
 
     let vehicles: Vec<String> = (0..plan.drivers)
-        .map(|_| rng.pick(VEHICLES).to_owned())
+        .map(|_| pick(&mut rng, VEHICLES).to_owned())
         .collect();
     let driver_ratings: Vec<f64> = (0..plan.drivers)
-        .map(|_| 4.0 + (rng.range(0, 10) as f64) / 10.0)
+        .map(|_| 4.0 + (range(&mut rng, 0, 10) as f64) / 10.0)
         .collect();
     let deliveries: Vec<i32> = (0..plan.drivers)
-        .map(|_| i32::try_from(rng.range(0, 400)).unwrap_or(0))
+        .map(|_| i32::try_from(range(&mut rng, 0, 400)).unwrap_or(0))
         .collect();
     let drivers = sqlx::query(
         "WITH new_users AS (
@@ -232,16 +218,16 @@ mod tests {
     #[test]
     fn the_sequence_is_fixed_by_the_seed() {
         let a: Vec<u64> = {
-            let mut r = Rng(7);
-            (0..5).map(|_| r.next_u64()).collect()
+            let mut r = Rng::seed_from_u64(7);
+            (0..5).map(|_| r.random::<u64>()).collect()
         };
         let b: Vec<u64> = {
-            let mut r = Rng(7);
-            (0..5).map(|_| r.next_u64()).collect()
+            let mut r = Rng::seed_from_u64(7);
+            (0..5).map(|_| r.random::<u64>()).collect()
         };
         let c: Vec<u64> = {
-            let mut r = Rng(8);
-            (0..5).map(|_| r.next_u64()).collect()
+            let mut r = Rng::seed_from_u64(8);
+            (0..5).map(|_| r.random::<u64>()).collect()
         };
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -249,7 +235,7 @@ mod tests {
 
     #[test]
     fn ranges_and_points_stay_in_bounds() {
-        let mut rng = Rng(42);
+        let mut rng = Rng::seed_from_u64(42);
         let plan = SeedPlan {
             seed: 42,
             center_lat: 40.0,
@@ -260,9 +246,9 @@ mod tests {
             customers: 0,
         };
         for _ in 0..10_000 {
-            let v = rng.range(10, 45);
+            let v = range(&mut rng, 10, 45);
             assert!((10..=45).contains(&v));
-            let u = rng.unit();
+            let u = rng.random::<f64>();
             assert!((0.0..1.0).contains(&u));
             let (lat, lon) = point_in_city(&mut rng, &plan);
             assert!((lat - 40.0).abs() <= 15.0 / 111.32 + 1e-9);

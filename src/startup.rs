@@ -12,11 +12,12 @@ use anyhow::Context;
 use axum::extract::ConnectInfo;
 use tokio::net::TcpListener;
 
+use crate::api::HttpSettings;
 use crate::api::{self, AppState, Shared};
 use crate::auth::TokenKeys;
 use crate::auth::subjects::Subjects;
 use crate::clock::Clock;
-use crate::config::{Config, HttpSettings};
+use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::eta::routing::Routing;
 use crate::location::history::{self, HistoryTask};
@@ -25,7 +26,7 @@ use crate::notify::Notifier;
 use crate::payments::Payments;
 use crate::shutdown::{self, CancellationToken};
 use crate::valkey::Valkey;
-use crate::{jobs, store};
+use crate::{store, workers};
 
 impl AppState {
     /// Connects (lazily) to the configured data stores and starts the background tasks the
@@ -183,9 +184,9 @@ async fn accept_failed(error: &std::io::Error) {
 }
 
 /// What the workers need, built from the process's state and configuration.
-pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<jobs::JobContext> {
-    let db = store::handler_pool(&state.db, jobs::JOB_TIMEOUT);
-    Ok(jobs::JobContext {
+pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<workers::JobContext> {
+    let db = store::handler_pool(&state.db, workers::JOB_TIMEOUT);
+    Ok(workers::JobContext {
         db: db.clone(),
         dispatch: Dispatcher::new(
             db.clone(),
@@ -262,7 +263,7 @@ pub async fn run_process(
         let backstop = drain + Duration::from_secs(1);
         match shutdown::run_with_drain(
             "worker",
-            jobs::run(job_context(&state, config)?, token.clone(), drain),
+            workers::run(job_context(&state, config)?, token.clone(), drain),
             &token,
             backstop,
         )

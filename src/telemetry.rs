@@ -15,9 +15,15 @@ use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::LogFormat;
 use crate::dispatch::{MATCH_BUCKETS, MATCH_DURATION};
 use crate::location::{GEO_BUCKETS, GEO_QUERY_DURATION, INGEST_GROUP_BUCKETS, INGEST_GROUP_SIZE};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
 
 /// The service name written on every log line.
 pub const SERVICE_NAME: &str = "courier";

@@ -14,7 +14,15 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::config::ValkeySettings;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Where Valkey is and which key prefix this process owns. The URL may carry a password, so
+/// it is a secret: `Debug` and logs never print it.
+#[derive(Clone, Debug)]
+pub struct ValkeySettings {
+    pub url: SecretString,
+    pub key_prefix: String,
+}
 
 /// Longest a single Valkey command may wait for its answer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,7 +48,7 @@ impl std::fmt::Debug for Valkey {
 impl Valkey {
     /// A handle for the configured server and prefix. Does not connect yet.
     pub fn new(settings: &ValkeySettings) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = redis::Client::open(settings.url.expose_secret())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))

@@ -10,18 +10,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::admin::{AdminContext, AdminError, Confirm, Output, parse_duration, table};
-use crate::jobs::Job;
-
-/// Every queue courier runs.
-pub const QUEUES: [&str; 7] = [
-    crate::jobs::confirm_timeout::ConfirmTimeout::QUEUE,
-    crate::jobs::match_driver::MatchDriver::QUEUE,
-    crate::jobs::offer_timeout::OfferTimeout::QUEUE,
-    crate::jobs::refresh_eta::RefreshEta::QUEUE,
-    crate::jobs::capture_payment::CapturePayment::QUEUE,
-    crate::jobs::notify::Notify::QUEUE,
-    crate::jobs::request_review::RequestReview::QUEUE,
-];
+use crate::jobs::messages::QUEUES;
 
 /// `admin jobs …`
 #[derive(Debug, Subcommand)]
@@ -487,7 +476,7 @@ async fn stats(ctx: &AdminContext) -> Result<Output, AdminError> {
                       AND w.last_seen > now() - make_interval(secs => $1))) AS stuck_running
          FROM apalis.jobs j GROUP BY j.job_type ORDER BY j.job_type",
     )
-    .bind(crate::jobs::WORKER_DEAD_AFTER.as_secs_f64())
+    .bind(crate::workers::WORKER_DEAD_AFTER.as_secs_f64())
     .fetch_all(&ctx.db)
     .await?;
     let table_rows: Vec<Vec<String>> = rows

@@ -1,7 +1,5 @@
 //! `admin orders …`: an order's whole story, re-matching, operator cancel, stuck orders.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use serde::Serialize;
@@ -9,11 +7,12 @@ use serde_json::{Value, json};
 
 use crate::admin::{AdminContext, AdminError, Confirm, Output, parse_duration, table};
 use crate::dispatch::WAITING_STATES;
+use crate::domain::{Action, Actor, OrderId, UserId};
 use crate::jobs::Job;
-use crate::jobs::match_driver::MatchDriver;
-use crate::workflows::events::{OrderEvent, record};
-use crate::workflows::machine::{Action, Actor};
-use crate::workflows::transition::{self, RequestMeta, TransitionError, TransitionRequest};
+use crate::jobs::messages::MatchDriver;
+use crate::workflows::RequestMeta;
+use crate::workflows::matching;
+use crate::workflows::transition::{self, TransitionError, TransitionRequest};
 
 /// `admin orders …`
 #[derive(Debug, Subcommand)]
@@ -157,12 +156,8 @@ fn describe(row: &AuditRow) -> String {
 /// When a job was enqueued: its id is a ULID, whose first 10 characters are the creation
 /// time in milliseconds (Crockford base32).
 fn enqueued_at(id: &str) -> Option<DateTime<Utc>> {
-    const ALPHABET: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let ms = id.get(..10)?.chars().try_fold(0i64, |acc, c| {
-        let digit = i64::try_from(ALPHABET.find(c)?).ok()?;
-        acc.checked_mul(32)?.checked_add(digit)
-    })?;
-    DateTime::from_timestamp_millis(ms)
+    let ulid = ulid::Ulid::from_string(id).ok()?;
+    DateTime::from_timestamp_millis(i64::try_from(ulid.timestamp_ms()).ok()?)
 }
 
 /// A job's arguments in a few words: a notification's event and audience, else its
@@ -341,30 +336,9 @@ async fn rematch(ctx: &AdminContext, id: i64, confirm: Confirm) -> Result<Output
     }
     confirm.check(&format!("About to enqueue matching for order {id}."))?;
     let round = u32::try_from(order.match_round).unwrap_or(1);
-    let mut tx = crate::store::begin(&ctx.db).await?;
-    crate::jobs::enqueue(
-        &mut tx,
-        &MatchDriver {
-            order_id: id,
-            round,
-        },
-        Duration::ZERO,
-    )
-    .await
-    .map_err(|e| AdminError::Other(format!("could not enqueue: {e}")))?;
-    record(
-        &mut tx,
-        &OrderEvent {
-            order_id: id,
-            topic: "dispatch",
-            event_type: "matching_revived",
-            actor: Actor::System,
-            details: json!({ "round": round, "via": "admin cli" }),
-            publish: false,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    matching::revive(&ctx.db, OrderId(id), round, Some("admin cli"))
+        .await
+        .map_err(|e| AdminError::Other(format!("could not enqueue: {e}")))?;
     Ok(Output {
         text: format!("matching enqueued for order {id} (round {round})\n"),
         json: json!({ "order_id": id, "queue": MatchDriver::QUEUE, "round": round }),
@@ -387,9 +361,9 @@ async fn cancel(
     let order = summary(ctx, id).await?;
     confirm.check(&format!("About to cancel order {id} ({}).", order.status))?;
     let request = TransitionRequest {
-        order_id: id,
+        order_id: OrderId(id),
         action: Action::Cancel,
-        actor: Actor::Operator(operator),
+        actor: Actor::Operator(UserId(operator)),
         meta: RequestMeta {
             ip: None,
             user_agent: Some("courier admin".to_owned()),
@@ -397,7 +371,7 @@ async fn cancel(
         reason: Some(reason.to_owned()),
         expected_version: None,
     };
-    let done = transition::execute(&ctx.db, &request)
+    let done = transition::execute(&ctx.db, &ctx.location, &request)
         .await
         .map_err(|e| match e {
             TransitionError::Refused(refusal) => {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::admin::{AdminContext, AdminError, Output, table};
 use crate::cron::{auto_complete, housekeeping, partitions, stuck_orders};
-use crate::jobs::WORKER_DEAD_AFTER;
+use crate::workers::WORKER_DEAD_AFTER;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct WorkerRow {

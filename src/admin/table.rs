@@ -1,34 +1,25 @@
-//! Plain-text tables: a header row and left-aligned columns as wide as their widest cell.
+//! Plain-text tables: a header row and left-aligned columns as wide as their widest cell
+//! (laid out by `comfy-table`, without borders).
+
+use comfy_table::{Table, presets};
 
 /// Renders `rows` under `headers`; an empty table says so.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     if rows.is_empty() {
         return "(none)\n".to_owned();
     }
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_header(headers.iter().copied())
+        .add_rows(rows.iter().cloned());
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        out.truncate(out.trim_end().len());
-        out.push('\n');
-        out
-    };
-    let mut out = line(headers.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
+    table
+        .lines()
+        .map(|line| format!("{}\n", line.trim_end()))
+        .collect()
 }
 
 /// `key: value` lines, keys aligned.

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
 use crate::auth::{Principal, Role};
-use crate::dispatch::offers;
+use crate::domain::DriverId;
 use crate::error::ApiError;
 use crate::location::update::{Invalid, LocationUpdate, RawUpdate, VALID_RANGE};
 use crate::location::{Ingested, NearbyDriver, now_ms};
+use crate::workflows::offers;
 
 /// Most reports in one batch.
 pub const MAX_BATCH: usize = 1_000;
@@ -260,7 +261,7 @@ async fn set_status(
     let declined = if online {
         0
     } else {
-        offers::decline_all_for_driver(&mut tx, id).await?
+        offers::decline_all_for_driver(&mut tx, DriverId(id)).await?
     };
     let updated =
         sqlx::query("UPDATE drivers SET is_active = $2, updated_at = now() WHERE id = $1")

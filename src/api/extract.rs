@@ -144,7 +144,7 @@ fn query_rejection(rejection: QueryRejection) -> ApiError {
 
 /// Where a request came from (peer address and user agent), for the audit log.
 #[derive(Debug, Clone)]
-pub struct ClientMeta(pub crate::workflows::transition::RequestMeta);
+pub struct ClientMeta(pub crate::workflows::RequestMeta);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
     type Rejection = std::convert::Infallible;
@@ -159,10 +159,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
             .get(axum::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(300).collect());
-        Ok(ClientMeta(crate::workflows::transition::RequestMeta {
-            ip,
-            user_agent,
-        }))
+        Ok(ClientMeta(crate::workflows::RequestMeta { ip, user_agent }))
     }
 }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::api::AppState;
-use crate::api::middleware::current_request_id;
+use crate::error::current_request_id;
 use crate::telemetry::{SERVICE_NAME, VERSION, metrics_handle};
 
 /// Longest one readiness check may take.

@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, with_request_id};
 use crate::telemetry::HTTP_REQUEST_DURATION;
 
 /// The request-id header, read from requests and set on every response.
@@ -19,15 +19,6 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest client-supplied request id we honour; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being handled on this task, if any.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
 
 /// Settings of [`observe`].
 #[derive(Debug, Clone)]
@@ -77,7 +68,7 @@ pub async fn observe(
         principal = tracing::field::Empty,
     );
 
-    let handled = REQUEST_ID.scope(request_id.clone(), async move {
+    let handled = with_request_id(request_id.clone(), async move {
         let response = match tokio::time::timeout(settings.request_timeout, next.run(request)).await
         {
             Ok(response) => response,

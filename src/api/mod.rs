@@ -15,7 +15,9 @@ pub mod orders;
 pub mod restaurants;
 pub mod users;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -26,12 +28,20 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::auth::subjects::Subjects;
 use crate::auth::{self, Authenticator, TokenKeys};
 use crate::clock::Clock;
-use crate::config::HttpSettings;
 use crate::error::ApiError;
 use crate::eta::routing::Routing;
 use crate::location::LocationService;
 use crate::valkey::Valkey;
 use crate::workflows::place::OrderLimits;
+
+/// HTTP server settings, validated.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+}
 
 /// What every handler can reach: the data stores and the token keys. Cloned for every
 /// request (axum's `State`), so it is one `Arc`: a clone is a reference-count increment, not

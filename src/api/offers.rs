@@ -1,5 +1,5 @@
-//! Driver offers: a driver's pending offers, and accepting or declining one. The work is in
-//! [`crate::dispatch::offers`].
+//! Driver offers: a driver's pending offers ([`crate::dispatch::offers`]), and accepting or
+//! declining one ([`crate::workflows::offers`]).
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -8,11 +8,12 @@ use serde::Serialize;
 
 use crate::api::AppState;
 use crate::api::extract::ApiPath;
-use crate::api::orders::jobs_unavailable;
 use crate::auth::{Principal, Role};
-use crate::dispatch::offers::{self, OfferError, OfferStatus, OfferView};
+use crate::dispatch::offers::{self as offer_views, OfferView};
+use crate::domain::{DriverId, OfferId, OfferStatus};
 use crate::error::ApiError;
 use crate::store::orders::{self as order_store, OrderView};
+use crate::workflows::offers::{self, OfferError};
 
 /// Routes of this group.
 pub fn router() -> Router<AppState> {
@@ -57,16 +58,16 @@ impl From<OfferError> for ApiError {
             OfferError::OrderUnavailable => {
                 ApiError::conflict("order_unavailable", "the order no longer needs a driver")
             }
-            OfferError::Enqueue(e) => jobs_unavailable(e),
+            OfferError::Effects(e) => e.into(),
             OfferError::Database(e) => e.into(),
         }
     }
 }
 
 /// Only drivers answer offers, and only their own.
-fn require_driver(principal: &Principal) -> Result<i64, ApiError> {
+fn require_driver(principal: &Principal) -> Result<DriverId, ApiError> {
     principal.require_role(&[Role::Driver])?;
-    Ok(principal.subject)
+    Ok(DriverId(principal.subject))
 }
 
 #[derive(Debug, Serialize)]
@@ -88,7 +89,7 @@ async fn pending(
     if let Ok(false) = state.location.may_hold_offer(id).await {
         return Ok(Json(PendingBody { offers: Vec::new() }));
     }
-    let offers = offers::pending_for_driver(&state.db, id).await?;
+    let offers = offer_views::pending_for_driver(&state.db, DriverId(id)).await?;
     Ok(Json(PendingBody { offers }))
 }
 
@@ -101,11 +102,11 @@ struct AnswerBody {
 
 async fn answer_body(
     state: &AppState,
-    offer_id: i64,
+    offer_id: OfferId,
     with_order: bool,
 ) -> Result<Json<AnswerBody>, ApiError> {
     let mut conn = state.db.acquire().await?;
-    let offer = offers::fetch(&mut conn, offer_id)
+    let offer = offer_views::fetch(&mut conn, offer_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such offer"))?;
     let order = if with_order {
@@ -122,8 +123,16 @@ async fn accept(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<AnswerBody>, ApiError> {
     let driver_id = require_driver(&principal)?;
-    offers::accept(&state.db, &state.location, &state.routing, id, driver_id).await?;
-    answer_body(&state, id, true).await
+    let offer_id = OfferId(id);
+    offers::accept(
+        &state.db,
+        &state.location,
+        &state.routing,
+        offer_id,
+        driver_id,
+    )
+    .await?;
+    answer_body(&state, offer_id, true).await
 }
 
 async fn decline(
@@ -132,6 +141,7 @@ async fn decline(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<AnswerBody>, ApiError> {
     let driver_id = require_driver(&principal)?;
-    offers::decline(&state.db, id, driver_id).await?;
-    answer_body(&state, id, false).await
+    let offer_id = OfferId(id);
+    offers::decline(&state.db, offer_id, driver_id).await?;
+    answer_body(&state, offer_id, false).await
 }

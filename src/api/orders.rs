@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, ClientMeta};
 use crate::auth::{Principal, Role};
-use crate::dispatch::offers;
+use crate::domain::OrderStatus;
+use crate::domain::{Action, Actor, DriverId, OrderId, RestaurantId, UserId};
 use crate::error::ApiError;
 use crate::eta::Eta;
 use crate::eta::order::{EtaError, order_eta};
@@ -22,8 +23,8 @@ use crate::geo::Point;
 use crate::store::orders::{self, ListFilter, OrderView};
 use crate::store::restaurants;
 use crate::text::{Line, Text};
-use crate::workflows::OrderStatus;
-use crate::workflows::machine::{Action, Actor, Parties, Refusal};
+use crate::workflows::effects::EffectError;
+use crate::workflows::machine::{Parties, Refusal};
 use crate::workflows::place::{
     self, CartLine, DeliveryAddress, MAX_IDEMPOTENCY_KEY_LEN, MAX_LINES, MAX_QUANTITY, NewOrder,
     PlaceError,
@@ -216,18 +217,23 @@ impl From<PlaceError> for ApiError {
             PlaceError::IdempotencyKeyReused => {
                 ApiError::unprocessable("idempotency_key_reused", message)
             }
-            PlaceError::Enqueue(e) => jobs_unavailable(e),
+            PlaceError::Effects(e) => e.into(),
             PlaceError::Database(e) => e.into(),
         }
     }
 }
 
-pub(crate) fn jobs_unavailable(detail: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(
-        "jobs_unavailable",
-        "the order workflow is unavailable; nothing was changed; retry shortly",
-    )
-    .with_internal(detail)
+impl From<EffectError> for ApiError {
+    fn from(error: EffectError) -> Self {
+        match error {
+            EffectError::Enqueue(e) => ApiError::unavailable(
+                "jobs_unavailable",
+                "the order workflow is unavailable; nothing was changed; retry shortly",
+            )
+            .with_internal(e),
+            EffectError::Database(e) => e.into(),
+        }
+    }
 }
 
 async fn create(
@@ -243,7 +249,7 @@ async fn create(
     let placed = place::place(
         &state.db,
         state.order_limits,
-        principal.subject,
+        UserId(principal.subject),
         &key,
         &order,
         &meta.0,
@@ -289,7 +295,7 @@ impl From<TransitionError> for ApiError {
                 "conflict",
                 "the order was changed by someone else; reload it and retry",
             ),
-            TransitionError::Enqueue(e) => jobs_unavailable(e),
+            TransitionError::Effects(e) => e.into(),
             TransitionError::Database(e) => e.into(),
         }
     }
@@ -347,20 +353,16 @@ async fn apply(
     };
     let reason = optional_text(body.reason, MAX_REASON_CHARS, "reason")?;
     let request = TransitionRequest {
-        order_id: id,
+        order_id: OrderId(id),
         action,
-        actor: Actor::from(principal),
+        actor: principal.actor(),
         meta: meta.0,
         reason,
         expected_version: expected_version(headers)?,
     };
-    let done = transition::execute(&state.db, &request).await?;
-    if let Some(driver_id) = done.driver_id {
-        // Delivered or cancelled orders stop counting against the driver's capacity.
-        offers::sync_driver_load(&state.db, &state.location, driver_id).await;
-    }
+    transition::execute(&state.db, &state.location, &request).await?;
     let mut conn = state.db.acquire().await?;
-    let view = orders::fetch_view(&mut conn, id)
+    let view = orders::fetch_view(&mut conn, OrderId(id))
         .await?
         .ok_or_else(|| ApiError::not_found("no such order"))?;
     Ok(Json(view))
@@ -404,7 +406,7 @@ async fn show(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ShowBody>, ApiError> {
     let mut conn = state.db.acquire().await?;
-    let view = orders::fetch_view(&mut conn, id)
+    let view = orders::fetch_view(&mut conn, OrderId(id))
         .await?
         .ok_or_else(|| ApiError::not_found("no such order"))?;
     let parties = Parties {
@@ -412,7 +414,7 @@ async fn show(
         restaurant_id: view.restaurant_id,
         driver_id: view.driver_id,
     };
-    if !parties.visible_to(Actor::from(principal)) {
+    if !parties.visible_to(principal.actor()) {
         return Err(ApiError::not_found("no such order"));
     }
     drop(conn);
@@ -454,7 +456,7 @@ async fn list(
     principal: Principal,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListBody>, ApiError> {
-    list_page(&state, Actor::from(principal), &q, StatusChoice::All).await
+    list_page(&state, principal.actor(), &q, StatusChoice::All).await
 }
 
 /// `GET /v1/restaurants/{id}/orders`: a restaurant's incoming and past orders (that restaurant
@@ -476,7 +478,13 @@ async fn list_for_restaurant(
             "restaurant {id} does not exist"
         )));
     }
-    list_page(&state, Actor::Restaurant(id), &q, StatusChoice::All).await
+    list_page(
+        &state,
+        Actor::Restaurant(RestaurantId(id)),
+        &q,
+        StatusChoice::All,
+    )
+    .await
 }
 
 /// `GET /v1/drivers/{id}/orders`: the orders assigned to a driver (that driver or an
@@ -494,7 +502,13 @@ async fn list_for_driver(
     if !orders::driver_exists(&state.db, id).await? {
         return Err(ApiError::not_found(format!("driver {id} does not exist")));
     }
-    list_page(&state, Actor::Driver(id), &q, StatusChoice::Active).await
+    list_page(
+        &state,
+        Actor::Driver(DriverId(id)),
+        &q,
+        StatusChoice::Active,
+    )
+    .await
 }
 
 /// What a listing's `status` parameter asks for.
@@ -537,7 +551,8 @@ impl StatusChoice {
             StatusChoice::All => None,
             StatusChoice::Active => Some(
                 OrderStatus::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .filter(|s| s.is_active())
                     .map(OrderStatus::as_str)
                     .collect(),
@@ -570,7 +585,7 @@ async fn list_page(
     let mut conn = state.db.acquire().await?;
     let orders = orders::list(&mut conn, scope, &filter).await?;
     let next_before = (orders.len() == usize::try_from(limit).unwrap_or(usize::MAX))
-        .then(|| orders.last().map(|o| o.id))
+        .then(|| orders.last().map(|o| o.id.get()))
         .flatten();
     Ok(Json(ListBody {
         orders,

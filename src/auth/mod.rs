@@ -10,7 +10,6 @@
 pub mod subjects;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,47 @@ use axum::middleware::Next;
 use axum::response::Response;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::Role;
+
 use crate::auth::subjects::{SubjectCheck, Subjects};
-use crate::config::JwtSecret;
+use crate::domain::{Actor, DriverId, RestaurantId, UserId};
 use crate::error::ApiError;
+
+/// The shortest signing secret accepted: HS256 keys shorter than the hash output are weak.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The token signing secret: zeroed when dropped, and its `Debug` never prints it.
+#[derive(Clone)]
+pub struct JwtSecret(SecretSlice<u8>);
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(..)")
+    }
+}
+
+/// A signing secret shorter than [`MIN_JWT_SECRET_BYTES`]; it holds the length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the signing secret is {0} bytes; at least {MIN_JWT_SECRET_BYTES} are required")]
+pub struct SecretTooShort(pub usize);
+
+impl JwtSecret {
+    /// A secret from raw bytes, at least [`MIN_JWT_SECRET_BYTES`] long.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, SecretTooShort> {
+        if bytes.len() < MIN_JWT_SECRET_BYTES {
+            return Err(SecretTooShort(bytes.len()));
+        }
+        Ok(Self(bytes.into()))
+    }
+
+    /// The secret's bytes, for building signing keys.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
 
 /// The `iss` claim of every token courier issues and accepts.
 pub const ISSUER: &str = "courier";
@@ -36,59 +71,6 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Clock skew tolerated when checking expiry, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 30;
 
-/// What a principal is to the marketplace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Customer,
-    Restaurant,
-    Driver,
-    Operator,
-}
-
-impl Role {
-    /// The role's name as it appears in tokens and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Customer => "customer",
-            Role::Restaurant => "restaurant",
-            Role::Driver => "driver",
-            Role::Operator => "operator",
-        }
-    }
-
-    /// What a token's subject is for this role: the id it must name.
-    pub fn subject_kind(self) -> &'static str {
-        match self {
-            Role::Customer | Role::Operator => "a user id (users.id)",
-            Role::Restaurant => "a restaurant id (restaurants.id), not its owner's user id",
-            Role::Driver => "a driver id (drivers.id), not the driver's user id",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "customer" => Ok(Role::Customer),
-            "restaurant" => Ok(Role::Restaurant),
-            "driver" => Ok(Role::Driver),
-            "operator" => Ok(Role::Operator),
-            other => Err(format!(
-                "unknown role `{other}` (expected customer, restaurant, driver or operator)"
-            )),
-        }
-    }
-}
-
 /// The authenticated caller of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Principal {
@@ -98,6 +80,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Who the principal is to an order's workflow.
+    pub fn actor(self) -> Actor {
+        match self.role {
+            Role::Customer => Actor::Customer(UserId(self.subject)),
+            Role::Restaurant => Actor::Restaurant(RestaurantId(self.subject)),
+            Role::Driver => Actor::Driver(DriverId(self.subject)),
+            Role::Operator => Actor::Operator(UserId(self.subject)),
+        }
+    }
+
     /// Succeeds when the principal holds one of `roles`; otherwise a 403.
     pub fn require_role(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {

@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::cron::CronSettings;
-use crate::workflows::machine::{Action, Actor};
-use crate::workflows::transition::{self, RequestMeta, TransitionError, TransitionRequest};
+use crate::domain::{Action, Actor, OrderId};
+use crate::location::LocationService;
+use crate::workflows::RequestMeta;
+use crate::workflows::transition::{self, TransitionError, TransitionRequest};
 
 /// The task's name.
 pub const TASK: &str = "auto_complete";
@@ -20,10 +22,14 @@ pub const TASK: &str = "auto_complete";
 const MAX_BATCHES: usize = 20;
 
 /// Completes due orders; returns counts.
-pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> {
+pub async fn run(
+    db: &PgPool,
+    location: &LocationService,
+    settings: &CronSettings,
+) -> anyhow::Result<Value> {
     let (mut completed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..MAX_BATCHES {
-        let due: Vec<i64> = sqlx::query_scalar(
+        let due: Vec<OrderId> = sqlx::query_scalar(
             "SELECT o.id FROM orders o
              WHERE o.status = 'DELIVERED' AND o.delivered_at < now() - make_interval(secs => $1)
                AND EXISTS (SELECT 1 FROM payments p
@@ -43,12 +49,12 @@ pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> 
                 reason: None,
                 expected_version: None,
             };
-            match transition::execute(db, &request).await {
+            match transition::execute(db, location, &request).await {
                 Ok(_) => completed += 1,
                 Err(TransitionError::Refused(_) | TransitionError::Conflict) => skipped += 1,
                 Err(error) => {
                     failed += 1;
-                    tracing::warn!(order_id, error = %error, "auto-complete failed");
+                    tracing::warn!(order_id = order_id.get(), error = %error, "auto-complete failed");
                 }
             }
         }

@@ -24,6 +24,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::location::LocationService;
+
 /// When and how the cron tasks run.
 #[derive(Clone, Debug)]
 pub struct CronSettings {
@@ -71,6 +73,8 @@ impl Default for CronSettings {
 #[derive(Clone, Debug)]
 pub struct CronContext {
     pub db: PgPool,
+    /// Where drivers' loads live (an order's end frees its driver).
+    pub location: LocationService,
     pub settings: Arc<CronSettings>,
     /// This process's name in `cron_runs.ran_by`.
     pub process: String,
@@ -146,10 +150,10 @@ async fn tick_handler(
 ) -> Result<(), BoxDynError> {
     let at = tick_time(&tick);
     let settings = ctx.settings.clone();
-    let db = ctx.db.clone();
+    let (db, location) = (ctx.db.clone(), ctx.location.clone());
     let outcome = run_tick(&ctx.db, task, at, &ctx.process, || async move {
         match task {
-            auto_complete::TASK => auto_complete::run(&db, &settings).await,
+            auto_complete::TASK => auto_complete::run(&db, &location, &settings).await,
             stuck_orders::TASK => stuck_orders::run(&db).await,
             housekeeping::TASK => housekeeping::run(&db, &settings).await,
             _ => partitions::run(&db, &settings).await,

@@ -4,16 +4,14 @@
 //! pending offer long past its expiry (its timeout job lost) is expired, which moves the order
 //! on.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::dispatch::{WAITING_STATES, offers};
-use crate::jobs::match_driver::MatchDriver;
-use crate::jobs::{self, Job};
-use crate::workflows::events::{OrderEvent, record};
-use crate::workflows::machine::Actor;
+use crate::dispatch::WAITING_STATES;
+use crate::domain::{OfferId, OrderId};
+use crate::jobs::Job;
+use crate::jobs::messages::MatchDriver;
+use crate::workflows::{matching, offers};
 
 /// The task's name.
 pub const TASK: &str = "stuck_orders";
@@ -22,7 +20,7 @@ const LIMIT: i64 = 1_000;
 
 /// Revives stuck orders; returns counts.
 pub async fn run(db: &PgPool) -> anyhow::Result<Value> {
-    let lost_offers: Vec<i64> = sqlx::query_scalar(
+    let lost_offers: Vec<OfferId> = sqlx::query_scalar(
         "SELECT id FROM offers WHERE status = 'pending' AND expires_at < now() - INTERVAL '1 minute'
          LIMIT $1",
     )
@@ -35,7 +33,7 @@ pub async fn run(db: &PgPool) -> anyhow::Result<Value> {
             expired += 1;
         }
     }
-    let stuck: Vec<(i64, i32)> = sqlx::query_as(
+    let stuck: Vec<(OrderId, i32)> = sqlx::query_as(
         "SELECT o.id, o.match_round FROM orders o
          WHERE o.status = ANY($1) AND o.driver_id IS NULL
            AND NOT EXISTS (SELECT 1 FROM offers f WHERE f.order_id = o.id AND f.status = 'pending')
@@ -52,23 +50,13 @@ pub async fn run(db: &PgPool) -> anyhow::Result<Value> {
     .await?;
     let revived = stuck.len();
     for (order_id, round) in stuck {
-        let mut tx = crate::store::begin(db).await?;
         let round = u32::try_from(round).unwrap_or(1);
-        jobs::enqueue(&mut tx, &MatchDriver { order_id, round }, Duration::ZERO).await?;
-        record(
-            &mut tx,
-            &OrderEvent {
-                order_id,
-                topic: "dispatch",
-                event_type: "matching_revived",
-                actor: Actor::System,
-                details: json!({ "round": round }),
-                publish: false,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        tracing::warn!(order_id, round, "stuck order: matching revived");
+        matching::revive(db, order_id, round, None).await?;
+        tracing::warn!(
+            order_id = order_id.get(),
+            round,
+            "stuck order: matching revived"
+        );
     }
     metrics::counter!("orders_revived_total").increment(revived as u64);
     Ok(json!({ "revived": revived, "expired_lost_offers": expired }))

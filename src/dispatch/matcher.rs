@@ -1,67 +1,27 @@
-//! One matching round of one order: look up candidates (5 km, then 10 km), keep those who can
-//! take the order, score them, and offer the order to the best — or, when nobody can, schedule
-//! the next round. Run by the `match_driver` job; safe to run twice or concurrently for one
-//! order (see [`run_round`]).
+//! Who can take an order: look up candidates (5 km, then 10 km), keep those who can take the
+//! order, score them ([`Dispatcher::search`]), and, under the order's lock, take the best one
+//! still free ([`Dispatcher::lock_candidate`]). A matching round
+//! ([`crate::workflows::matching`]) makes the offer or schedules the next round.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::json;
+use chrono::Utc;
 use sqlx::PgConnection;
 
-use chrono::Utc;
-
+use crate::breaker::BreakerError;
 use crate::dispatch::batch::{self, Batch, NewOrder};
-use crate::dispatch::breaker::BreakerError;
 use crate::dispatch::carried::{carried_orders, conditions};
 use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
-use crate::dispatch::{
-    Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, SEARCH_RADIUS_KM, WAITING_STATES, retry_delay,
-};
+use crate::dispatch::{Dispatcher, EXPANDED_RADIUS_KM, SEARCH_RADIUS_KM, WAITING_STATES};
+use crate::domain::OrderId;
 use crate::eta::routing::Routing;
 use crate::geo::Point;
-use crate::jobs::match_driver::MatchDriver;
-use crate::jobs::offer_timeout::OfferTimeout;
-use crate::jobs::{self, EnqueueError};
 use crate::location::NearbyDriver;
-use crate::notify::{self, Audience};
-use crate::workflows::events::{OrderEvent, record};
-use crate::workflows::machine::Actor;
 
-/// What a round did.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RoundOutcome {
-    /// The order no longer waits for a driver (assigned, cancelled, delivered…).
-    NotWaiting,
-    /// An offer is already pending; its expiry or answer moves matching on.
-    OfferPending,
-    /// A newer round or a concurrent job owns the order's matching.
-    Superseded,
-    /// The order was offered.
-    Offered {
-        offer_id: i64,
-        driver_id: i64,
-        score: f64,
-    },
-    /// Nobody could take the order; `round` is scheduled after `delay`.
-    Rescheduled { round: u32, delay: Duration },
-}
-
-/// Why a round failed; the job retries it.
-#[derive(Debug, thiserror::Error)]
-pub enum MatchError {
-    #[error("order {0} does not exist")]
-    NotFound(i64),
-    #[error("could not enqueue: {0}")]
-    Enqueue(#[from] EnqueueError),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("valkey error: {0}")]
-    Valkey(#[from] redis::RedisError),
-}
-
+/// What matching reads of an order: where it waits, and whether it still waits.
 #[derive(Debug, sqlx::FromRow)]
-struct OrderRow {
+pub struct OrderRow {
     status: String,
     has_driver: bool,
     match_round: i32,
@@ -75,7 +35,8 @@ struct OrderRow {
 }
 
 impl OrderRow {
-    fn waiting(&self) -> bool {
+    /// Whether the order waits for a driver: unassigned, in a waiting state.
+    pub fn waiting(&self) -> bool {
         !self.has_driver && WAITING_STATES.contains(&self.status.as_str())
     }
 
@@ -96,7 +57,18 @@ impl OrderRow {
         }
     }
 
-    fn new_order(&self) -> NewOrder {
+    /// The order's round counter (`orders.match_round`).
+    pub fn match_round(&self) -> u32 {
+        u32::try_from(self.match_round).unwrap_or(1)
+    }
+
+    /// Whether an offer for it is pending.
+    pub fn offer_pending(&self) -> bool {
+        self.offer_pending
+    }
+
+    /// Where it is picked up and delivered.
+    pub fn new_order(&self) -> NewOrder {
         NewOrder {
             restaurant: Point {
                 lat: self.r_lat,
@@ -123,11 +95,11 @@ const ORDER_QUERY: &str = "
 /// Reads the order; with `lock`, first takes its row lock and then reads in a new statement,
 /// so the pending-offer check sees offers committed while we waited for the lock (a single
 /// `SELECT … FOR UPDATE` would evaluate that subquery on its older snapshot).
-async fn load_order(
+pub async fn load_order(
     conn: &mut PgConnection,
-    order_id: i64,
+    order_id: OrderId,
     lock: bool,
-) -> Result<OrderRow, MatchError> {
+) -> Result<Option<OrderRow>, sqlx::Error> {
     if lock {
         sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
             .bind(order_id)
@@ -137,8 +109,7 @@ async fn load_order(
     sqlx::query_as(ORDER_QUERY)
         .bind(order_id)
         .fetch_optional(conn)
-        .await?
-        .ok_or(MatchError::NotFound(order_id))
+        .await
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -154,10 +125,13 @@ struct DriverRow {
 
 /// A search that found candidates, and what the round can tell operators about it.
 #[derive(Debug)]
-struct Search {
-    radius_km: f64,
-    found: usize,
-    ranked: Vec<(Candidate, Breakdown)>,
+pub struct Search {
+    /// The radius of the last ring searched.
+    pub radius_km: f64,
+    /// Drivers found nearby.
+    pub found: usize,
+    /// Those who can take the order, best first, with their scores.
+    pub ranked: Vec<(Candidate, Breakdown)>,
 }
 
 /// Turns nearby drivers into eligible, scored candidates: two queries for all of them
@@ -165,7 +139,7 @@ struct Search {
 async fn eligible(
     conn: &mut PgConnection,
     routing: &Routing,
-    order_id: i64,
+    order_id: OrderId,
     order: &OrderRow,
     nearby: &[NearbyDriver],
     reoffer_after: Duration,
@@ -261,7 +235,7 @@ impl Dispatcher {
     }
 
     /// Candidates within 5 km, else within 10 km. `Err` carries why the lookup failed.
-    async fn search(&self, order_id: i64, order: &OrderRow) -> Result<Search, String> {
+    pub async fn search(&self, order_id: OrderId, order: &OrderRow) -> Result<Search, String> {
         let at = order.facts().restaurant;
         let mut last = Search {
             radius_km: SEARCH_RADIUS_KM,
@@ -270,7 +244,7 @@ impl Dispatcher {
         };
         for radius_km in [SEARCH_RADIUS_KM, EXPANDED_RADIUS_KM] {
             let nearby = self.lookup(at, radius_km).await.map_err(|e| {
-                tracing::warn!(order_id, error = %e, "candidate lookup failed");
+                tracing::warn!(order_id = order_id.get(), error = %e, "candidate lookup failed");
                 match e {
                     BreakerError::Open => "candidate lookup circuit open".to_owned(),
                     BreakerError::Timeout(_) => "candidate lookup timed out".to_owned(),
@@ -278,7 +252,7 @@ impl Dispatcher {
                 }
             })?;
             let mut conn = self.db.acquire().await.map_err(|e| {
-                tracing::warn!(order_id, error = %e, "database unavailable for scoring");
+                tracing::warn!(order_id = order_id.get(), error = %e, "database unavailable for scoring");
                 "database unavailable".to_owned()
             })?;
             let ranked = eligible(
@@ -291,7 +265,7 @@ impl Dispatcher {
             )
             .await
             .map_err(|e| {
-                tracing::warn!(order_id, error = %e, "candidate facts query failed");
+                tracing::warn!(order_id = order_id.get(), error = %e, "candidate facts query failed");
                 "candidate facts unavailable".to_owned()
             })?;
             last = Search {
@@ -306,101 +280,17 @@ impl Dispatcher {
         Ok(last)
     }
 
-    /// Runs matching round `round` for `order_id`.
-    ///
-    /// The search runs without locks; the decision is re-checked under the order's row lock
-    /// before anything is written, so concurrent or repeated runs make at most one offer, and
-    /// only the job of the order's current round schedules the next round.
-    pub async fn run_round(&self, order_id: i64, round: u32) -> Result<RoundOutcome, MatchError> {
-        let order = {
-            let mut conn = self.db.acquire().await?;
-            load_order(&mut conn, order_id, false).await?
-        };
-        if !order.waiting() {
-            return Ok(RoundOutcome::NotWaiting);
-        }
-        if order.offer_pending {
-            return Ok(RoundOutcome::OfferPending);
-        }
-        let search = self.search(order_id, &order).await;
-
-        let mut tx = crate::store::begin(&self.db).await?;
-        let locked = load_order(&mut tx, order_id, true).await?;
-        if !locked.waiting() {
-            return Ok(RoundOutcome::NotWaiting);
-        }
-        if locked.offer_pending {
-            return Ok(RoundOutcome::OfferPending);
-        }
-        let current_round = u32::try_from(locked.match_round).unwrap_or(1);
-        let outcome = match search {
-            Ok(Search {
-                radius_km,
-                found,
-                ranked,
-            }) if !ranked.is_empty() => {
-                match self
-                    .offer(
-                        &mut tx,
-                        order_id,
-                        locked.new_order(),
-                        current_round,
-                        radius_km,
-                        found,
-                        &ranked,
-                    )
-                    .await?
-                {
-                    Some(offered) => offered,
-                    None if current_round != round => return Ok(RoundOutcome::Superseded),
-                    None => {
-                        let reason = "every eligible driver was taken meanwhile";
-                        self.reschedule(&mut tx, order_id, round, radius_km, found, reason)
-                            .await?
-                    }
-                }
-            }
-            other => {
-                if current_round != round {
-                    return Ok(RoundOutcome::Superseded);
-                }
-                let (radius_km, found, reason) = match other {
-                    Ok(s) => (s.radius_km, s.found, "no eligible driver".to_owned()),
-                    Err(reason) => (EXPANDED_RADIUS_KM, 0, reason),
-                };
-                self.reschedule(&mut tx, order_id, round, radius_km, found, &reason)
-                    .await?
-            }
-        };
-        tx.commit().await?;
-        match &outcome {
-            RoundOutcome::Offered {
-                offer_id,
-                driver_id,
-                score,
-            } => {
-                metrics::counter!(OFFERS_TOTAL, "outcome" => "offered").increment(1);
-                tracing::info!(order_id, offer_id, driver_id, score, "order offered");
-            }
-            RoundOutcome::Rescheduled { round, delay } => {
-                tracing::info!(order_id, next_round = round, delay = ?delay, "no driver; next round scheduled");
-            }
-            _ => {}
-        }
-        Ok(outcome)
-    }
-
     /// The best-ranked candidate that can still take the order, under its row lock: not
     /// locked by another round or an accept right now (`SKIP LOCKED`: no waiting, so rounds
     /// for different orders never deadlock), still online, holding no pending offer, and
     /// carrying the orders it was scored with, with which this one still batches. `None` when
     /// every candidate was taken meanwhile.
-    async fn lock_candidate<'a>(
+    pub async fn lock_candidate<'a>(
         &self,
         tx: &mut PgConnection,
         order: NewOrder,
         ranked: &'a [(Candidate, Breakdown)],
-    ) -> Result<Option<(&'a Candidate, &'a Breakdown, Option<Batch>)>, MatchError> {
+    ) -> Result<Option<(&'a Candidate, &'a Breakdown, Option<Batch>)>, sqlx::Error> {
         for (candidate, breakdown) in ranked {
             let locked: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM drivers WHERE id = $1 AND is_active FOR UPDATE SKIP LOCKED",
@@ -440,168 +330,5 @@ impl Dispatcher {
             return Ok(Some((candidate, breakdown, batch)));
         }
         Ok(None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn offer(
-        &self,
-        tx: &mut PgConnection,
-        order_id: i64,
-        order: NewOrder,
-        round: u32,
-        radius_km: f64,
-        found: usize,
-        ranked: &[(Candidate, Breakdown)],
-    ) -> Result<Option<RoundOutcome>, MatchError> {
-        let Some((best, breakdown, batch)) = self.lock_candidate(tx, order, ranked).await? else {
-            return Ok(None);
-        };
-        let offered_before: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offers WHERE order_id = $1)")
-                .bind(order_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        let ttl = if offered_before {
-            self.settings.later_offer_ttl
-        } else {
-            self.settings.first_offer_ttl
-        };
-        let details = json!({
-            "round": round,
-            "radius_km": radius_km,
-            "candidates_found": found,
-            "candidates_eligible": ranked.len(),
-            "breakdown": breakdown,
-            "batch": batch,
-        });
-        let offer_id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
-             SELECT $1, $2, $3, $4, $5, now() + make_interval(secs => $6)
-             WHERE NOT EXISTS (SELECT 1 FROM offers
-                               WHERE order_id = $1 AND driver_id = $2
-                                 AND created_at > now() - $7::interval)
-             RETURNING id",
-        )
-        .bind(order_id)
-        .bind(best.driver_id)
-        .bind(i32::try_from(round).unwrap_or(i32::MAX))
-        .bind(breakdown.total)
-        .bind(&details)
-        .bind(ttl.as_secs_f64())
-        .bind(self.settings.reoffer_after)
-        .fetch_optional(&mut *tx)
-        .await?;
-        // The driver was offered this order since the search (and answered already): whoever
-        // ended that offer enqueued the next round.
-        let Some(offer_id) = offer_id else {
-            return Ok(Some(RoundOutcome::Superseded));
-        };
-        // Before the commit, so the driver's polls find the offer the moment it exists; if
-        // Valkey refuses, the round fails and is retried (the driver would not see it).
-        self.location.note_offer(best.driver_id, ttl).await?;
-        jobs::enqueue(tx, &OfferTimeout { offer_id }, ttl).await?;
-        notify::enqueue(
-            tx,
-            order_id,
-            Audience::Driver,
-            Some(best.driver_id),
-            "offer_made",
-            json!({ "order_id": order_id, "offer_id": offer_id, "expires_in_s": ttl.as_secs_f64() }),
-        )
-        .await?;
-        let mut event_details = details.clone();
-        if let Some(fields) = event_details.as_object_mut() {
-            fields.insert("offer_id".to_owned(), offer_id.into());
-            fields.insert("driver_id".to_owned(), best.driver_id.into());
-            fields.insert("expires_in_s".to_owned(), ttl.as_secs_f64().into());
-        }
-        record(
-            tx,
-            &OrderEvent {
-                topic: "dispatch",
-                order_id,
-                event_type: "offer_made",
-                actor: Actor::System,
-                details: event_details,
-                publish: true,
-            },
-        )
-        .await?;
-        Ok(Some(RoundOutcome::Offered {
-            offer_id,
-            driver_id: best.driver_id,
-            score: breakdown.total,
-        }))
-    }
-
-    async fn reschedule(
-        &self,
-        tx: &mut PgConnection,
-        order_id: i64,
-        round: u32,
-        radius_km: f64,
-        found: usize,
-        reason: &str,
-    ) -> Result<RoundOutcome, MatchError> {
-        let next = round.saturating_add(1);
-        let delay = retry_delay(&self.settings, round);
-        sqlx::query("UPDATE orders SET match_round = $2 WHERE id = $1")
-            .bind(order_id)
-            .bind(i32::try_from(next).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await?;
-        jobs::enqueue(
-            tx,
-            &MatchDriver {
-                order_id,
-                round: next,
-            },
-            delay,
-        )
-        .await?;
-        record(
-            tx,
-            &OrderEvent {
-                topic: "dispatch",
-                order_id,
-                event_type: "match_round_empty",
-                actor: Actor::System,
-                details: json!({
-                    "round": round,
-                    "radius_km": radius_km,
-                    "candidates_found": found,
-                    "reason": reason,
-                    "next_round": next,
-                    "retry_in_s": delay.as_secs_f64(),
-                }),
-                publish: false,
-            },
-        )
-        .await?;
-        if round == self.settings.alert_after_rounds {
-            record(
-                tx,
-                &OrderEvent {
-                    topic: "dispatch",
-                    order_id,
-                    event_type: "order_unmatched",
-                    actor: Actor::System,
-                    details: json!({
-                        "rounds": round,
-                        "reason": reason,
-                        "retry_every_s": self.settings.retry_cap.as_secs_f64(),
-                    }),
-                    publish: true,
-                },
-            )
-            .await?;
-            metrics::counter!("orders_unmatched_total").increment(1);
-            tracing::warn!(
-                order_id,
-                rounds = round,
-                "order unmatched; flagged for operators"
-            );
-        }
-        Ok(RoundOutcome::Rescheduled { round: next, delay })
     }
 }

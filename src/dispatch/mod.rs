@@ -1,9 +1,11 @@
-//! Driver matching: who gets offered an order, and what happens to the offer.
+//! Driver matching: who can be offered an order, and how they rank.
 //!
 //! Pure decisions live in their own modules and have no I/O: [`score`] (the spec's seven
-//! factors), [`batch`] (may a carrying driver take a second order), [`breaker`] (the circuit breaker's state machine) and [`retry_delay`]. The I/O is
-//! in [`matcher`] (one matching round, run by the `match_driver` job) and [`offers`] (accept,
-//! decline, expiry, cancellation, and the driver's load in Valkey).
+//! factors), [`batch`] (may a carrying driver take a second order) and [`retry_delay`]. The
+//! reads are [`matcher`] (candidates: lookup through the circuit breaker, eligibility,
+//! ranking, the candidate's lock), [`carried`] (what drivers carry) and [`offers`] (offers as
+//! drivers see them). Making offers and answering them change the order: that is the
+//! workflow's ([`crate::workflows::matching`], [`crate::workflows::offers`]).
 //!
 //! # How an order finds a driver
 //! 1. Confirming an order enqueues `match_driver` (round 1). A round looks up available
@@ -34,7 +36,6 @@
 //!   ended offer enqueued a round; a round that offers nothing enqueued the next.
 
 pub mod batch;
-pub mod breaker;
 pub mod carried;
 pub mod matcher;
 pub mod offers;
@@ -45,7 +46,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::dispatch::breaker::{BreakerSettings, CircuitBreaker};
+use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::eta::routing::Routing;
 use crate::location::LocationService;
 

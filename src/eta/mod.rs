@@ -38,7 +38,7 @@ use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::workflows::OrderStatus;
+use crate::domain::OrderStatus;
 
 /// Time the driver spends collecting the order.
 pub const PICKUP_BUFFER: Duration = Duration::from_secs(3 * 60);

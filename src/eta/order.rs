@@ -6,11 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use crate::domain::OrderStatus;
 use crate::eta::routing::Routing;
 use crate::eta::{Eta, EtaInputs, estimate};
 use crate::geo::Point;
 use crate::location::LocationService;
-use crate::workflows::OrderStatus;
 
 #[derive(Debug, sqlx::FromRow)]
 struct Facts {
@@ -56,7 +56,7 @@ pub async fn order_eta(
     let status: OrderStatus = facts
         .status
         .parse()
-        .map_err(|e: crate::workflows::status::UnknownStatus| sqlx::Error::Decode(Box::new(e)))?;
+        .map_err(|e: crate::domain::UnknownStatus| sqlx::Error::Decode(Box::new(e)))?;
     if matches!(status, OrderStatus::Completed | OrderStatus::Cancelled) {
         return Ok(None);
     }

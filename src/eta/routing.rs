@@ -20,7 +20,7 @@ use chrono_tz::Tz;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::breaker::{BreakerError, BreakerSettings, CircuitBreaker};
+use crate::breaker::{BreakerError, BreakerSettings, CircuitBreaker};
 use crate::eta::estimator::Estimator;
 use crate::eta::osrm::{OsrmClient, RoutingError};
 use crate::eta::{Route, traffic_at};

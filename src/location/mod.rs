@@ -145,6 +145,7 @@ struct Core {
 struct Scripts {
     ingest: redis::Script,
     set_status: redis::Script,
+    set_load: redis::Script,
     sweep: redis::Script,
     nearby: redis::Script,
 }
@@ -207,6 +208,7 @@ impl LocationService {
             scripts: Scripts {
                 ingest: redis::Script::new(scripts::INGEST),
                 set_status: redis::Script::new(scripts::SET_STATUS),
+                set_load: redis::Script::new(scripts::SET_LOAD),
                 sweep: redis::Script::new(scripts::SWEEP),
                 nearby: redis::Script::new(scripts::NEARBY),
             },
@@ -364,26 +366,33 @@ impl LocationService {
     }
 
     /// Records which order a driver carries, so its reports reach that order's live channel
-    /// (`None` stops it), and its number of active orders.
+    /// (`None` stops it), and its number of active orders. A driver at capacity leaves the
+    /// searchable set; one below it (an order delivered or cancelled) is searchable again at
+    /// once if online with a fresh position. Returns whether the driver is now searchable.
     pub async fn set_assignment(
         &self,
         driver_id: i64,
         tracking_order: Option<i64>,
         active_orders: u32,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let keys = &self.core.keys;
         let mut conn = self.conn();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match tracking_order {
-            Some(order) => pipe.hset(&keys.tracking, driver_id, order).ignore(),
-            None => pipe.hdel(&keys.tracking, driver_id).ignore(),
-        };
-        pipe.hset(&keys.load, driver_id, active_orders).ignore();
-        if active_orders >= MAX_ACTIVE_ORDERS {
-            pipe.zrem(&keys.avail, driver_id).ignore();
-        }
-        pipe.query_async(&mut conn).await
+        let searchable: i64 = self
+            .core
+            .scripts
+            .set_load
+            .key(&keys.online)
+            .key(&keys.avail)
+            .key(keys.driver(driver_id))
+            .key(&keys.load)
+            .key(&keys.tracking)
+            .arg(driver_id)
+            .arg(tracking_order.map(|o| o.to_string()).unwrap_or_default())
+            .arg(active_orders)
+            .arg(now_ms() - freshness_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(searchable == 1)
     }
 
     /// A driver's last reported position and when it arrived (unix ms), however old.

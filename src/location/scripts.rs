@@ -111,6 +111,34 @@ end
 return 0
 ";
 
+/// Record a driver's load (active orders) and tracked order, and make its availability follow
+/// at once: at capacity it leaves the searchable set; below it, an online driver with a fresh
+/// position is searchable again without waiting for its next report.
+///
+/// KEYS: 1 online set, 2 available geo set, 3 driver hash, 4 load hash, 5 tracking hash.
+/// ARGV: 1 driver id, 2 tracked order id ('' for none), 3 active orders, 4 freshness cutoff ms.
+/// Returns 1 when the driver is now searchable, else 0.
+pub const SET_LOAD: &str = r"
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[5], ARGV[1])
+else
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
+if tonumber(ARGV[3]) >= 2 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  local position = redis.call('HMGET', KEYS[3], 'lat', 'lon', 'updated_at')
+  if position[1] and tonumber(position[3]) >= tonumber(ARGV[4]) then
+    redis.call('GEOADD', KEYS[2], position[2], position[1], ARGV[1])
+    return 1
+  end
+end
+return 0
+";
+
 /// Remove drivers not seen since a cutoff from the searchable structures.
 ///
 /// KEYS: 1 seen zset, 2 available geo set, 3 position hash. ARGV: 1 cutoff ms, 2 batch size.

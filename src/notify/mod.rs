@@ -20,12 +20,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sha2::Sha256;
 use sqlx::{PgConnection, PgPool};
 
-use crate::jobs::notify::Notify;
+use secrecy::{ExposeSecret, SecretSlice};
+
+pub use crate::domain::Audience;
+use crate::domain::OrderId;
+use crate::jobs::messages::Notify;
 use crate::jobs::{self, EnqueueError};
 
 /// Header carrying the event id.
@@ -33,34 +37,14 @@ pub const EVENT_ID_HEADER: &str = "Courier-Event-Id";
 /// Header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "Courier-Signature";
 
-/// Who a notification is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Audience {
-    Customer,
-    Driver,
-    Restaurant,
-}
-
-impl Audience {
-    /// The audience's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Audience::Customer => "customer",
-            Audience::Driver => "driver",
-            Audience::Restaurant => "restaurant",
-        }
-    }
-}
-
 /// Where webhooks go and how they are retried.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct WebhookSettings {
     pub customer_url: Option<String>,
     pub driver_url: Option<String>,
     pub restaurant_url: Option<String>,
-    /// The shared signing secret (required when any URL is set).
-    pub secret: Vec<u8>,
+    /// The shared signing secret (required when any URL is set). `Debug` never prints it.
+    pub secret: SecretSlice<u8>,
     pub timeout: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
@@ -73,7 +57,7 @@ impl Default for WebhookSettings {
             customer_url: None,
             driver_url: None,
             restaurant_url: None,
-            secret: Vec::new(),
+            secret: Vec::new().into(),
             timeout: Duration::from_secs(5),
             retry_base: Duration::from_secs(5),
             retry_cap: Duration::from_secs(300),
@@ -118,7 +102,7 @@ struct Body<'a> {
     #[serde(rename = "type")]
     event_type: &'a str,
     created_at: DateTime<Utc>,
-    order_id: i64,
+    order_id: OrderId,
     recipient: Recipient,
     data: &'a Value,
 }
@@ -128,29 +112,6 @@ struct Recipient {
     #[serde(rename = "type")]
     audience: Audience,
     id: Option<i64>,
-}
-
-/// Enqueues a notification of `event_type` about `order_id` for `audience`, on `conn` (the
-/// transaction of the change it tells about).
-pub async fn enqueue(
-    conn: &mut PgConnection,
-    order_id: i64,
-    audience: Audience,
-    recipient_id: Option<i64>,
-    event_type: &str,
-    data: Value,
-) -> Result<(), EnqueueError> {
-    let job = Notify {
-        event_id: uuid::Uuid::new_v4(),
-        order_id,
-        audience,
-        recipient_id,
-        event_type: event_type.to_owned(),
-        data,
-        created_at: Utc::now(),
-        attempt: 1,
-    };
-    jobs::enqueue(conn, &job, Duration::ZERO).await
 }
 
 /// The webhook sender. Cheap to clone.
@@ -205,7 +166,11 @@ impl Notifier {
             data: &job.data,
         })
         .map_err(|e| NotifyError::Encode(e.to_string()))?;
-        let signed = signature(&self.settings.secret, Utc::now().timestamp(), &body);
+        let signed = signature(
+            self.settings.secret.expose_secret(),
+            Utc::now().timestamp(),
+            &body,
+        );
         let sent = self
             .http
             .post(url)

@@ -7,24 +7,17 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::payments::{CaptureOutcome, CaptureRequest};
 
-/// A Stripe-style API.
-#[derive(Clone)]
+/// A Stripe-style API. Its `Debug` never prints the key.
+#[derive(Clone, Debug)]
 pub struct StripeClient {
     base: String,
-    secret_key: String,
+    secret_key: SecretString,
     http: reqwest::Client,
-}
-
-impl std::fmt::Debug for StripeClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeClient")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,10 +84,10 @@ pub fn classify(status: u16, body: &[u8]) -> CaptureOutcome {
 
 impl StripeClient {
     /// A client of the API at `base` (e.g. `https://api.stripe.com`).
-    pub fn new(base: &str, secret_key: &str, timeout: Duration) -> reqwest::Result<Self> {
+    pub fn new(base: &str, secret_key: &SecretString, timeout: Duration) -> reqwest::Result<Self> {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
-            secret_key: secret_key.to_owned(),
+            secret_key: secret_key.clone(),
             http: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(timeout)
@@ -119,7 +112,7 @@ impl StripeClient {
         let sent = self
             .http
             .post(url)
-            .bearer_auth(&self.secret_key)
+            .bearer_auth(self.secret_key.expose_secret())
             .header("Idempotency-Key", &request.idempotency_key)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(body)

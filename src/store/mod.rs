@@ -15,7 +15,15 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use crate::config::DatabaseSettings;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Where Postgres is and how many connections to open. The URL may carry a password, so it
+/// is a secret: `Debug` and logs never print it.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
 
 /// Longest a request waits for a pooled connection before failing with 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,7 +55,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A pool for the configured database. Connections are opened on first use, so a process
 /// starts (and reports not-ready) while Postgres is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(&settings.url)?
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?
         .application_name("courier")
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_millis(500));
     Ok(PgPoolOptions::new()
@@ -72,7 +80,7 @@ pub fn handler_pool(db: &PgPool, wait: Duration) -> PgPool {
 /// Creates the configured database if it does not exist yet (connecting to the server's
 /// `postgres` database to do so). Returns whether it was created.
 pub async fn ensure_database(settings: &DatabaseSettings) -> Result<bool, sqlx::Error> {
-    let target = PgConnectOptions::from_str(&settings.url)?;
+    let target = PgConnectOptions::from_str(settings.url.expose_secret())?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
     let mut admin = target.database("postgres").connect().await?;
     let exists: bool =

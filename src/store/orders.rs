@@ -4,16 +4,16 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::workflows::machine::Actor;
+use crate::domain::{Actor, DriverId, OrderId, RestaurantId, UserId};
 
 /// An order as the API returns it: status, timestamps, items, totals, driver.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct OrderView {
-    pub id: i64,
+    pub id: OrderId,
     pub status: String,
-    pub customer_id: i64,
-    pub restaurant_id: i64,
-    pub driver_id: Option<i64>,
+    pub customer_id: UserId,
+    pub restaurant_id: RestaurantId,
+    pub driver_id: Option<DriverId>,
     #[sqlx(json)]
     pub items: Vec<OrderItemView>,
     pub subtotal_cents: i64,
@@ -60,7 +60,7 @@ const VIEW_SELECT: &str = "
 /// The order with this id, if any.
 pub async fn fetch_view(
     conn: &mut PgConnection,
-    order_id: i64,
+    order_id: OrderId,
 ) -> Result<Option<OrderView>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{VIEW_SELECT} WHERE o.id = $1"
@@ -95,9 +95,9 @@ pub async fn list(
     filter: &ListFilter,
 ) -> Result<Vec<OrderView>, sqlx::Error> {
     let (scope, subject) = match actor {
-        Actor::Customer(id) => ("o.customer_id = $1", id),
-        Actor::Restaurant(id) => ("o.restaurant_id = $1", id),
-        Actor::Driver(id) => ("o.driver_id = $1", id),
+        Actor::Customer(id) => ("o.customer_id = $1", id.get()),
+        Actor::Restaurant(id) => ("o.restaurant_id = $1", id.get()),
+        Actor::Driver(id) => ("o.driver_id = $1", id.get()),
         Actor::Operator(_) | Actor::System => ("$1::bigint IS NOT NULL", 0),
     };
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -10,124 +10,7 @@
 //! - the system cancels an order the restaurant never confirmed, and auto-completes delivered
 //!   orders; COMPLETED and CANCELLED are terminal.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-
-use crate::auth::{Principal, Role};
-use crate::workflows::OrderStatus;
-
-/// Something that can be done to an order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Confirm,
-    StartPreparing,
-    MarkReady,
-    PickUp,
-    Deliver,
-    Cancel,
-    AutoComplete,
-}
-
-impl Action {
-    /// Every action.
-    pub const ALL: [Action; 7] = [
-        Action::Confirm,
-        Action::StartPreparing,
-        Action::MarkReady,
-        Action::PickUp,
-        Action::Deliver,
-        Action::Cancel,
-        Action::AutoComplete,
-    ];
-
-    /// The action's name in events, audit rows and URLs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Confirm => "confirm",
-            Action::StartPreparing => "start_preparing",
-            Action::MarkReady => "mark_ready",
-            Action::PickUp => "pick_up",
-            Action::Deliver => "deliver",
-            Action::Cancel => "cancel",
-            Action::AutoComplete => "auto_complete",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Action {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Action::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown action `{s}`"))
-    }
-}
-
-/// Who takes an action: a principal of the API, or courier itself (jobs and cron).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Actor {
-    Customer(i64),
-    Restaurant(i64),
-    Driver(i64),
-    Operator(i64),
-    System,
-}
-
-impl Actor {
-    /// The actor's type as stored in `audit_logs.actor_type` and events.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Actor::Customer(_) => "customer",
-            Actor::Restaurant(_) => "restaurant",
-            Actor::Driver(_) => "driver",
-            Actor::Operator(_) => "operator",
-            Actor::System => "system",
-        }
-    }
-
-    /// The actor's id, if it has one.
-    pub fn id(self) -> Option<i64> {
-        match self {
-            Actor::Customer(id)
-            | Actor::Restaurant(id)
-            | Actor::Driver(id)
-            | Actor::Operator(id) => Some(id),
-            Actor::System => None,
-        }
-    }
-
-    fn class(self) -> ActorClass {
-        match self {
-            Actor::Customer(_) => ActorClass::Customer,
-            Actor::Restaurant(_) => ActorClass::Restaurant,
-            Actor::Driver(_) => ActorClass::Driver,
-            Actor::Operator(_) => ActorClass::Operator,
-            Actor::System => ActorClass::System,
-        }
-    }
-}
-
-impl From<Principal> for Actor {
-    fn from(p: Principal) -> Self {
-        match p.role {
-            Role::Customer => Actor::Customer(p.subject),
-            Role::Restaurant => Actor::Restaurant(p.subject),
-            Role::Driver => Actor::Driver(p.subject),
-            Role::Operator => Actor::Operator(p.subject),
-        }
-    }
-}
+use crate::domain::{Action, Actor, DriverId, OrderStatus, RestaurantId, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ActorClass {
@@ -136,6 +19,18 @@ enum ActorClass {
     Driver,
     Operator,
     System,
+}
+
+impl ActorClass {
+    fn of(actor: Actor) -> Self {
+        match actor {
+            Actor::Customer(_) => ActorClass::Customer,
+            Actor::Restaurant(_) => ActorClass::Restaurant,
+            Actor::Driver(_) => ActorClass::Driver,
+            Actor::Operator(_) => ActorClass::Operator,
+            Actor::System => ActorClass::System,
+        }
+    }
 }
 
 use ActorClass as A;
@@ -228,9 +123,9 @@ const RULES: &[Rule] = &[
 /// The parties of an order, for ownership checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parties {
-    pub customer_id: i64,
-    pub restaurant_id: i64,
-    pub driver_id: Option<i64>,
+    pub customer_id: UserId,
+    pub restaurant_id: RestaurantId,
+    pub driver_id: Option<DriverId>,
 }
 
 impl Parties {
@@ -267,7 +162,7 @@ pub enum Refusal {
 pub fn allowed_actions(status: OrderStatus, actor: Actor) -> Vec<Action> {
     RULES
         .iter()
-        .filter(|r| r.from == status && r.by.contains(&actor.class()))
+        .filter(|r| r.from == status && r.by.contains(&ActorClass::of(actor)))
         .map(|r| r.action)
         .collect()
 }
@@ -284,7 +179,7 @@ pub fn decide(
         // an assigned driver (the `orders_picked_up_has_driver` constraint says so too).
         return Err(Refusal::NotVisible);
     }
-    let class = actor.class();
+    let class = ActorClass::of(actor);
     if !RULES
         .iter()
         .any(|r| r.action == action && r.by.contains(&class))
@@ -309,11 +204,12 @@ pub fn decide(
 mod tests {
     use super::*;
 
-    const CUSTOMER: i64 = 10;
-    const RESTAURANT: i64 = 20;
-    const DRIVER: i64 = 30;
+    const CUSTOMER: UserId = UserId(10);
+    const RESTAURANT: RestaurantId = RestaurantId(20);
+    const DRIVER: DriverId = DriverId(30);
+    const OPERATOR: UserId = UserId(1);
 
-    fn parties(driver: Option<i64>) -> Parties {
+    fn parties(driver: Option<DriverId>) -> Parties {
         Parties {
             customer_id: CUSTOMER,
             restaurant_id: RESTAURANT,
@@ -369,12 +265,12 @@ mod tests {
             Actor::Customer(CUSTOMER),
             Actor::Restaurant(RESTAURANT),
             Actor::Driver(DRIVER),
-            Actor::Operator(1),
+            Actor::Operator(OPERATOR),
             Actor::System,
         ];
         let mut checked = 0;
-        for status in OrderStatus::ALL {
-            for action in Action::ALL {
+        for &status in OrderStatus::ALL {
+            for &action in Action::ALL {
                 for actor in actors {
                     let got = decide(status, &parties(Some(DRIVER)), action, actor);
                     match (expected(status, action, actor), &got) {
@@ -400,7 +296,11 @@ mod tests {
     #[test]
     fn terminal_states_allow_nothing() {
         for status in [S::Completed, S::Cancelled] {
-            for actor in [Actor::Operator(1), Actor::System, Actor::Customer(CUSTOMER)] {
+            for actor in [
+                Actor::Operator(OPERATOR),
+                Actor::System,
+                Actor::Customer(CUSTOMER),
+            ] {
                 assert!(allowed_actions(status, actor).is_empty());
             }
         }
@@ -410,9 +310,9 @@ mod tests {
     fn strangers_do_not_see_the_order() {
         let p = parties(Some(DRIVER));
         for actor in [
-            Actor::Customer(CUSTOMER + 1),
-            Actor::Restaurant(RESTAURANT + 1),
-            Actor::Driver(DRIVER + 1),
+            Actor::Customer(UserId(11)),
+            Actor::Restaurant(RestaurantId(21)),
+            Actor::Driver(DriverId(31)),
         ] {
             assert_eq!(
                 decide(S::Placed, &p, Action::Cancel, actor),
@@ -438,7 +338,7 @@ mod tests {
                 S::ReadyForPickup,
                 &parties(None),
                 Action::PickUp,
-                Actor::Operator(1)
+                Actor::Operator(OPERATOR)
             ),
             Err(Refusal::Forbidden {
                 actor: "operator",
@@ -477,7 +377,7 @@ mod tests {
 
     #[test]
     fn action_names_round_trip() {
-        for action in Action::ALL {
+        for &action in Action::ALL {
             assert_eq!(action.as_str().parse::<Action>(), Ok(action));
         }
     }

@@ -14,13 +14,12 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::jobs::confirm_timeout::{CONFIRM_WITHIN, ConfirmTimeout};
-use crate::jobs::{self, EnqueueError};
+use crate::domain::{Actor, OrderId, OrderStatus, UserId};
 use crate::store::orders::{self, OrderView};
-use crate::workflows::OrderStatus;
-use crate::workflows::machine::Actor;
+use crate::workflows::effects::{self, EffectError};
+use crate::workflows::events::{Change, RequestMeta, record_change};
 use crate::workflows::pricing;
-use crate::workflows::transition::{Change, RequestMeta, record_change};
+use crate::workflows::steps::{self, CONFIRM_WITHIN};
 
 /// Most lines in one cart.
 pub const MAX_LINES: usize = 50;
@@ -83,8 +82,8 @@ pub enum PlaceError {
     TotalTooLarge { max_cents: i64 },
     #[error("this idempotency key was used with a different request")]
     IdempotencyKeyReused,
-    #[error("could not enqueue the confirmation timeout: {0}")]
-    Enqueue(#[from] EnqueueError),
+    #[error("could not write the placement's effects: {0}")]
+    Effects(#[from] EffectError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -135,7 +134,7 @@ impl Default for OrderLimits {
 pub async fn place(
     pool: &PgPool,
     limits: OrderLimits,
-    customer_id: i64,
+    customer_id: UserId,
     idempotency_key: &str,
     order: &NewOrder,
     meta: &RequestMeta,
@@ -238,7 +237,7 @@ pub async fn place(
         .filter(|(_, total)| *total <= limits.max_total_cents)
         .ok_or(too_large)?;
 
-    let order_id: i64 = sqlx::query_scalar(
+    let order_id: OrderId = sqlx::query_scalar(
         "INSERT INTO orders (customer_id, restaurant_id, status, subtotal_cents, delivery_fee_cents,
                              total_cents, delivery_address, delivery_location)
          VALUES ($1, $2, 'PLACED', $3, $4, $5, $6, ST_SetSRID(ST_MakePoint($7, $8), 4326)::geography)
@@ -280,7 +279,8 @@ pub async fn place(
         },
     )
     .await?;
-    jobs::enqueue(&mut tx, &ConfirmTimeout { order_id }, limits.confirm_within).await?;
+    let _no_load_change =
+        effects::apply(&mut tx, steps::placed(order_id, limits.confirm_within)).await?;
 
     let view: OrderView = orders::fetch_view(&mut tx, order_id)
         .await?
@@ -298,7 +298,12 @@ pub async fn place(
     .await?;
     tx.commit().await?;
     metrics::counter!("orders_total", "status" => OrderStatus::Placed.as_str()).increment(1);
-    tracing::info!(order_id, customer_id, total_cents = total, "order placed");
+    tracing::info!(
+        order_id = order_id.get(),
+        customer_id = customer_id.get(),
+        total_cents = total,
+        "order placed"
+    );
     Ok(Placed {
         body,
         replayed: false,

@@ -12,39 +12,19 @@
 //! part fails nothing is written: an order never changes state without its audit row, its event
 //! and its jobs, and no job exists for a change that rolled back.
 
-use std::time::Duration;
+use sqlx::PgPool;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::json;
-use sqlx::{PgConnection, PgPool};
-
-use crate::dispatch::offers;
-use crate::jobs::capture_payment::CapturePayment;
-use crate::jobs::match_driver::MatchDriver;
-use crate::jobs::refresh_eta::RefreshEta;
-use crate::jobs::request_review::RequestReview;
-use crate::jobs::{self, EnqueueError};
-use crate::notify::{self, Audience};
-use crate::workflows::OrderStatus;
-use crate::workflows::machine::{self, Action, Actor, Parties, Refusal};
-
-/// Delay before the first matching round (the spec's `{ delay: 1000 }`).
-pub const MATCH_DELAY: Duration = Duration::from_secs(1);
-/// Delay of the review request after delivery (the spec's 30 minutes).
-pub const REVIEW_DELAY: Duration = Duration::from_secs(30 * 60);
-
-/// Where a request came from, for the audit log.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RequestMeta {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
+use crate::domain::{Action, Actor, DriverId, OrderId, OrderStatus};
+use crate::location::LocationService;
+use crate::workflows::effects::{self, EffectError};
+use crate::workflows::events::{Change, RequestMeta, record_change};
+use crate::workflows::machine::{self, Parties, Refusal};
+use crate::workflows::{offers, steps};
 
 /// One action on one order.
 #[derive(Clone, Debug)]
 pub struct TransitionRequest {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub action: Action,
     pub actor: Actor,
     pub meta: RequestMeta,
@@ -57,12 +37,12 @@ pub struct TransitionRequest {
 /// The result of an applied transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transitioned {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub from: OrderStatus,
     pub to: OrderStatus,
     pub version: i32,
-    /// The order's driver, if it has one (its load changes when the order ends).
-    pub driver_id: Option<i64>,
+    /// The order's driver, if it has one.
+    pub driver_id: Option<DriverId>,
 }
 
 /// Why a transition was not applied. Nothing was written in any case.
@@ -74,79 +54,10 @@ pub enum TransitionError {
     Refused(#[from] Refusal),
     #[error("the order was changed by someone else")]
     Conflict,
-    #[error("could not enqueue a follow-up job: {0}")]
-    Enqueue(#[from] EnqueueError),
+    #[error("could not write the change's effects: {0}")]
+    Effects(#[from] EffectError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-}
-
-/// The event written to the outbox for every state change (the spec's `order_status` payload).
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusEvent {
-    pub event_id: uuid::Uuid,
-    pub order_id: i64,
-    pub previous_status: Option<OrderStatus>,
-    pub new_status: OrderStatus,
-    pub action: &'static str,
-    pub actor_id: Option<i64>,
-    pub actor_type: &'static str,
-    pub timestamp: DateTime<Utc>,
-}
-
-/// A state change to record: the audit row and the outbox event.
-#[derive(Debug)]
-pub struct Change<'a> {
-    pub order_id: i64,
-    pub from: Option<OrderStatus>,
-    pub to: OrderStatus,
-    pub action: &'static str,
-    pub actor: Actor,
-    pub meta: &'a RequestMeta,
-    pub reason: Option<&'a str>,
-}
-
-/// Writes the audit row and the outbox event of `change` on `conn` (the change's transaction).
-pub async fn record_change(
-    conn: &mut PgConnection,
-    change: &Change<'_>,
-) -> Result<(), sqlx::Error> {
-    let event = StatusEvent {
-        event_id: uuid::Uuid::new_v4(),
-        order_id: change.order_id,
-        previous_status: change.from,
-        new_status: change.to,
-        action: change.action,
-        actor_id: change.actor.id(),
-        actor_type: change.actor.kind(),
-        timestamp: Utc::now(),
-    };
-    let changes = json!({ "status": { "from": change.from, "to": change.to } });
-    let metadata = json!({
-        "action": change.action,
-        "ip": change.meta.ip,
-        "user_agent": change.meta.user_agent,
-        "reason": change.reason,
-        "event_id": event.event_id,
-    });
-    sqlx::query(
-        "WITH audit AS (
-             INSERT INTO audit_logs (event_type, entity_type, entity_id, actor_type, actor_id, changes, metadata)
-             VALUES ('order_status_changed', 'order', $1, $2, $3, $4, $5)
-         )
-         INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, event_type, payload)
-         VALUES ($6, 'order_status', 'order', $1, 'order_status_changed', $7)",
-    )
-    .bind(change.order_id)
-    .bind(change.actor.kind())
-    .bind(change.actor.id())
-    .bind(changes)
-    .bind(metadata)
-    .bind(event.event_id)
-    .bind(sqlx::types::Json(&event))
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// The column stamped when an order enters `status`.
@@ -163,126 +74,20 @@ fn timestamp_column(status: OrderStatus) -> &'static str {
     }
 }
 
-/// Enqueues the jobs that entering `status` causes, on the transition's transaction: the
-/// workflow's next steps, and the notifications the parties get.
-async fn enqueue_follow_ups(
-    conn: &mut PgConnection,
-    parties: &Parties,
-    order_id: i64,
-    status: OrderStatus,
-) -> Result<(), EnqueueError> {
-    let data = json!({ "order_id": order_id, "status": status, "driver_id": parties.driver_id });
-    let customer = Some(parties.customer_id);
-    match status {
-        OrderStatus::Confirmed => {
-            jobs::enqueue(conn, &MatchDriver { order_id, round: 1 }, MATCH_DELAY).await?;
-            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await?;
-            notify::enqueue(
-                conn,
-                order_id,
-                Audience::Customer,
-                customer,
-                "order_confirmed",
-                data,
-            )
-            .await
-        }
-        OrderStatus::ReadyForPickup => match parties.driver_id {
-            // Without a driver yet, the driver hears of the order when it is assigned.
-            Some(driver) => {
-                notify::enqueue(
-                    conn,
-                    order_id,
-                    Audience::Driver,
-                    Some(driver),
-                    "order_ready",
-                    data,
-                )
-                .await
-            }
-            None => Ok(()),
-        },
-        OrderStatus::PickedUp => {
-            jobs::enqueue(conn, &RefreshEta { order_id }, Duration::ZERO).await?;
-            notify::enqueue(
-                conn,
-                order_id,
-                Audience::Customer,
-                customer,
-                "order_picked_up",
-                data,
-            )
-            .await
-        }
-        OrderStatus::Delivered => {
-            jobs::enqueue(
-                conn,
-                &CapturePayment {
-                    order_id,
-                    attempt: 1,
-                },
-                Duration::ZERO,
-            )
-            .await?;
-            jobs::enqueue(conn, &RequestReview { order_id }, REVIEW_DELAY).await?;
-            notify::enqueue(
-                conn,
-                order_id,
-                Audience::Customer,
-                customer,
-                "order_delivered",
-                data,
-            )
-            .await
-        }
-        OrderStatus::Cancelled => {
-            notify::enqueue(
-                conn,
-                order_id,
-                Audience::Customer,
-                customer,
-                "order_cancelled",
-                data.clone(),
-            )
-            .await?;
-            // The driver on the way must turn back at once.
-            if let Some(driver) = parties.driver_id {
-                notify::enqueue(
-                    conn,
-                    order_id,
-                    Audience::Driver,
-                    Some(driver),
-                    "order_cancelled",
-                    data.clone(),
-                )
-                .await?;
-            }
-            notify::enqueue(
-                conn,
-                order_id,
-                Audience::Restaurant,
-                Some(parties.restaurant_id),
-                "order_cancelled",
-                data,
-            )
-            .await
-        }
-        _ => Ok(()),
-    }
-}
-
 #[derive(sqlx::FromRow)]
 struct Current {
     status: String,
     version: i32,
-    customer_id: i64,
-    restaurant_id: i64,
-    driver_id: Option<i64>,
+    customer_id: crate::domain::UserId,
+    restaurant_id: crate::domain::RestaurantId,
+    driver_id: Option<DriverId>,
 }
 
-/// Applies `request` in one transaction.
+/// Applies `request` in one transaction with its effects, then (a driver's order that ended)
+/// writes the driver's load to `location`.
 pub async fn execute(
     pool: &PgPool,
+    location: &LocationService,
     request: &TransitionRequest,
 ) -> Result<Transitioned, TransitionError> {
     let mut tx = crate::store::begin(pool).await?;
@@ -297,7 +102,7 @@ pub async fn execute(
     let from: OrderStatus = current
         .status
         .parse()
-        .map_err(|e: crate::workflows::status::UnknownStatus| sqlx::Error::Decode(Box::new(e)))?;
+        .map_err(|e: crate::domain::UnknownStatus| sqlx::Error::Decode(Box::new(e)))?;
     let parties = Parties {
         customer_id: current.customer_id,
         restaurant_id: current.restaurant_id,
@@ -338,26 +143,19 @@ pub async fn execute(
         },
     )
     .await?;
-    enqueue_follow_ups(&mut tx, &parties, request.order_id, to).await?;
+    let mut effects = steps::entered(request.order_id, &parties, to);
     if to == OrderStatus::Cancelled {
         // A driver holding an offer for the order learns it is gone (the offer also leaves
         // its pending list).
-        for (offer_id, driver_id) in offers::cancel_pending(&mut tx, request.order_id).await? {
-            notify::enqueue(
-                &mut tx,
-                request.order_id,
-                Audience::Driver,
-                Some(driver_id),
-                "offer_cancelled",
-                json!({ "order_id": request.order_id, "offer_id": offer_id }),
-            )
-            .await?;
-        }
+        let cancelled = offers::cancel_pending(&mut tx, request.order_id).await?;
+        effects.extend(steps::offers_cancelled(request.order_id, &cancelled));
     }
+    let after = effects::apply(&mut tx, effects).await?;
     tx.commit().await?;
     metrics::counter!("orders_total", "status" => to.as_str()).increment(1);
+    after.run(pool, location).await;
     tracing::info!(
-        order_id = request.order_id,
+        order_id = request.order_id.get(),
         from = %from,
         to = %to,
         action = %request.action,

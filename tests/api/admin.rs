@@ -9,9 +9,10 @@ use clap::Parser;
 use courier::admin::{self, AdminArgs, AdminContext, AdminError, Output};
 use courier::auth::Role;
 use courier::cron::CronSettings;
-use courier::dispatch::offers;
+use courier::domain::{OfferId, OrderId};
 use courier::jobs::Job;
-use courier::jobs::confirm_timeout::ConfirmTimeout;
+use courier::jobs::messages::ConfirmTimeout;
+use courier::workflows::{matching, offers};
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -39,7 +40,7 @@ async fn admin(app: &TestApp, args: &[&str]) -> Result<Output, AdminError> {
     admin::execute(&context(app), &parsed.admin).await
 }
 
-async fn ok(app: &TestApp, args: &[&str]) -> Output {
+pub(crate) async fn ok(app: &TestApp, args: &[&str]) -> Output {
     admin(app, args)
         .await
         .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
@@ -251,14 +252,22 @@ async fn order_show_tells_the_story_of_two_offers_and_a_timeout() {
     app.act(order, "confirm", Role::Restaurant, cast.restaurant)
         .await;
     let dispatcher = app.dispatcher(fast_dispatch());
-    dispatcher.run_round(order, 1).await.expect("round");
+    matching::run_round(&dispatcher, OrderId(order), 1)
+        .await
+        .expect("round");
     let first: i64 = sqlx::query_scalar("SELECT id FROM offers WHERE order_id = $1")
         .bind(order)
         .fetch_one(&app.db)
         .await
         .expect("offer");
-    assert!(offers::expire(&app.db, first).await.expect("expire"));
-    dispatcher.run_round(order, 1).await.expect("round");
+    assert!(
+        offers::expire(&app.db, OfferId(first))
+            .await
+            .expect("expire")
+    );
+    matching::run_round(&dispatcher, OrderId(order), 1)
+        .await
+        .expect("round");
     let second: i64 =
         sqlx::query_scalar("SELECT id FROM offers WHERE order_id = $1 AND status = 'pending'")
             .bind(order)
@@ -389,7 +398,7 @@ async fn rematch_cancel_and_stuck_orders() {
         rematched.text
     );
     assert_eq!(
-        app.jobs_for(courier::jobs::match_driver::MatchDriver::QUEUE, order)
+        app.jobs_for(courier::jobs::messages::MatchDriver::QUEUE, order)
             .await,
         1
     );
@@ -445,7 +454,7 @@ async fn workers_cron_and_drivers() {
     let app = spawn_app().await;
     let _workers = app.spawn_workers();
     // One worker per job queue registers and heartbeats.
-    let queues = courier::admin::jobs::QUEUES.len();
+    let queues = courier::jobs::messages::QUEUES.len();
     assert!(
         eventually(Duration::from_secs(20), || async {
             let workers = ok(&app, &["--json", "workers"]).await.json;

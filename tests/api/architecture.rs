@@ -2,6 +2,7 @@
 //! generator or benchmark (they are `courier-sim` and `courier-bench`), and the simulator
 //! knows courier only through its HTTP API (it does not link the server's crate).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The crate names listed under `[dependencies]` in the manifest at `path` (relative to the
@@ -50,5 +51,316 @@ fn the_server_carries_no_load_generator_and_the_simulator_no_server() {
     assert!(
         bench.contains(&"courier".to_owned()) && bench.contains(&"courier-sim".to_owned()),
         "{bench:?}"
+    );
+}
+
+/// The server's modules by floor: a module may import modules on its own floor or below,
+/// never above (the map is `docs/architecture.md`). Floor 1 is the ground: the domain's
+/// vocabulary and pure helpers. A module missing here fails the test, so a new module must
+/// be placed.
+const FLOORS: &[(&str, u8)] = &[
+    ("domain", 1),
+    ("geo", 1),
+    ("clock", 1),
+    ("shutdown", 1),
+    ("text", 1),
+    ("jobs", 2),
+    ("error", 2),
+    ("valkey", 2),
+    ("breaker", 2),
+    ("store", 3),
+    ("location", 3),
+    ("cache", 3),
+    ("auth", 3),
+    ("eta", 4),
+    ("notify", 4),
+    ("payments", 4),
+    ("dispatch", 5),
+    ("workflows", 6),
+    ("telemetry", 6),
+    ("seed", 6),
+    ("cron", 7),
+    ("workers", 7),
+    ("api", 7),
+    ("config", 8),
+    ("admin", 9),
+    ("startup", 9),
+    ("cli", 10),
+];
+
+/// The modules of the order's workflow and its services, among which no import may loop.
+const CORE: &[&str] = &[
+    "workflows",
+    "jobs",
+    "dispatch",
+    "payments",
+    "notify",
+    "eta",
+    "domain",
+];
+
+/// Rust source with comments removed (line comments and doc comments; block comments are not
+/// used in this crate), so that a path named in prose is not an import.
+fn code_of(source: &str) -> String {
+    source
+        .lines()
+        .map(|line| match line.find("//") {
+            Some(at) if !line[..at].contains('"') => &line[..at],
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level modules that `code` names through `crate::…`, in `use` lines (including
+/// `use crate::{a::b, c}` groups) and in paths written inline.
+fn crate_modules(code: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut found = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let (mut depth, mut start) = (0usize, 0usize);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        found.insert(ident(group[start..].trim_start()));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.insert(ident(group[start..].trim_start()));
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            found.insert(ident(rest));
+        }
+    }
+    found.retain(|m| !m.is_empty() && m != "self");
+    found
+}
+
+/// The server's module graph: for each top-level module of `src/`, the other modules its
+/// files import.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, code) in sources() {
+        let first = path.split('/').next().unwrap_or(&path);
+        let module = first.trim_end_matches(".rs").to_owned();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let imports = graph.entry(module.clone()).or_default();
+        imports.extend(crate_modules(&code).into_iter().filter(|m| *m != module));
+    }
+    graph
+}
+
+/// The graph's import cycles: its strongly connected components of more than one module
+/// (Tarjan's algorithm), each sorted.
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct Walk<'g> {
+        graph: &'g BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'g str, usize>,
+        low: BTreeMap<&'g str, usize>,
+        stack: Vec<&'g str>,
+        on_stack: BTreeSet<&'g str>,
+        found: Vec<Vec<String>>,
+    }
+    impl<'g> Walk<'g> {
+        fn visit(&mut self, node: &'g str) {
+            let n = self.index.len();
+            self.index.insert(node, n);
+            self.low.insert(node, n);
+            self.stack.push(node);
+            self.on_stack.insert(node);
+            for next in self.graph.get(node).into_iter().flatten() {
+                let next = next.as_str();
+                if !self.graph.contains_key(next) {
+                    continue;
+                }
+                if !self.index.contains_key(next) {
+                    self.visit(next);
+                    let low = self.low[node].min(self.low[next]);
+                    self.low.insert(node, low);
+                } else if self.on_stack.contains(next) {
+                    let low = self.low[node].min(self.index[next]);
+                    self.low.insert(node, low);
+                }
+            }
+            if self.low[node] == self.index[node] {
+                let mut component = Vec::new();
+                while let Some(top) = self.stack.pop() {
+                    self.on_stack.remove(top);
+                    component.push(top.to_owned());
+                    if top == node {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    component.sort();
+                    self.found.push(component);
+                }
+            }
+        }
+    }
+    let mut walk = Walk {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        found: Vec::new(),
+    };
+    for node in graph.keys() {
+        if !walk.index.contains_key(node.as_str()) {
+            walk.visit(node);
+        }
+    }
+    walk.found
+}
+
+#[test]
+fn the_import_scanner_reads_use_groups_and_inline_paths_but_not_comments() {
+    let code = code_of(
+        "use crate::workflows::{self, machine};\nuse crate::{dispatch::offers, jobs::{Job, enqueue}};\n\
+         // see crate::api for the handlers\nlet x = crate::store::begin(db);",
+    );
+    let found: Vec<String> = crate_modules(&code).into_iter().collect();
+    assert_eq!(found, ["dispatch", "jobs", "store", "workflows"]);
+    let graph = BTreeMap::from([
+        ("a".to_owned(), BTreeSet::from(["b".to_owned()])),
+        ("b".to_owned(), BTreeSet::from(["c".to_owned()])),
+        ("c".to_owned(), BTreeSet::from(["a".to_owned()])),
+        ("d".to_owned(), BTreeSet::from(["a".to_owned()])),
+    ]);
+    assert_eq!(cycles(&graph), vec![vec!["a", "b", "c"]]);
+}
+
+#[test]
+fn modules_import_only_their_own_floor_or_below_and_never_in_a_loop() {
+    let graph = module_graph();
+    let floors: BTreeMap<&str, u8> = FLOORS.iter().copied().collect();
+    let unplaced: Vec<&String> = graph
+        .keys()
+        .filter(|m| !floors.contains_key(m.as_str()))
+        .collect();
+    let mut upward = Vec::new();
+    let mut edges = 0;
+    for (module, imports) in &graph {
+        for import in imports {
+            edges += 1;
+            let (Some(from), Some(to)) = (floors.get(module.as_str()), floors.get(import.as_str()))
+            else {
+                continue;
+            };
+            if to > from {
+                upward.push(format!("{module} (floor {from}) -> {import} (floor {to})"));
+            }
+        }
+    }
+    let loops = cycles(&graph);
+    let core: BTreeMap<String, BTreeSet<String>> = graph
+        .iter()
+        .filter(|(m, _)| CORE.contains(&m.as_str()))
+        .map(|(m, imports)| {
+            let inner = imports
+                .iter()
+                .filter(|i| CORE.contains(&i.as_str()))
+                .cloned()
+                .collect();
+            (m.clone(), inner)
+        })
+        .collect();
+    let core_loops = cycles(&core);
+    println!(
+        "{} modules, {edges} module-to-module imports, {} pointing up, cycles: {:?}",
+        graph.len(),
+        upward.len(),
+        loops.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(unplaced.is_empty(), "modules with no floor: {unplaced:?}");
+    assert!(
+        upward.is_empty(),
+        "imports that point up:\n{}",
+        upward.join("\n")
+    );
+    assert!(
+        core_loops.is_empty(),
+        "import cycles among the workflow and its services: {core_loops:?}"
+    );
+    assert!(loops.is_empty(), "import cycles: {loops:?}");
+    for leaf in ["domain", "jobs"] {
+        let imports = graph.get(leaf).cloned().unwrap_or_default();
+        let allowed: &[&str] = if leaf == "domain" { &[] } else { &["domain"] };
+        let extra: Vec<&String> = imports
+            .iter()
+            .filter(|i| !allowed.contains(&i.as_str()))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "{leaf} must import only {allowed:?}: {extra:?}"
+        );
+    }
+}
+
+/// The files under `src/` with their code (comments removed), paths relative to `src/`.
+fn sources() -> Vec<(String, String)> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("src is readable") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let name = path.strip_prefix(root).expect("under src");
+                let code = code_of(&std::fs::read_to_string(&path).expect("readable"));
+                out.push((name.to_string_lossy().into_owned(), code));
+            }
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    walk(&src, &src, &mut out);
+    out
+}
+
+/// Whether `code` writes the `orders` table (`UPDATE orders`, `INSERT INTO orders`,
+/// `DELETE FROM orders`, in any case and spacing).
+fn writes_orders(code: &str) -> bool {
+    let mut words: Vec<String> = code
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    words.push(String::new());
+    words.windows(3).any(|w| {
+        (w[0] == "update" && w[1] == "orders")
+            || (w[0] == "insert" && w[1] == "into" && w[2] == "orders")
+            || (w[0] == "delete" && w[1] == "from" && w[2] == "orders")
+    })
+}
+
+#[test]
+fn only_the_workflow_writes_the_orders_table() {
+    assert!(writes_orders("sqlx::query(\"UPDATE orders SET x = 1\")"));
+    assert!(writes_orders("\"insert  into\n orders (a)\""));
+    assert!(!writes_orders("\"UPDATE offers SET x = 1 FROM orders\""));
+    assert!(!writes_orders("\"INSERT INTO orders_archive (a)\""));
+    let writers: Vec<String> = sources()
+        .into_iter()
+        .filter(|(path, code)| !path.starts_with("workflows/") && writes_orders(code))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        writers.is_empty(),
+        "only src/workflows/ may write the orders table; also: {writers:?}"
     );
 }

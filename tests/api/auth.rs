@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use courier::auth::JwtSecret;
 use courier::auth::{Principal, Role, TokenKeys};
-use courier::config::JwtSecret;
 
 use crate::helpers::{
     OPERATOR, assert_error, insert_driver, insert_restaurant, insert_user, spawn_app,

@@ -10,9 +10,11 @@ use courier::auth::Role;
 use courier::cron::{
     self, CronSettings, TickOutcome, auto_complete, housekeeping, partitions, stuck_orders,
 };
+use courier::domain::OrderId;
 use courier::jobs::Job;
-use courier::jobs::match_driver::MatchDriver;
-use courier::payments::{self, PaymentSettings, Payments};
+use courier::jobs::messages::MatchDriver;
+use courier::payments::{PaymentSettings, Payments};
+use courier::workflows::payment;
 use serde_json::json;
 
 use crate::helpers::{Cast, TestApp, WorkerSettings, cast, spawn_app};
@@ -158,7 +160,7 @@ async fn delivered_ago(app: &TestApp, order: i64, minutes: i32) {
 
 /// One `auto_complete` run with the default settings; its summary.
 async fn run_auto_complete(app: &TestApp) -> serde_json::Value {
-    auto_complete::run(&app.db, &CronSettings::default())
+    auto_complete::run(&app.db, &app.state.location, &CronSettings::default())
         .await
         .expect("runs")
 }
@@ -166,7 +168,7 @@ async fn run_auto_complete(app: &TestApp) -> serde_json::Value {
 /// Captures `order`'s payment the way the `capture_payment` job does, with the ledger.
 async fn capture(app: &TestApp, order: i64) {
     let payments = Payments::new(app.db.clone(), PaymentSettings::default()).expect("ledger");
-    let result = payments::capture(&app.db, &payments, order, 1)
+    let result = payment::capture(&app.db, &payments, OrderId(order), 1)
         .await
         .expect("capture runs");
     assert_eq!(
@@ -270,7 +272,9 @@ async fn housekeeping_deletes_old_finished_jobs_and_requeues_jobs_of_dead_worker
     let mut conn = app.db.acquire().await.expect("conn");
     courier::jobs::enqueue(
         &mut conn,
-        &courier::jobs::confirm_timeout::ConfirmTimeout { order_id: order },
+        &courier::jobs::messages::ConfirmTimeout {
+            order_id: OrderId(order),
+        },
         Duration::ZERO,
     )
     .await

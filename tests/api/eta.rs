@@ -18,7 +18,7 @@ use courier::eta::estimator::Estimator;
 use courier::eta::routing::{Routing, RoutingSettings};
 use courier::geo::Point;
 use courier::jobs::Job;
-use courier::jobs::refresh_eta::RefreshEta;
+use courier::jobs::messages::RefreshEta;
 use serde_json::{Value, json};
 
 use crate::helpers::{

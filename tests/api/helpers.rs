@@ -12,17 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier::api::AppState;
+use courier::api::HttpSettings;
+use courier::auth::JwtSecret;
 use courier::auth::{Principal, Role, TokenKeys};
-use courier::config::{Config, DatabaseSettings, HttpSettings, JwtSecret, ValkeySettings};
+use courier::config::Config;
 use courier::cron::CronSettings;
 use courier::dispatch::{DispatchSettings, Dispatcher};
 use courier::eta::routing::RoutingSettings;
-use courier::jobs::JobContext;
 use courier::notify::{Notifier, WebhookSettings};
 use courier::payments::{PaymentSettings, Payments};
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
 use courier::store;
+use courier::store::DatabaseSettings;
+use courier::valkey::ValkeySettings;
+use courier::workers::JobContext;
 use courier::workflows::place::OrderLimits;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -243,11 +247,11 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
     };
     let config = Config {
         database: DatabaseSettings {
-            url: database_url,
+            url: database_url.into(),
             max_connections: 10,
         },
         valkey: ValkeySettings {
-            url: options.valkey_url,
+            url: options.valkey_url.into(),
             key_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
         },
         jwt_secret: JwtSecret::from_bytes(TEST_SECRET.to_vec()).expect("long enough"),
@@ -638,7 +642,7 @@ impl TestApp {
 
     /// The workers' context with `settings`.
     pub fn job_context(&self, settings: WorkerSettings) -> JobContext {
-        let db = courier::store::handler_pool(&self.db, courier::jobs::JOB_TIMEOUT);
+        let db = courier::store::handler_pool(&self.db, courier::workers::JOB_TIMEOUT);
         JobContext {
             db: db.clone(),
             dispatch: self.dispatcher_on(db.clone(), settings.dispatch),
@@ -651,7 +655,7 @@ impl TestApp {
     /// Runs the job workers (and cron) with `settings`.
     pub fn spawn_workers_custom(&self, settings: WorkerSettings) -> WorkerGuard {
         let stop = CancellationToken::new();
-        tokio::spawn(courier::jobs::run(
+        tokio::spawn(courier::workers::run(
             self.job_context(settings),
             stop.clone(),
             Duration::from_secs(2),

@@ -9,18 +9,26 @@ use sqlx::postgres::PgPoolOptions;
 
 use courier::auth::Role;
 use courier::cron::CronSettings;
+use courier::domain::OrderId;
 use courier::jobs::Job;
-use courier::jobs::confirm_timeout::{self, ConfirmTimeout};
-use courier::jobs::store::{JobStore, StoreConfig};
+use courier::jobs::messages::ConfirmTimeout;
 use courier::shutdown::CancellationToken;
+use courier::workers::store::{JobStore, StoreConfig};
+use courier::workflows::steps::CONFIRM_TIMEOUT_REASON;
 
 use crate::helpers::{TestApp, WorkerProcess, WorkerSettings, cast, eventually, spawn_app};
 
 async fn enqueue_now(app: &TestApp, order_id: i64) {
     let mut conn = app.db.acquire().await.expect("connection");
-    courier::jobs::enqueue(&mut conn, &ConfirmTimeout { order_id }, Duration::ZERO)
-        .await
-        .expect("enqueue");
+    courier::jobs::enqueue(
+        &mut conn,
+        &ConfirmTimeout {
+            order_id: OrderId(order_id),
+        },
+        Duration::ZERO,
+    )
+    .await
+    .expect("enqueue");
 }
 
 async fn job_statuses(app: &TestApp, queue: &str) -> Vec<String> {
@@ -51,7 +59,7 @@ async fn an_unconfirmed_order_is_cancelled_by_its_timeout_job() {
             .fetch_one(&app.db)
             .await
             .expect("reason");
-    assert_eq!(reason.as_deref(), Some(confirm_timeout::REASON));
+    assert_eq!(reason.as_deref(), Some(CONFIRM_TIMEOUT_REASON));
     let actor: String = sqlx::query_scalar(
         "SELECT actor_type FROM audit_logs WHERE entity_id = $1 AND metadata ->> 'action' = 'cancel'",
     )
@@ -288,7 +296,7 @@ async fn a_job_whose_handlers_find_every_connection_busy_waits_instead_of_failin
         held.push(context.db.acquire().await.expect("connection"));
     }
     let stop = CancellationToken::new();
-    tokio::spawn(courier::jobs::run(
+    tokio::spawn(courier::workers::run(
         context,
         stop.clone(),
         Duration::from_secs(2),
@@ -517,7 +525,9 @@ async fn a_job_announced_while_a_claim_is_in_flight_is_claimed_without_another_w
 
     courier::jobs::enqueue(
         &mut app.db.acquire().await.expect("connection"),
-        &ConfirmTimeout { order_id: 1 },
+        &ConfirmTimeout {
+            order_id: OrderId(1),
+        },
         Duration::ZERO,
     )
     .await
@@ -540,7 +550,7 @@ async fn a_job_announced_while_a_claim_is_in_flight_is_claimed_without_another_w
         .await
         .expect("the announced job was claimed without another wake-up");
     let args: ConfirmTimeout = serde_json::from_slice(&claimed.args).expect("job arguments");
-    assert_eq!(args.order_id, 1);
+    assert_eq!(args.order_id, OrderId(1));
 }
 
 #[tokio::test]

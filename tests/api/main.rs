@@ -6,6 +6,7 @@ mod admin;
 mod architecture;
 mod auth;
 mod cron;
+mod driver_load;
 mod errors;
 mod eta;
 mod health;

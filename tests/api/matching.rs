@@ -5,15 +5,17 @@
 use std::time::Duration;
 
 use courier::auth::Role;
-use courier::config::ValkeySettings;
-use courier::dispatch::breaker::{BreakerSettings, BreakerState};
-use courier::dispatch::matcher::RoundOutcome;
-use courier::dispatch::{DispatchSettings, Dispatcher, offers};
+use courier::breaker::{BreakerSettings, BreakerState};
+use courier::dispatch::{DispatchSettings, Dispatcher};
+use courier::domain::{OfferId, OrderId};
 use courier::jobs::Job;
-use courier::jobs::match_driver::MatchDriver;
-use courier::jobs::offer_timeout::OfferTimeout;
+use courier::jobs::messages::MatchDriver;
+use courier::jobs::messages::OfferTimeout;
 use courier::location::{LocationService, history};
 use courier::valkey::Valkey;
+use courier::valkey::ValkeySettings;
+use courier::workflows::matching::{self, RoundOutcome};
+use courier::workflows::offers;
 use serde_json::json;
 
 use crate::helpers::{
@@ -199,8 +201,7 @@ async fn successes(answers: Vec<reqwest::Response>, conflict_code: &str) -> usiz
 
 /// Round 1 of `order` with the test settings.
 async fn round_one(app: &TestApp, order: i64) -> RoundOutcome {
-    app.dispatcher(fast_dispatch())
-        .run_round(order, 1)
+    matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(order), 1)
         .await
         .expect("round")
 }
@@ -211,7 +212,7 @@ fn offered(outcome: &RoundOutcome) -> (i64, i64) {
             offer_id,
             driver_id,
             ..
-        } => (*offer_id, *driver_id),
+        } => (offer_id.get(), driver_id.get()),
         other => panic!("expected an offer, got {other:?}"),
     }
 }
@@ -368,7 +369,11 @@ async fn a_round_at_5_km_does_not_look_further() {
     let _far = app.online_driver_at(7_000.0).await;
     let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
-    let (_, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    let (_, driver) = offered(
+        &matching::run_round(&dispatcher, OrderId(order), 1)
+            .await
+            .expect("round"),
+    );
     assert_eq!(driver, near);
     assert_eq!(audit(&app, order, "offer_made").await[0]["radius_km"], 5.0);
     assert_eq!(
@@ -389,7 +394,11 @@ async fn concurrent_rounds_make_exactly_one_offer() {
     let dispatcher = app.dispatcher(fast_dispatch());
     let rounds = (0..10).map(|_| {
         let dispatcher = dispatcher.clone();
-        async move { dispatcher.run_round(order, 1).await.expect("round") }
+        async move {
+            matching::run_round(&dispatcher, OrderId(order), 1)
+                .await
+                .expect("round")
+        }
     });
     let outcomes = futures::future::join_all(rounds).await;
     let made = outcomes
@@ -498,8 +507,10 @@ async fn accept_and_timeout_racing_on_one_offer_have_exactly_one_winner() {
         let order = app.confirmed_order(&cast).await;
         let offer = insert_offer(&app, order, driver).await;
         let rounds_before = pending_rounds(&app, order).await.len();
-        let (answer, expiry) =
-            tokio::join!(accept(&app, offer, driver), offers::expire(&app.db, offer));
+        let (answer, expiry) = tokio::join!(
+            accept(&app, offer, driver),
+            offers::expire(&app.db, OfferId(offer))
+        );
         let expiry = expiry.expect("expire runs");
         let status: String = sqlx::query_scalar("SELECT status FROM offers WHERE id = $1")
             .bind(offer)
@@ -536,22 +547,36 @@ async fn every_ended_offer_leaves_a_next_offer_or_a_scheduled_round() {
     let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
     // The confirm's own round-1 job is pending; run round 1 by hand (no workers).
-    let (offer, _) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
-    assert!(offers::expire(&app.db, offer).await.expect("expire"));
+    let (offer, _) = offered(
+        &matching::run_round(&dispatcher, OrderId(order), 1)
+            .await
+            .expect("round"),
+    );
     assert!(
-        !offers::expire(&app.db, offer).await.expect("twice"),
+        offers::expire(&app.db, OfferId(offer))
+            .await
+            .expect("expire")
+    );
+    assert!(
+        !offers::expire(&app.db, OfferId(offer))
+            .await
+            .expect("twice"),
         "at-least-once safe"
     );
     assert_eq!(pending_rounds(&app, order).await, vec![1, 1]);
     // The only driver was offered already: this round finds nobody and schedules round 2.
-    let next = dispatcher.run_round(order, 1).await.expect("round");
+    let next = matching::run_round(&dispatcher, OrderId(order), 1)
+        .await
+        .expect("round");
     assert!(
         matches!(next, RoundOutcome::Rescheduled { round: 2, .. }),
         "{next:?}"
     );
     assert_eq!(pending_rounds(&app, order).await, vec![1, 1, 2]);
     // A duplicate delivery of round 1 starts no second retry chain.
-    let duplicate = dispatcher.run_round(order, 1).await.expect("round");
+    let duplicate = matching::run_round(&dispatcher, OrderId(order), 1)
+        .await
+        .expect("round");
     assert_eq!(duplicate, RoundOutcome::Superseded);
     assert_eq!(pending_rounds(&app, order).await, vec![1, 1, 2]);
     assert_eq!(
@@ -568,7 +593,11 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     let second = app.online_driver_at(800.0).await;
     let order = app.confirmed_order(&cast).await;
     let dispatcher = app.dispatcher(fast_dispatch());
-    let (offer, driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    let (offer, driver) = offered(
+        &matching::run_round(&dispatcher, OrderId(order), 1)
+            .await
+            .expect("round"),
+    );
     assert_eq!(driver, first);
 
     assert_error(decline(&app, offer, second).await, 404, "not_found").await;
@@ -591,7 +620,11 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     assert_error(accept(&app, offer, first).await, 409, "offer_declined").await;
     assert_eq!(audit(&app, order, "offer_declined").await.len(), 1);
 
-    let (next_offer, next_driver) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    let (next_offer, next_driver) = offered(
+        &matching::run_round(&dispatcher, OrderId(order), 1)
+            .await
+            .expect("round"),
+    );
     assert_eq!(next_driver, second);
     let made = audit(&app, order, "offer_made").await;
     assert_eq!(
@@ -615,18 +648,29 @@ async fn a_driver_who_passed_on_an_order_is_offered_it_again_after_the_reoffer_w
         reoffer_after: window,
         ..fast_dispatch()
     });
-    let (offer, offered_to) = offered(&dispatcher.run_round(order, 1).await.expect("round"));
+    let (offer, offered_to) = offered(
+        &matching::run_round(&dispatcher, OrderId(order), 1)
+            .await
+            .expect("round"),
+    );
     assert_eq!(offered_to, driver);
     assert_eq!(decline(&app, offer, driver).await.status().as_u16(), 200);
 
-    let next = match dispatcher.run_round(order, 1).await.expect("round") {
+    let next = match matching::run_round(&dispatcher, OrderId(order), 1)
+        .await
+        .expect("round")
+    {
         RoundOutcome::Rescheduled { round, .. } => round,
         other => panic!("within the window nobody may be offered the order: {other:?}"),
     };
     assert_eq!(offers_of(&app, order).await.len(), 1);
 
     tokio::time::sleep(window + Duration::from_millis(200)).await;
-    let (again, offered_to) = offered(&dispatcher.run_round(order, next).await.expect("round"));
+    let (again, offered_to) = offered(
+        &matching::run_round(&dispatcher, OrderId(order), next)
+            .await
+            .expect("round"),
+    );
     assert_eq!(
         offered_to, driver,
         "after the window the driver is offered it again"
@@ -651,7 +695,11 @@ async fn cancelling_the_order_withdraws_its_offer() {
     assert_error(accept(&app, offer, driver).await, 409, "offer_cancelled").await;
     assert_eq!(polled_offers(&app, driver).await, Vec::<i64>::new());
     // The timeout job, when it fires, finds nothing to do.
-    assert!(!offers::expire(&app.db, offer).await.expect("expire"));
+    assert!(
+        !offers::expire(&app.db, OfferId(offer))
+            .await
+            .expect("expire")
+    );
     assert_eq!(round_one(&app, order).await, RoundOutcome::NotWaiting);
 }
 
@@ -689,9 +737,7 @@ async fn going_offline_declines_the_drivers_offers() {
     );
     assert_eq!(pending_rounds(&app, order).await, vec![1, 1]);
     // Offline drivers are not candidates.
-    let next = app
-        .dispatcher(fast_dispatch())
-        .run_round(order, 1)
+    let next = matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(order), 1)
         .await
         .expect("round");
     assert!(matches!(next, RoundOutcome::Rescheduled { .. }), "{next:?}");
@@ -704,7 +750,7 @@ async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
     let order = app.confirmed_order(&cast).await;
     // A location service whose Valkey is down.
     let dead = Valkey::new(&ValkeySettings {
-        url: format!("redis://127.0.0.1:{}", dead_port()),
+        url: format!("redis://127.0.0.1:{}", dead_port()).into(),
         key_prefix: "dead:".to_owned(),
     })
     .expect("valid url");
@@ -725,7 +771,9 @@ async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
     );
     // Two failed lookups (one per round) open the breaker.
     for round in 1..=2 {
-        let outcome = dispatcher.run_round(order, round).await.expect("round");
+        let outcome = matching::run_round(&dispatcher, OrderId(order), round)
+            .await
+            .expect("round");
         assert!(
             matches!(outcome, RoundOutcome::Rescheduled { .. }),
             "{outcome:?}"
@@ -735,7 +783,9 @@ async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
         dispatcher.breaker.state_at(std::time::Instant::now()),
         BreakerState::Open
     );
-    let outcome = dispatcher.run_round(order, 3).await.expect("round");
+    let outcome = matching::run_round(&dispatcher, OrderId(order), 3)
+        .await
+        .expect("round");
     assert!(
         matches!(outcome, RoundOutcome::Rescheduled { round: 4, .. }),
         "{outcome:?}"

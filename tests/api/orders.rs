@@ -3,7 +3,7 @@
 
 use courier::auth::Role;
 use courier::jobs::Job;
-use courier::jobs::confirm_timeout::ConfirmTimeout;
+use courier::jobs::messages::ConfirmTimeout;
 
 use crate::helpers::{
     OPERATOR, RESTAURANT_AT, assert_error, cast, insert_driver, insert_item, insert_restaurant,

@@ -15,11 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
 use courier::auth::Role;
+use courier::domain::OrderId;
 use courier::jobs::Job;
-use courier::jobs::capture_payment::CapturePayment;
-use courier::jobs::request_review::{self, RequestReview};
+use courier::jobs::messages::CapturePayment;
+use courier::jobs::messages::RequestReview;
 use courier::notify::{Audience, WebhookSettings, signature};
-use courier::payments::{self, CaptureResult, PaymentSettings};
+use courier::payments::PaymentSettings;
+use courier::workers::request_review;
+use courier::workflows::payment::{self, CaptureResult};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -126,7 +129,7 @@ async fn spawn_fake_stripe(mode: Mode) -> (String, FakeStripe) {
 fn stripe_workers(url: &str) -> WorkerSettings {
     WorkerSettings {
         payments: PaymentSettings {
-            stripe: Some((url.to_owned(), SECRET_KEY.to_owned())),
+            stripe: Some((url.to_owned(), SECRET_KEY.to_owned().into())),
             timeout: Duration::from_secs(2),
             ..WorkerSettings::default().payments
         },
@@ -306,7 +309,7 @@ async fn the_ledger_captures_once_however_often_the_job_runs() {
     );
     let context = app.job_context(WorkerSettings::default());
     for _ in 0..3 {
-        let again = payments::capture(&app.db, &context.payments, order, 1)
+        let again = payment::capture(&app.db, &context.payments, OrderId(order), 1)
             .await
             .expect("re-run");
         assert_eq!(again, CaptureResult::NothingToDo);
@@ -327,7 +330,7 @@ async fn the_ledger_captures_once_however_often_the_job_runs() {
     // An order that is not delivered is never charged.
     let other = app.placed_order(&cast).await;
     assert_eq!(
-        payments::capture(&app.db, &context.payments, other, 1)
+        payment::capture(&app.db, &context.payments, OrderId(other), 1)
             .await
             .expect("run"),
         CaptureResult::NothingToDo
@@ -378,7 +381,7 @@ async fn webhooks_are_signed_and_a_failing_endpoint_blocks_nobody() {
             customer_url: Some(format!("{base}/customer")),
             driver_url: Some(format!("{base}/driver")),
             restaurant_url: None,
-            secret: secret.clone(),
+            secret: secret.clone().into(),
             max_attempts: 2,
             ..WorkerSettings::default().webhooks
         },
@@ -468,7 +471,9 @@ async fn a_review_is_requested_once_and_not_for_a_cancelled_order() {
     let context = app.job_context(WorkerSettings::default());
     for _ in 0..2 {
         request_review::run(
-            RequestReview { order_id: order },
+            RequestReview {
+                order_id: OrderId(order),
+            },
             apalis::prelude::Data::new(context.clone()),
         )
         .await
@@ -491,7 +496,7 @@ async fn a_review_is_requested_once_and_not_for_a_cancelled_order() {
         .await;
     request_review::run(
         RequestReview {
-            order_id: cancelled,
+            order_id: OrderId(cancelled),
         },
         apalis::prelude::Data::new(context),
     )

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use courier::auth::Role;
-use courier::dispatch::matcher::RoundOutcome;
+use courier::domain::{DriverId, OrderId};
 use courier::geo::Point;
 use courier::location::update::LocationUpdate;
 use courier::location::{Ingested, now_ms};
+use courier::workflows::matching::{self, RoundOutcome};
 use futures::future::join_all;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -261,13 +262,11 @@ async fn after_valkey_loses_its_data_matching_works_without_drivers_resending_th
 
     // An order confirmed afterwards gets an offer in its first round.
     let order = app.confirmed_order(&cast).await;
-    let outcome = app
-        .dispatcher(fast_dispatch())
-        .run_round(order, 1)
+    let outcome = matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(order), 1)
         .await
         .expect("round");
     assert!(
-        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if [driver, loaded].contains(&driver_id)),
+        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if [driver, loaded].contains(&driver_id.get())),
         "{outcome:?}"
     );
 }
@@ -517,11 +516,16 @@ async fn concurrent_rounds_for_many_orders_near_few_drivers_give_each_driver_one
         orders.push(app.confirmed_order(&cast).await);
     }
     let dispatcher = app.dispatcher(fast_dispatch());
-    let outcomes = join_all(orders.iter().map(|&order| dispatcher.run_round(order, 1))).await;
+    let outcomes = join_all(
+        orders
+            .iter()
+            .map(|&order| matching::run_round(&dispatcher, OrderId(order), 1)),
+    )
+    .await;
     let mut offered = Vec::new();
     for outcome in outcomes {
         match outcome.expect("round") {
-            RoundOutcome::Offered { driver_id, .. } => offered.push(driver_id),
+            RoundOutcome::Offered { driver_id, .. } => offered.push(driver_id.get()),
             RoundOutcome::Rescheduled { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -678,9 +682,7 @@ async fn a_customer_cancel_tells_the_assigned_driver_and_the_offered_one() {
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
     let assigned = app.confirmed_order(&cast).await;
-    let outcome = app
-        .dispatcher(fast_dispatch())
-        .run_round(assigned, 1)
+    let outcome = matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(assigned), 1)
         .await
         .expect("round");
     let RoundOutcome::Offered { offer_id, .. } = outcome else {
@@ -711,13 +713,12 @@ async fn a_customer_cancel_tells_the_assigned_driver_and_the_offered_one() {
 
     // A driver holding a pending offer for the order hears too, and the offer is gone.
     let offered = app.confirmed_order(&cast).await;
-    let outcome = app
-        .dispatcher(fast_dispatch())
-        .run_round(offered, 1)
+    let outcome = matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(offered), 1)
         .await
         .expect("round");
     let RoundOutcome::Offered {
-        driver_id: other, ..
+        driver_id: DriverId(other),
+        ..
     } = outcome
     else {
         panic!("{outcome:?}");

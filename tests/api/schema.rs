@@ -1,8 +1,8 @@
 //! `courier migrate` from nothing: PostGIS, every table with its indexes, today's and
 //! tomorrow's location partitions, apalis's schema; and a second run changes nothing.
 
-use courier::config::DatabaseSettings;
 use courier::store;
+use courier::store::DatabaseSettings;
 use sqlx::PgPool;
 
 use crate::helpers::{database_url, test_database_name};
@@ -18,7 +18,7 @@ async fn names(pool: &PgPool, sql: &'static str) -> Vec<String> {
 async fn migrate_builds_the_whole_schema_and_is_idempotent() {
     let name = test_database_name();
     let settings = DatabaseSettings {
-        url: database_url(&name),
+        url: database_url(&name).into(),
         max_connections: 2,
     };
     assert!(

@@ -3,9 +3,9 @@
 
 use courier::auth::Role;
 use courier::jobs::Job;
-use courier::jobs::capture_payment::CapturePayment;
-use courier::jobs::match_driver::MatchDriver;
-use courier::jobs::request_review::RequestReview;
+use courier::jobs::messages::CapturePayment;
+use courier::jobs::messages::MatchDriver;
+use courier::jobs::messages::RequestReview;
 
 use crate::helpers::{
     OPERATOR, assert_error, cast, insert_driver, insert_restaurant, insert_user, spawn_app,

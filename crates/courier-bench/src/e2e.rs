@@ -12,6 +12,7 @@
 //! invariants (no order left open, no 5xx, no duplicate order, each delivered order captured
 //! once, no driver holding an ended order), and names the bottleneck it measured.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,7 +108,7 @@ fn server_timers() -> Vec<(&'static str, String)> {
 
 /// Drops and recreates the benchmark's database, then migrates it.
 async fn fresh_database(config: &Config) -> anyhow::Result<PgPool> {
-    let target = PgConnectOptions::from_str(&config.database.url)?;
+    let target = PgConnectOptions::from_str(config.database.url.expose_secret())?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
     let mut admin = target.clone().database("postgres").connect().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -308,7 +309,10 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
             && opts.speed >= 1.0,
         "use at least 10 drivers, a restaurant, a customer, a positive order rate and a speed of at least 1"
     );
-    ensure_dedicated(&config.database.url, &config.valkey.key_prefix)?;
+    ensure_dedicated(
+        config.database.url.expose_secret(),
+        &config.valkey.key_prefix,
+    )?;
     println!("preparing a fresh database and key prefix…");
     let db = fresh_database(config).await?;
     let operator = ensure_operator(&db).await?;

@@ -2,7 +2,7 @@
 //! in the same run.
 //!
 //! A job kind of its own (`courier::bench_noop`, registered only here) is drained through the
-//! very worker setup `courier worker` uses ([`worker_backend`](courier::jobs::worker_backend):
+//! very worker setup `courier worker` uses ([`worker_backend`](courier::workers::worker_backend):
 //! the same storage settings, NOTIFY plus a 1 s poll, the same pool size, the same handler
 //! wrapper). In the same run, on the same database:
 //! - **drain**: `--jobs` rows inserted up front, then one worker started; jobs/s until the last
@@ -23,6 +23,7 @@
 //! Every figure is printed with its ratio to the plain SQL loop measured in the same run, and
 //! the drain with its ratio to the peers.
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,10 +37,12 @@ use sqlx::PgPool;
 
 use crate::cpu;
 use crate::location::Samples;
-use courier::config::{Config, DatabaseSettings};
-use courier::jobs::{self, Job, bounded, worker_backend, worker_name};
+use courier::config::Config;
+use courier::jobs::{self, Job};
 use courier::shutdown::CancellationToken;
 use courier::store;
+use courier::store::DatabaseSettings;
+use courier::workers::{self, bounded, worker_backend, worker_name};
 
 /// Options of the job benchmark.
 #[derive(Clone, Debug, clap::Args)]
@@ -188,7 +191,7 @@ impl Layer {
         match self {
             Layer::Courier => format!(
                 "courier worker: our store, {} per claim",
-                jobs::store::CLAIM_BATCH
+                workers::store::CLAIM_BATCH
             ),
             Layer::Store { batch } => format!("our store, {batch} per claim"),
             Layer::ApalisPostgres => {
@@ -207,16 +210,16 @@ struct Worker {
 impl Worker {
     fn start(db: &PgPool, recorder: &Arc<Recorder>, layer: Layer) -> Self {
         let (db, recorder) = (db.clone(), recorder.clone());
-        let queue = jobs::queue_pool(&db, 1);
+        let queue = workers::queue_pool(&db, 1);
         let name = || worker_name(BenchNoop::QUEUE);
         let monitor = match layer {
             Layer::Courier => Monitor::new().register(move |_restarts| {
                 WorkerBuilder::new(name())
                     .backend(worker_backend::<BenchNoop>(
                         &queue,
-                        jobs::store::CLAIM_BATCH,
+                        workers::store::CLAIM_BATCH,
                     ))
-                    .concurrency(jobs::WORKER_CONCURRENCY)
+                    .concurrency(workers::WORKER_CONCURRENCY)
                     .data(recorder.clone())
                     .build(noop)
             }),
@@ -229,14 +232,14 @@ impl Worker {
             Layer::ApalisPostgres => Monitor::new().register(move |_restarts| {
                 let config = apalis_postgres::Config::default()
                     .queue(BenchNoop::QUEUE)
-                    .heartbeat_interval(jobs::HEARTBEAT_INTERVAL)
-                    .missed_heartbeats(jobs::MISSED_HEARTBEATS);
+                    .heartbeat_interval(workers::HEARTBEAT_INTERVAL)
+                    .missed_heartbeats(workers::MISSED_HEARTBEATS);
                 WorkerBuilder::new(name())
                     .backend(
                         apalis_postgres::PostgresStorage::<BenchNoop>::new(&db)
                             .with_config(config)
                             .with_pubsub()
-                            .poll_with_interval(jobs::POLL_INTERVAL),
+                            .poll_with_interval(workers::POLL_INTERVAL),
                     )
                     .data(recorder.clone())
                     .build(noop)
@@ -643,7 +646,7 @@ pub async fn run_jobs(config: &Config, opts: &JobsBench) -> anyhow::Result<()> {
     // 5. The peer, on the same database.
     let peer = match opts.peer {
         Some(Peer::Graphile) => {
-            let url = config.database.url.clone();
+            let url = config.database.url.expose_secret().to_owned();
             Some(tokio::task::spawn_blocking(move || graphile(&url, n)).await??)
         }
         None => None,

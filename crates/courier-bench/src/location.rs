@@ -13,6 +13,9 @@
 //! generator shares the machine with what it measures. Everything it prints is measured in
 //! that run.
 
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -80,24 +83,14 @@ const CITY_CENTERS: [(f64, f64, f64); 5] = [
 ];
 const CITY_KM: f64 = 30.0;
 
-/// A small deterministic generator (the benchmark must be repeatable).
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// A small seeded generator (the benchmark must be repeatable).
+type Rng = StdRng;
 
 fn point_in(rng: &mut Rng, center: (f64, f64)) -> Point {
     let half = CITY_KM / 2.0;
-    let lat = center.0 + (rng.unit() * 2.0 - 1.0) * half / 111.32;
-    let lon = center.1 + (rng.unit() * 2.0 - 1.0) * half / (111.32 * center.0.to_radians().cos());
+    let lat = center.0 + (rng.random::<f64>() * 2.0 - 1.0) * half / 111.32;
+    let lon = center.1
+        + (rng.random::<f64>() * 2.0 - 1.0) * half / (111.32 * center.0.to_radians().cos());
     Point { lat, lon }
 }
 
@@ -212,7 +205,10 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         opts.drivers >= 1_000 && opts.concurrency >= 1 && opts.rate >= 1,
         "use at least 1,000 drivers, a concurrency and a rate of at least 1"
     );
-    ensure_dedicated(&config.database.url, &config.valkey.key_prefix)?;
+    ensure_dedicated(
+        config.database.url.expose_secret(),
+        &config.valkey.key_prefix,
+    )?;
     let started_at = chrono::Utc::now();
     store::ensure_database(&config.database).await?;
     let db = store::pool(&config.database)?;
@@ -245,7 +241,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         })
         .await;
 
-    let mut rng = Rng(42);
+    let mut rng = Rng::seed_from_u64(42);
     let positions: Vec<Point> = (0..ids.len())
         .map(|i| point_in(&mut rng, city_of(opts.layout, i, ids.len())))
         .collect();
@@ -338,18 +334,18 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         let (tokens, ids, positions) = (tokens.clone(), ids.clone(), positions.clone());
         let (accepted, errors, listen) = (accepted_single.clone(), errors.clone(), opts.listen);
         senders.push(tokio::spawn(async move {
-            let mut rng = Rng(task as u64 + 1);
+            let mut rng = Rng::seed_from_u64(task as u64 + 1);
             let mut samples = Samples::default();
             let mut conn = Conn::new(listen);
             let mut ticks = staggered(per_task_interval, task, concurrency);
             while Instant::now() < deadline {
                 ticks.tick().await;
-                let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
+                let i = (rng.random::<f64>() * ids.len() as f64) as usize % ids.len();
                 let p = positions[i];
                 let body = format!(
                     r#"{{"lat":{},"lon":{}}}"#,
-                    p.lat + (rng.unit() - 0.5) * 1e-3,
-                    p.lon + (rng.unit() - 0.5) * 1e-3
+                    p.lat + (rng.random::<f64>() - 0.5) * 1e-3,
+                    p.lon + (rng.random::<f64>() - 0.5) * 1e-3
                 );
                 let path = format!("/v1/drivers/{}/location", ids[i]);
                 let sent = Instant::now();
@@ -386,7 +382,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             let lanes = (0..QUERY_LOOPS).map(|lane| {
                 let operator = query_operator.clone();
                 async move {
-                    let mut rng = Rng(7 + u64::from(lane));
+                    let mut rng = Rng::seed_from_u64(7 + u64::from(lane));
                     let mut samples = Samples::default();
                     let mut conn = Conn::new(listen);
                     let mut ticks = staggered(interval, lane as usize, QUERY_LOOPS as usize);
@@ -451,12 +447,12 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             accepted_raw.clone(),
         );
         raw_tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(task as u64 + 1_000);
+            let mut rng = Rng::seed_from_u64(task as u64 + 1_000);
             let mut samples = Samples::default();
             let mut ticks = staggered(per_task_interval, task, concurrency);
             while Instant::now() < raw_deadline {
                 ticks.tick().await;
-                let i = (rng.unit() * ids.len() as f64) as usize % ids.len();
+                let i = (rng.random::<f64>() * ids.len() as f64) as usize % ids.len();
                 let update =
                     LocationUpdate::position(ids[i], positions[i], courier::location::now_ms());
                 let sent = Instant::now();
@@ -497,7 +493,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
     let before_nearby = evalsha_stats(&mut conn).await?;
 
     let mut raw_query_samples = Samples::default();
-    let mut rng = Rng(7);
+    let mut rng = Rng::seed_from_u64(7);
     for n in 0..2_000 {
         let at = point_in(&mut rng, city_of(opts.layout, n % 100, 100));
         let sent = Instant::now();
@@ -517,7 +513,7 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         let _: i64 = cmd.query_async(&mut conn).await?;
     }
     let mut naive_samples = Samples::default();
-    let mut rng = Rng(7);
+    let mut rng = Rng::seed_from_u64(7);
     for n in 0..200 {
         let at = point_in(&mut rng, city_of(opts.layout, n % 100, 100));
         let sent = Instant::now();
@@ -662,7 +658,7 @@ mod tests {
 
     #[test]
     fn points_stay_inside_their_city() {
-        let mut rng = Rng(1);
+        let mut rng = Rng::seed_from_u64(1);
         for _ in 0..1_000 {
             let p = point_in(&mut rng, (40.0, -74.0));
             assert!(

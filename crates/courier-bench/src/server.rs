@@ -2,6 +2,7 @@
 //! this binary and stopped with SIGTERM, and the dedicated database and key prefix they run
 //! on (a benchmark empties and fills them, so it refuses any other).
 
+use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -46,9 +47,9 @@ impl Courier {
         process
             .args([
                 "--database-url",
-                &config.database.url,
+                config.database.url.expose_secret(),
                 "--valkey-url",
-                &config.valkey.url,
+                config.valkey.url.expose_secret(),
             ])
             .args(["--key-prefix", &config.valkey.key_prefix]);
         if config.dev {

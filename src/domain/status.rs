@@ -1,14 +1,30 @@
 //! The states an order can be in: the spec's states plus COMPLETED and CANCELLED.
 //! The same list is the `orders_status_check` constraint of the schema.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
+use strum::{EnumString, IntoStaticStr, VariantArray};
 
 /// An order's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    EnumString,
+    IntoStaticStr,
+    VariantArray,
+    strum::Display,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(
+    serialize_all = "SCREAMING_SNAKE_CASE",
+    parse_err_ty = UnknownStatus,
+    parse_err_fn = UnknownStatus::new
+)]
 pub enum OrderStatus {
     Placed,
     Confirmed,
@@ -22,29 +38,11 @@ pub enum OrderStatus {
 
 impl OrderStatus {
     /// Every state, in workflow order.
-    pub const ALL: [OrderStatus; 8] = [
-        OrderStatus::Placed,
-        OrderStatus::Confirmed,
-        OrderStatus::Preparing,
-        OrderStatus::ReadyForPickup,
-        OrderStatus::PickedUp,
-        OrderStatus::Delivered,
-        OrderStatus::Completed,
-        OrderStatus::Cancelled,
-    ];
+    pub const ALL: &'static [OrderStatus] = OrderStatus::VARIANTS;
 
     /// The state's name as stored in `orders.status`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Placed => "PLACED",
-            OrderStatus::Confirmed => "CONFIRMED",
-            OrderStatus::Preparing => "PREPARING",
-            OrderStatus::ReadyForPickup => "READY_FOR_PICKUP",
-            OrderStatus::PickedUp => "PICKED_UP",
-            OrderStatus::Delivered => "DELIVERED",
-            OrderStatus::Completed => "COMPLETED",
-            OrderStatus::Cancelled => "CANCELLED",
-        }
+        self.into()
     }
 
     /// Whether the order's workflow has ended.
@@ -62,25 +60,14 @@ impl OrderStatus {
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A string that names no order state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown order status `{0}`")]
 pub struct UnknownStatus(pub String);
 
-impl FromStr for OrderStatus {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
+impl UnknownStatus {
+    fn new(s: &str) -> Self {
+        UnknownStatus(s.to_owned())
     }
 }
 
@@ -90,7 +77,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for status in OrderStatus::ALL {
+        for &status in OrderStatus::ALL {
             assert_eq!(status.as_str().parse::<OrderStatus>(), Ok(status));
             let json = serde_json::to_string(&status).expect("serializes");
             assert_eq!(json, format!("\"{}\"", status.as_str()));
@@ -101,7 +88,8 @@ mod tests {
     #[test]
     fn active_orders_are_those_not_yet_delivered_or_ended() {
         let active: Vec<&str> = OrderStatus::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|s| s.is_active())
             .map(OrderStatus::as_str)
             .collect();
@@ -117,7 +105,8 @@ mod tests {
         );
         assert!(
             OrderStatus::ALL
-                .into_iter()
+                .iter()
+                .copied()
                 .all(|s| !(s.is_active() && s.is_terminal()))
         );
     }
@@ -125,7 +114,8 @@ mod tests {
     #[test]
     fn only_completed_and_cancelled_are_terminal() {
         let terminal: Vec<_> = OrderStatus::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|s| s.is_terminal())
             .collect();
         assert_eq!(

@@ -1,0 +1,177 @@
+//! The job kinds' arguments: what each job is told, stored as JSON in `apalis.jobs.job` under
+//! its queue. Who enqueues each, and why, is the order's workflow (`src/workflows/`); what each
+//! does is its handler in `src/workers/`.
+//!
+//! A queue name or a field's JSON form is a stored format: jobs enqueued by the previous
+//! release must still decode.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::{Audience, OfferId, OrderId};
+use crate::jobs::Job;
+
+/// Cancels a placed order its restaurant did not confirm in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmTimeout {
+    pub order_id: OrderId,
+}
+
+impl Job for ConfirmTimeout {
+    const QUEUE: &'static str = "courier::confirm_timeout";
+    const MAX_ATTEMPTS: usize = 10;
+}
+
+/// One matching round of an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchDriver {
+    pub order_id: OrderId,
+    /// Which matching round this is (1 for the first).
+    pub round: u32,
+}
+
+impl Job for MatchDriver {
+    const QUEUE: &'static str = "courier::match_driver";
+    const MAX_ATTEMPTS: usize = 5;
+}
+
+/// Expires an offer its driver did not answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferTimeout {
+    pub offer_id: OfferId,
+}
+
+impl Job for OfferTimeout {
+    const QUEUE: &'static str = "courier::offer_timeout";
+    const MAX_ATTEMPTS: usize = 10;
+}
+
+/// Recomputes an order's ETA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshEta {
+    pub order_id: OrderId,
+}
+
+impl Job for RefreshEta {
+    const QUEUE: &'static str = "courier::refresh_eta";
+    const MAX_ATTEMPTS: usize = 5;
+}
+
+/// One webhook delivery attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notify {
+    /// Stable across retries: receivers dedupe on it.
+    pub event_id: uuid::Uuid,
+    pub order_id: OrderId,
+    pub audience: Audience,
+    /// The customer's user id, the driver's or the restaurant's id, as the audience says.
+    pub recipient_id: Option<i64>,
+    pub event_type: String,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+impl Job for Notify {
+    const QUEUE: &'static str = "courier::notify";
+    const MAX_ATTEMPTS: usize = 5;
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// Captures a delivered order's payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturePayment {
+    pub order_id: OrderId,
+    /// Which attempt this is (1 for the first).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+impl Job for CapturePayment {
+    const QUEUE: &'static str = "courier::capture_payment";
+    const MAX_ATTEMPTS: usize = 10;
+}
+
+/// Asks the customer for a review.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestReview {
+    pub order_id: OrderId,
+}
+
+impl Job for RequestReview {
+    const QUEUE: &'static str = "courier::request_review";
+    const MAX_ATTEMPTS: usize = 5;
+}
+
+/// Every queue courier runs.
+pub const QUEUES: [&str; 7] = [
+    ConfirmTimeout::QUEUE,
+    MatchDriver::QUEUE,
+    OfferTimeout::QUEUE,
+    RefreshEta::QUEUE,
+    CapturePayment::QUEUE,
+    Notify::QUEUE,
+    RequestReview::QUEUE,
+];
+
+/// A job of any kind, as the workflow's effects carry it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    ConfirmTimeout(ConfirmTimeout),
+    MatchDriver(MatchDriver),
+    OfferTimeout(OfferTimeout),
+    RefreshEta(RefreshEta),
+    Notify(Box<Notify>),
+    CapturePayment(CapturePayment),
+    RequestReview(RequestReview),
+}
+
+macro_rules! message_from {
+    ($($kind:ident),+) => {$(
+        impl From<$kind> for Message {
+            fn from(job: $kind) -> Self {
+                Message::$kind(job)
+            }
+        }
+    )+};
+}
+
+message_from!(
+    ConfirmTimeout,
+    MatchDriver,
+    OfferTimeout,
+    RefreshEta,
+    CapturePayment,
+    RequestReview
+);
+
+impl From<Notify> for Message {
+    fn from(job: Notify) -> Self {
+        Message::Notify(Box::new(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_arguments_keep_their_stored_json_form() {
+        let job = MatchDriver {
+            order_id: OrderId(7),
+            round: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&job).expect("encodes"),
+            r#"{"order_id":7,"round":2}"#
+        );
+        let old: CapturePayment = serde_json::from_str(r#"{"order_id":7}"#).expect("decodes");
+        assert_eq!(old.attempt, 1);
+        let unique: std::collections::BTreeSet<_> = QUEUES.into_iter().collect();
+        assert_eq!(unique.len(), QUEUES.len());
+    }
+}

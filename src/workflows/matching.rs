@@ -1,0 +1,286 @@
+//! One matching round of one order (the `match_driver` job): search candidates without locks
+//! ([`Dispatcher::search`]), then, under the order's row lock, offer the order to the best
+//! candidate still free — an `offers` row and its effects ([`steps::offer_made`]) — or, when
+//! nobody can take it, schedule the next round ([`steps::round_empty`]). Safe to run twice or
+//! concurrently for one order: the decision is re-checked under the lock, so at most one offer
+//! is made, and only the job of the order's current round schedules the next round.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use crate::dispatch::batch::NewOrder;
+use crate::dispatch::matcher::{OrderRow, Search, load_order};
+use crate::dispatch::score::{Breakdown, Candidate};
+use crate::dispatch::{Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, retry_delay};
+use crate::domain::{DriverId, OfferId, OrderId};
+use crate::workflows::effects::{self, EffectError};
+use crate::workflows::steps::{self, EmptyRound};
+
+/// What a round did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoundOutcome {
+    /// The order no longer waits for a driver (assigned, cancelled, delivered…).
+    NotWaiting,
+    /// An offer is already pending; its expiry or answer moves matching on.
+    OfferPending,
+    /// A newer round or a concurrent job owns the order's matching.
+    Superseded,
+    /// The order was offered.
+    Offered {
+        offer_id: OfferId,
+        driver_id: DriverId,
+        score: f64,
+    },
+    /// Nobody could take the order; `round` is scheduled after `delay`.
+    Rescheduled { round: u32, delay: Duration },
+}
+
+/// Why a round failed; the job retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error("order {0} does not exist")]
+    NotFound(OrderId),
+    #[error("could not write the round's effects: {0}")]
+    Effects(#[from] EffectError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("valkey error: {0}")]
+    Valkey(#[from] redis::RedisError),
+}
+
+async fn load(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    lock: bool,
+) -> Result<OrderRow, MatchError> {
+    load_order(conn, order_id, lock)
+        .await?
+        .ok_or(MatchError::NotFound(order_id))
+}
+
+/// Runs matching round `round` for `order_id`.
+pub async fn run_round(
+    dispatcher: &Dispatcher,
+    order_id: OrderId,
+    round: u32,
+) -> Result<RoundOutcome, MatchError> {
+    let order = {
+        let mut conn = dispatcher.db.acquire().await?;
+        load(&mut conn, order_id, false).await?
+    };
+    if !order.waiting() {
+        return Ok(RoundOutcome::NotWaiting);
+    }
+    if order.offer_pending() {
+        return Ok(RoundOutcome::OfferPending);
+    }
+    let search = dispatcher.search(order_id, &order).await;
+
+    let mut tx = crate::store::begin(&dispatcher.db).await?;
+    let locked = load(&mut tx, order_id, true).await?;
+    if !locked.waiting() {
+        return Ok(RoundOutcome::NotWaiting);
+    }
+    if locked.offer_pending() {
+        return Ok(RoundOutcome::OfferPending);
+    }
+    let current_round = locked.match_round();
+    let outcome = match search {
+        Ok(Search {
+            radius_km,
+            found,
+            ranked,
+        }) if !ranked.is_empty() => {
+            let round_facts = RoundFacts {
+                round: current_round,
+                radius_km,
+                found,
+            };
+            match offer(
+                dispatcher,
+                &mut tx,
+                order_id,
+                locked.new_order(),
+                &round_facts,
+                &ranked,
+            )
+            .await?
+            {
+                Some(offered) => offered,
+                None if current_round != round => return Ok(RoundOutcome::Superseded),
+                None => {
+                    let reason = "every eligible driver was taken meanwhile";
+                    reschedule(
+                        dispatcher, &mut tx, order_id, round, radius_km, found, reason,
+                    )
+                    .await?
+                }
+            }
+        }
+        other => {
+            if current_round != round {
+                return Ok(RoundOutcome::Superseded);
+            }
+            let (radius_km, found, reason) = match other {
+                Ok(s) => (s.radius_km, s.found, "no eligible driver".to_owned()),
+                Err(reason) => (EXPANDED_RADIUS_KM, 0, reason),
+            };
+            reschedule(
+                dispatcher, &mut tx, order_id, round, radius_km, found, &reason,
+            )
+            .await?
+        }
+    };
+    tx.commit().await?;
+    match &outcome {
+        RoundOutcome::Offered {
+            offer_id,
+            driver_id,
+            score,
+        } => {
+            metrics::counter!(OFFERS_TOTAL, "outcome" => "offered").increment(1);
+            tracing::info!(
+                order_id = order_id.get(),
+                offer_id = offer_id.get(),
+                driver_id = driver_id.get(),
+                score,
+                "order offered"
+            );
+        }
+        RoundOutcome::Rescheduled { round, delay } => {
+            tracing::info!(order_id = order_id.get(), next_round = round, delay = ?delay, "no driver; next round scheduled");
+        }
+        _ => {}
+    }
+    Ok(outcome)
+}
+
+/// The round an offer is made in, for its record.
+struct RoundFacts {
+    round: u32,
+    radius_km: f64,
+    found: usize,
+}
+
+async fn offer(
+    dispatcher: &Dispatcher,
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    order: NewOrder,
+    facts: &RoundFacts,
+    ranked: &[(Candidate, Breakdown)],
+) -> Result<Option<RoundOutcome>, MatchError> {
+    let Some((best, breakdown, batch)) = dispatcher.lock_candidate(tx, order, ranked).await? else {
+        return Ok(None);
+    };
+    let settings = &dispatcher.settings;
+    let offered_before: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM offers WHERE order_id = $1)")
+            .bind(order_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let ttl = if offered_before {
+        settings.later_offer_ttl
+    } else {
+        settings.first_offer_ttl
+    };
+    let details = json!({
+        "round": facts.round,
+        "radius_km": facts.radius_km,
+        "candidates_found": facts.found,
+        "candidates_eligible": ranked.len(),
+        "breakdown": breakdown,
+        "batch": batch,
+    });
+    let driver = DriverId(best.driver_id);
+    let offer_id: Option<OfferId> = sqlx::query_scalar(
+        "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
+         SELECT $1, $2, $3, $4, $5, now() + make_interval(secs => $6)
+         WHERE NOT EXISTS (SELECT 1 FROM offers
+                           WHERE order_id = $1 AND driver_id = $2
+                             AND created_at > now() - $7::interval)
+         RETURNING id",
+    )
+    .bind(order_id)
+    .bind(driver)
+    .bind(i32::try_from(facts.round).unwrap_or(i32::MAX))
+    .bind(breakdown.total)
+    .bind(&details)
+    .bind(ttl.as_secs_f64())
+    .bind(settings.reoffer_after)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // The driver was offered this order since the search (and answered already): whoever
+    // ended that offer enqueued the next round.
+    let Some(offer_id) = offer_id else {
+        return Ok(Some(RoundOutcome::Superseded));
+    };
+    // Before the commit, so the driver's polls find the offer the moment it exists; if
+    // Valkey refuses, the round fails and is retried (the driver would not see it).
+    dispatcher.location.note_offer(driver.get(), ttl).await?;
+    let effects = steps::offer_made(order_id, offer_id, driver, ttl, details);
+    // An offer changes no driver's load: nothing waits for the commit.
+    let _no_load_change = effects::apply(tx, effects).await?;
+    Ok(Some(RoundOutcome::Offered {
+        offer_id,
+        driver_id: driver,
+        score: breakdown.total,
+    }))
+}
+
+async fn reschedule(
+    dispatcher: &Dispatcher,
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    round: u32,
+    radius_km: f64,
+    found: usize,
+    reason: &str,
+) -> Result<RoundOutcome, MatchError> {
+    let settings = &dispatcher.settings;
+    let next = round.saturating_add(1);
+    let delay = retry_delay(settings, round);
+    sqlx::query("UPDATE orders SET match_round = $2 WHERE id = $1")
+        .bind(order_id)
+        .bind(i32::try_from(next).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+    let flag = round == settings.alert_after_rounds;
+    let empty = EmptyRound {
+        round,
+        radius_km,
+        candidates_found: found,
+        reason,
+        retry_in: delay,
+        flag,
+        retry_every: settings.retry_cap,
+    };
+    let _no_load_change = effects::apply(tx, steps::round_empty(order_id, &empty)).await?;
+    if flag {
+        metrics::counter!("orders_unmatched_total").increment(1);
+        tracing::warn!(
+            order_id = order_id.get(),
+            rounds = round,
+            "order unmatched; flagged for operators"
+        );
+    }
+    Ok(RoundOutcome::Rescheduled { round: next, delay })
+}
+
+/// Starts matching again for a waiting order with nothing scheduled (a job deleted by hand,
+/// one that failed for good): a `match_driver` job for its current round, and the
+/// `matching_revived` event (`via` the operators' CLI, or the cron task), in one transaction.
+pub async fn revive(
+    db: &PgPool,
+    order_id: OrderId,
+    round: u32,
+    via: Option<&str>,
+) -> Result<(), EffectError> {
+    let mut tx = crate::store::begin(db).await?;
+    let _no_load_change =
+        effects::apply(&mut tx, steps::matching_revived(order_id, round, via)).await?;
+    tx.commit().await?;
+    Ok(())
+}

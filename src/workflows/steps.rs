@@ -1,0 +1,584 @@
+//! The order's life, step by step: what each change causes. Pure functions from a change to
+//! its [`Effect`]s — jobs, webhooks, events, the driver's load — with no I/O; the executors
+//! ([`crate::workflows::place`], [`transition`](crate::workflows::transition),
+//! [`matching`](crate::workflows::matching), [`offers`](crate::workflows::offers),
+//! [`payment`](crate::workflows::payment), [`review`](crate::workflows::review)) write the
+//! change and [apply](crate::workflows::effects::apply) these in the same transaction.
+//!
+//! | step | jobs it enqueues | webhooks |
+//! |---|---|---|
+//! | placed | `confirm_timeout` at the confirm deadline | — |
+//! | confirmed | `match_driver` round 1 after 1 s, `refresh_eta` | customer |
+//! | ready for pickup | — | the driver, if assigned |
+//! | picked up | `refresh_eta` | customer |
+//! | delivered | `capture_payment`, `request_review` after 30 min | customer |
+//! | cancelled | — (pending offers end) | customer, driver, restaurant; drivers with an offer |
+//! | offer made | `offer_timeout` at its expiry | the driver |
+//! | offer declined / expired | `match_driver` (same round) at once | — |
+//! | driver assigned | `refresh_eta` | customer |
+//! | round found nobody | `match_driver` (next round) after the backoff | — |
+//! | matching revived | `match_driver` (current round) at once | — |
+//! | capture failed, retryable | `capture_payment` (next attempt) after the backoff | — |
+//! | review due | — | customer |
+//!
+//! A driver whose active orders change (assigned, delivered, cancelled) has its load written
+//! to Valkey after the commit.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::domain::{Actor, Audience, DriverId, OfferId, OfferStatus, OrderId, OrderStatus};
+use crate::jobs::messages::{
+    CapturePayment, ConfirmTimeout, MatchDriver, OfferTimeout, RefreshEta,
+};
+use crate::workflows::effects::Effect;
+use crate::workflows::events::OrderEvent;
+use crate::workflows::machine::Parties;
+
+/// Delay before the first matching round (the spec's `{ delay: 1000 }`).
+pub const MATCH_DELAY: Duration = Duration::from_secs(1);
+/// Delay of the review request after delivery (the spec's 30 minutes).
+pub const REVIEW_DELAY: Duration = Duration::from_secs(30 * 60);
+/// How long a restaurant has to confirm a placed order, unless configured otherwise
+/// (`COURIER_CONFIRM_TIMEOUT`, [`crate::workflows::place::OrderLimits`]).
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(10 * 60);
+/// The cancellation reason recorded when the restaurant never confirmed.
+pub const CONFIRM_TIMEOUT_REASON: &str = "the restaurant did not confirm the order in time";
+
+fn notify(
+    order_id: OrderId,
+    audience: Audience,
+    recipient_id: Option<i64>,
+    event_type: &'static str,
+    data: Value,
+) -> Effect {
+    Effect::Notify {
+        order_id,
+        audience,
+        recipient_id,
+        event_type,
+        data,
+    }
+}
+
+fn dispatch_event(
+    order_id: OrderId,
+    event_type: &'static str,
+    actor: Actor,
+    details: Value,
+    publish: bool,
+) -> Effect {
+    Effect::Event(OrderEvent {
+        order_id,
+        topic: "dispatch",
+        event_type,
+        actor,
+        details,
+        publish,
+    })
+}
+
+/// A placed order: the restaurant has `confirm_within` to confirm it.
+pub fn placed(order_id: OrderId, confirm_within: Duration) -> Vec<Effect> {
+    vec![Effect::job(ConfirmTimeout { order_id }, confirm_within)]
+}
+
+/// An order that entered `status`: the workflow's next steps and the parties' webhooks.
+pub fn entered(order_id: OrderId, parties: &Parties, status: OrderStatus) -> Vec<Effect> {
+    let data = json!({ "order_id": order_id, "status": status, "driver_id": parties.driver_id });
+    let customer = Some(parties.customer_id.get());
+    let driver = parties.driver_id.map(DriverId::get);
+    let mut effects = match status {
+        OrderStatus::Confirmed => vec![
+            Effect::job(MatchDriver { order_id, round: 1 }, MATCH_DELAY),
+            Effect::job(RefreshEta { order_id }, Duration::ZERO),
+            notify(
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_confirmed",
+                data,
+            ),
+        ],
+        // Without a driver yet, the driver hears of the order when it is assigned.
+        OrderStatus::ReadyForPickup => driver
+            .map(|d| notify(order_id, Audience::Driver, Some(d), "order_ready", data))
+            .into_iter()
+            .collect(),
+        OrderStatus::PickedUp => vec![
+            Effect::job(RefreshEta { order_id }, Duration::ZERO),
+            notify(
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_picked_up",
+                data,
+            ),
+        ],
+        OrderStatus::Delivered => vec![
+            Effect::job(
+                CapturePayment {
+                    order_id,
+                    attempt: 1,
+                },
+                Duration::ZERO,
+            ),
+            Effect::job(
+                crate::jobs::messages::RequestReview { order_id },
+                REVIEW_DELAY,
+            ),
+            notify(
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_delivered",
+                data,
+            ),
+        ],
+        OrderStatus::Cancelled => {
+            let mut effects = vec![notify(
+                order_id,
+                Audience::Customer,
+                customer,
+                "order_cancelled",
+                data.clone(),
+            )];
+            // The driver on the way must turn back at once.
+            if let Some(d) = driver {
+                effects.push(notify(
+                    order_id,
+                    Audience::Driver,
+                    Some(d),
+                    "order_cancelled",
+                    data.clone(),
+                ));
+            }
+            effects.push(notify(
+                order_id,
+                Audience::Restaurant,
+                Some(parties.restaurant_id.get()),
+                "order_cancelled",
+                data,
+            ));
+            effects
+        }
+        OrderStatus::Placed | OrderStatus::Preparing | OrderStatus::Completed => Vec::new(),
+    };
+    // A delivered or cancelled order stops counting against its driver's capacity.
+    let ends_a_load = matches!(status, OrderStatus::Delivered | OrderStatus::Cancelled);
+    if let Some(driver) = parties.driver_id.filter(|_| ends_a_load) {
+        effects.push(Effect::SyncDriverLoad(driver));
+    }
+    effects
+}
+
+/// The pending offers of a cancelled order ended: each driver learns the order is gone.
+pub fn offers_cancelled(order_id: OrderId, offers: &[(OfferId, DriverId)]) -> Vec<Effect> {
+    offers
+        .iter()
+        .map(|(offer_id, driver)| {
+            notify(
+                order_id,
+                Audience::Driver,
+                Some(driver.get()),
+                "offer_cancelled",
+                json!({ "order_id": order_id, "offer_id": offer_id }),
+            )
+        })
+        .collect()
+}
+
+/// An offer was made to `driver`; it lapses after `ttl`. `details` is the round's account
+/// (radius, candidates, score breakdown).
+pub fn offer_made(
+    order_id: OrderId,
+    offer_id: OfferId,
+    driver: DriverId,
+    ttl: Duration,
+    mut details: Value,
+) -> Vec<Effect> {
+    if let Some(fields) = details.as_object_mut() {
+        fields.insert("offer_id".to_owned(), offer_id.get().into());
+        fields.insert("driver_id".to_owned(), driver.get().into());
+        fields.insert("expires_in_s".to_owned(), ttl.as_secs_f64().into());
+    }
+    vec![
+        Effect::job(OfferTimeout { offer_id }, ttl),
+        notify(
+            order_id,
+            Audience::Driver,
+            Some(driver.get()),
+            "offer_made",
+            json!({ "order_id": order_id, "offer_id": offer_id, "expires_in_s": ttl.as_secs_f64() }),
+        ),
+        dispatch_event(order_id, "offer_made", Actor::System, details, true),
+    ]
+}
+
+/// A pending offer ended unanswered (`Declined` or `Expired`): matching goes on at once, in
+/// the same round (nobody is offered the order twice within the re-offer window).
+pub fn offer_ended(
+    order_id: OrderId,
+    offer_id: OfferId,
+    driver: DriverId,
+    round: u32,
+    status: OfferStatus,
+    actor: Actor,
+) -> Vec<Effect> {
+    let event_type = if status == OfferStatus::Expired {
+        "offer_expired"
+    } else {
+        "offer_declined"
+    };
+    vec![
+        Effect::job(MatchDriver { order_id, round }, Duration::ZERO),
+        dispatch_event(
+            order_id,
+            event_type,
+            actor,
+            json!({ "offer_id": offer_id, "driver_id": driver, "round": round }),
+            false,
+        ),
+    ]
+}
+
+/// The order was assigned to `driver` (who accepted `offer_id`).
+pub fn assigned(
+    order_id: OrderId,
+    customer: i64,
+    driver: DriverId,
+    offer_id: OfferId,
+    rounds: i32,
+    seconds_since_confirmed: Option<f64>,
+) -> Vec<Effect> {
+    vec![
+        dispatch_event(
+            order_id,
+            "driver_assigned",
+            Actor::Driver(driver),
+            json!({
+                "offer_id": offer_id,
+                "driver_id": driver,
+                "round": rounds,
+                "seconds_since_confirmed": seconds_since_confirmed,
+            }),
+            true,
+        ),
+        notify(
+            order_id,
+            Audience::Customer,
+            Some(customer),
+            "driver_assigned",
+            json!({ "order_id": order_id, "driver_id": driver }),
+        ),
+        // The ETA now includes the driver's way to the restaurant.
+        Effect::job(RefreshEta { order_id }, Duration::ZERO),
+        Effect::SyncDriverLoad(driver),
+    ]
+}
+
+/// What a round that found nobody reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmptyRound<'a> {
+    pub round: u32,
+    pub radius_km: f64,
+    pub candidates_found: usize,
+    pub reason: &'a str,
+    /// The delay before the next round.
+    pub retry_in: Duration,
+    /// Whether this round flags the order for operators (it is the alert round).
+    pub flag: bool,
+    /// The delay between rounds from now on (for the flag's event).
+    pub retry_every: Duration,
+}
+
+/// Round `round` found nobody: the next round is scheduled, and at the alert round the order
+/// is flagged for operators.
+pub fn round_empty(order_id: OrderId, empty: &EmptyRound<'_>) -> Vec<Effect> {
+    let next = empty.round.saturating_add(1);
+    let mut effects = vec![
+        Effect::job(
+            MatchDriver {
+                order_id,
+                round: next,
+            },
+            empty.retry_in,
+        ),
+        dispatch_event(
+            order_id,
+            "match_round_empty",
+            Actor::System,
+            json!({
+                "round": empty.round,
+                "radius_km": empty.radius_km,
+                "candidates_found": empty.candidates_found,
+                "reason": empty.reason,
+                "next_round": next,
+                "retry_in_s": empty.retry_in.as_secs_f64(),
+            }),
+            false,
+        ),
+    ];
+    if empty.flag {
+        effects.push(dispatch_event(
+            order_id,
+            "order_unmatched",
+            Actor::System,
+            json!({
+                "rounds": empty.round,
+                "reason": empty.reason,
+                "retry_every_s": empty.retry_every.as_secs_f64(),
+            }),
+            true,
+        ));
+    }
+    effects
+}
+
+/// Matching of a waiting order with nothing scheduled starts again at its current round;
+/// `via` says who noticed (the operators' CLI), when not the safety-net cron task.
+pub fn matching_revived(order_id: OrderId, round: u32, via: Option<&str>) -> Vec<Effect> {
+    let mut details = json!({ "round": round });
+    if let (Some(via), Some(fields)) = (via, details.as_object_mut()) {
+        fields.insert("via".to_owned(), via.into());
+    }
+    vec![
+        Effect::job(MatchDriver { order_id, round }, Duration::ZERO),
+        dispatch_event(order_id, "matching_revived", Actor::System, details, false),
+    ]
+}
+
+/// A capture that may succeed later is tried again after `delay`.
+pub fn capture_retry(order_id: OrderId, next_attempt: u32, delay: Duration) -> Vec<Effect> {
+    vec![Effect::job(
+        CapturePayment {
+            order_id,
+            attempt: next_attempt,
+        },
+        delay,
+    )]
+}
+
+/// A capture ended (`payment_captured`, `payment_declined`, `payment_failed`).
+pub fn capture_ended(order_id: OrderId, event_type: &'static str, details: Value) -> Vec<Effect> {
+    vec![Effect::Event(OrderEvent {
+        order_id,
+        topic: "payments",
+        event_type,
+        actor: Actor::System,
+        details,
+        publish: true,
+    })]
+}
+
+/// The review request is due: the customer is asked.
+pub fn review_due(order_id: OrderId, customer: i64) -> Vec<Effect> {
+    vec![
+        notify(
+            order_id,
+            Audience::Customer,
+            Some(customer),
+            "review_requested",
+            json!({ "order_id": order_id }),
+        ),
+        Effect::Event(OrderEvent {
+            order_id,
+            topic: "notifications",
+            event_type: "review_requested",
+            actor: Actor::System,
+            details: json!({}),
+            publish: false,
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RestaurantId, UserId};
+    use crate::jobs::Message;
+
+    const ORDER: OrderId = OrderId(5);
+
+    fn parties(driver: Option<i64>) -> Parties {
+        Parties {
+            customer_id: UserId(1),
+            restaurant_id: RestaurantId(2),
+            driver_id: driver.map(DriverId),
+        }
+    }
+
+    /// Each effect in short: `job <queue> <delay s>`, `notify <audience> <type>`,
+    /// `event <type>`, `sync <driver>`.
+    fn summary(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Job { job, delay } => {
+                    let name = match job {
+                        Message::ConfirmTimeout(_) => "confirm_timeout".to_owned(),
+                        Message::MatchDriver(j) => format!("match_driver#{}", j.round),
+                        Message::OfferTimeout(_) => "offer_timeout".to_owned(),
+                        Message::RefreshEta(_) => "refresh_eta".to_owned(),
+                        Message::Notify(_) => "notify".to_owned(),
+                        Message::CapturePayment(j) => format!("capture_payment#{}", j.attempt),
+                        Message::RequestReview(_) => "request_review".to_owned(),
+                    };
+                    format!("job {name} {}", delay.as_secs())
+                }
+                Effect::Notify {
+                    audience,
+                    event_type,
+                    ..
+                } => format!("notify {audience} {event_type}"),
+                Effect::Event(event) => format!("event {}", event.event_type),
+                Effect::SyncDriverLoad(driver) => format!("sync {driver}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn confirmation_starts_matching_a_second_later_and_refreshes_the_eta() {
+        assert_eq!(
+            summary(&entered(ORDER, &parties(None), OrderStatus::Confirmed)),
+            [
+                "job match_driver#1 1",
+                "job refresh_eta 0",
+                "notify customer order_confirmed"
+            ]
+        );
+    }
+
+    #[test]
+    fn delivery_captures_the_payment_asks_for_a_review_later_and_frees_the_driver() {
+        assert_eq!(
+            summary(&entered(ORDER, &parties(Some(9)), OrderStatus::Delivered)),
+            [
+                "job capture_payment#1 0",
+                "job request_review 1800",
+                "notify customer order_delivered",
+                "sync 9"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cancelled_order_tells_every_party_and_frees_its_driver() {
+        assert_eq!(
+            summary(&entered(ORDER, &parties(Some(9)), OrderStatus::Cancelled)),
+            [
+                "notify customer order_cancelled",
+                "notify driver order_cancelled",
+                "notify restaurant order_cancelled",
+                "sync 9"
+            ]
+        );
+        assert_eq!(
+            summary(&entered(ORDER, &parties(None), OrderStatus::Cancelled)),
+            [
+                "notify customer order_cancelled",
+                "notify restaurant order_cancelled"
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_that_keep_a_driver_busy_leave_its_load_alone() {
+        for status in [
+            OrderStatus::Preparing,
+            OrderStatus::ReadyForPickup,
+            OrderStatus::PickedUp,
+        ] {
+            let effects = summary(&entered(ORDER, &parties(Some(9)), status));
+            assert!(
+                !effects.iter().any(|e| e.starts_with("sync")),
+                "{status}: {effects:?}"
+            );
+        }
+        assert_eq!(
+            summary(&entered(
+                ORDER,
+                &parties(Some(9)),
+                OrderStatus::ReadyForPickup
+            )),
+            ["notify driver order_ready"]
+        );
+        assert!(entered(ORDER, &parties(None), OrderStatus::ReadyForPickup).is_empty());
+    }
+
+    #[test]
+    fn offers_time_out_and_unanswered_ones_move_matching_on_in_the_same_round() {
+        let made = offer_made(
+            ORDER,
+            OfferId(3),
+            DriverId(9),
+            Duration::from_secs(30),
+            json!({}),
+        );
+        assert_eq!(
+            summary(&made),
+            [
+                "job offer_timeout 30",
+                "notify driver offer_made",
+                "event offer_made"
+            ]
+        );
+        let Effect::Event(event) = &made[2] else {
+            panic!("an event");
+        };
+        assert_eq!(event.details["offer_id"], 3);
+        assert!(event.publish);
+        let ended = offer_ended(
+            ORDER,
+            OfferId(3),
+            DriverId(9),
+            2,
+            OfferStatus::Expired,
+            Actor::System,
+        );
+        assert_eq!(
+            summary(&ended),
+            ["job match_driver#2 0", "event offer_expired"]
+        );
+    }
+
+    #[test]
+    fn assignment_refreshes_the_eta_and_the_drivers_load() {
+        assert_eq!(
+            summary(&assigned(ORDER, 1, DriverId(9), OfferId(3), 1, Some(4.0))),
+            [
+                "event driver_assigned",
+                "notify customer driver_assigned",
+                "job refresh_eta 0",
+                "sync 9"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_round_schedules_the_next_and_the_alert_round_flags_the_order() {
+        let empty = EmptyRound {
+            round: 5,
+            radius_km: 10.0,
+            candidates_found: 0,
+            reason: "no eligible driver",
+            retry_in: Duration::from_secs(120),
+            flag: true,
+            retry_every: Duration::from_secs(120),
+        };
+        assert_eq!(
+            summary(&round_empty(ORDER, &empty)),
+            [
+                "job match_driver#6 120",
+                "event match_round_empty",
+                "event order_unmatched"
+            ]
+        );
+        let quiet = EmptyRound {
+            flag: false,
+            ..empty
+        };
+        assert_eq!(summary(&round_empty(ORDER, &quiet)).len(), 2);
+    }
+}
