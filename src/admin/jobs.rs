@@ -1,8 +1,7 @@
 //! `admin jobs …`: list, show, retry, kill and stats over `apalis.jobs`.
 //!
-//! apalis-postgres has no retry or kill, so they are plain SQL here. An `UPDATE` does not fire
-//! apalis's insert trigger, so after re-queuing we `pg_notify('apalis::job::insert', …)` with
-//! the payload the trigger sends: workers wake at once instead of at their next poll.
+//! apalis-postgres has no retry or kill, so they are plain SQL ([`crate::jobs::maintenance`]);
+//! a retry wakes the workers at once with the NOTIFY apalis's insert trigger would send.
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -10,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::admin::{AdminContext, AdminError, Confirm, Output, parse_duration, table};
+use crate::jobs::maintenance;
 use crate::jobs::messages::QUEUES;
 
 /// `admin jobs …`
@@ -395,35 +395,8 @@ async fn change(
     }
     confirm.check(&format!("About to {} {} job(s).", what.verb(), ids.len()))?;
     let changed = match what {
-        Change::Retry => {
-            let changed = sqlx::query(
-                "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(),
-                        lock_by = NULL, lock_at = NULL, done_at = NULL, last_result = NULL
-                 WHERE id = ANY($1) AND status IN ('Failed', 'Killed')",
-            )
-            .bind(&ids)
-            .execute(&ctx.db)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "SELECT pg_notify('apalis::job::insert',
-                     json_build_object('job_type', job_type, 'id', id, 'run_at', run_at)::text)
-                 FROM apalis.jobs WHERE id = ANY($1)",
-            )
-            .bind(&ids)
-            .execute(&ctx.db)
-            .await?;
-            changed
-        }
-        Change::Kill => sqlx::query(
-            "UPDATE apalis.jobs SET status = 'Killed', done_at = now(),
-                    last_result = '{\"Err\": \"killed by an operator\"}'::jsonb
-             WHERE id = ANY($1) AND status IN ('Pending', 'Queued', 'Failed')",
-        )
-        .bind(&ids)
-        .execute(&ctx.db)
-        .await?
-        .rows_affected(),
+        Change::Retry => maintenance::retry(&ctx.db, &ids).await?,
+        Change::Kill => maintenance::kill(&ctx.db, &ids).await?,
     };
     tracing::warn!(
         action = what.verb(),

@@ -14,6 +14,7 @@ use crate::domain::DriverId;
 use crate::error::ApiError;
 use crate::location::update::{Invalid, LocationUpdate, RawUpdate, VALID_RANGE};
 use crate::location::{Ingested, NearbyDriver, now_ms};
+use crate::store::drivers;
 use crate::workflows::offers;
 
 /// Most reports in one batch.
@@ -263,13 +264,7 @@ async fn set_status(
     } else {
         offers::decline_all_for_driver(&mut tx, DriverId(id)).await?
     };
-    let updated =
-        sqlx::query("UPDATE drivers SET is_active = $2, updated_at = now() WHERE id = $1")
-            .bind(id)
-            .bind(online)
-            .execute(&mut *tx)
-            .await?;
-    if updated.rows_affected() == 0 {
+    if !drivers::set_active(&mut tx, DriverId(id), online).await? {
         return Err(ApiError::not_found(format!("driver {id} does not exist")));
     }
     tx.commit().await?;

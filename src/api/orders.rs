@@ -21,7 +21,7 @@ use crate::eta::Eta;
 use crate::eta::order::{EtaError, order_eta};
 use crate::geo::Point;
 use crate::store::orders::{self, ListFilter, OrderView};
-use crate::store::restaurants;
+use crate::store::{drivers, restaurants};
 use crate::text::{Line, Text};
 use crate::workflows::effects::EffectError;
 use crate::workflows::machine::{Parties, Refusal};
@@ -499,7 +499,7 @@ async fn list_for_driver(
     if principal.role == Role::Driver && principal.subject != id {
         return Err(ApiError::forbidden("a driver may only list its own orders"));
     }
-    if !orders::driver_exists(&state.db, id).await? {
+    if !drivers::exists(&state.db, DriverId(id)).await? {
         return Err(ApiError::not_found(format!("driver {id} does not exist")));
     }
     list_page(

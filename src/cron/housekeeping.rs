@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::cron::CronSettings;
+use crate::jobs::maintenance;
 use crate::workflows::place;
 
 /// The task's name.
@@ -20,33 +21,16 @@ const DELETE_BATCH: i64 = 10_000;
 pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> {
     let mut jobs_deleted = 0u64;
     loop {
-        let deleted = sqlx::query(
-            "DELETE FROM apalis.jobs WHERE id IN (
-                 SELECT id FROM apalis.jobs
-                 WHERE status IN ('Done', 'Killed') AND done_at < now() - make_interval(secs => $1)
-                 LIMIT $2)",
-        )
-        .bind(settings.job_retention.as_secs_f64())
-        .bind(DELETE_BATCH)
-        .execute(db)
-        .await?
-        .rows_affected();
+        let deleted =
+            maintenance::purge_finished(db, settings.job_retention.as_secs_f64(), DELETE_BATCH)
+                .await?;
         jobs_deleted += deleted;
         if deleted < u64::try_from(DELETE_BATCH).unwrap_or(u64::MAX) {
             break;
         }
     }
-    let requeued = sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL
-         WHERE status = 'Running'
-           AND NOT EXISTS (SELECT 1 FROM apalis.workers w
-                           WHERE w.id = apalis.jobs.lock_by
-                             AND w.last_seen > now() - make_interval(secs => $1))",
-    )
-    .bind(settings.stuck_running_after.as_secs_f64())
-    .execute(db)
-    .await?
-    .rows_affected();
+    let requeued =
+        maintenance::requeue_orphaned(db, settings.stuck_running_after.as_secs_f64()).await?;
     if requeued > 0 {
         tracing::warn!(
             requeued,

@@ -11,6 +11,7 @@
 //! poisons the queue's fetch). Delays have second granularity: `run_at` is stored in whole
 //! seconds, so a task delayed by `d` may become due up to a second early.
 
+pub mod maintenance;
 pub mod messages;
 
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! apalis's own migrations keep theirs in the `apalis` schema. [`migrate`] runs both, then makes
 //! sure today's and tomorrow's `driver_locations` partitions exist. Running it twice is a no-op.
 
+pub mod drivers;
 pub mod orders;
 pub mod restaurants;
 pub mod users;

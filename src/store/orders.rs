@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::domain::{Actor, DriverId, OrderId, RestaurantId, UserId};
 
@@ -68,14 +68,6 @@ pub async fn fetch_view(
     .bind(order_id)
     .fetch_optional(conn)
     .await
-}
-
-/// Whether driver `id` exists.
-pub async fn driver_exists(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM drivers WHERE id = $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await
 }
 
 /// Filters of an order listing.
