@@ -112,40 +112,67 @@ fn code_of(source: &str) -> String {
         .join("\n")
 }
 
-/// The top-level modules that `code` names through `crate::…`, in `use` lines (including
-/// `use crate::{a::b, c}` groups) and in paths written inline.
-fn crate_modules(code: &str) -> BTreeSet<String> {
-    let ident = |s: &str| -> String {
-        s.chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect()
-    };
-    let mut found = BTreeSet::new();
-    for (at, _) in code.match_indices("crate::") {
-        let rest = &code[at + "crate::".len()..];
+/// The paths that `code` names through `crate::…`, as segments: in `use` lines (groups
+/// `use crate::{a::b, c::{d, e}}` give `a::b`, `c::d` and `c::e`) and inline.
+fn crate_paths(code: &str) -> BTreeSet<Vec<String>> {
+    /// The paths of the use tree at the start of `tree`, each under `prefix`.
+    fn expand(tree: &str, prefix: &[String], out: &mut BTreeSet<Vec<String>>) {
+        let mut path = prefix.to_vec();
+        let mut named_self = false;
+        let mut rest = tree.trim_start();
+        loop {
+            let ident: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if ident.is_empty() {
+                break;
+            }
+            rest = rest[ident.len()..].trim_start();
+            if ident == "self" {
+                named_self = true;
+            } else {
+                path.push(ident);
+            }
+            match rest.strip_prefix("::") {
+                Some(next) => rest = next.trim_start(),
+                None => break,
+            }
+        }
         if let Some(group) = rest.strip_prefix('{') {
             let (mut depth, mut start) = (0usize, 0usize);
             for (i, c) in group.char_indices() {
                 match c {
                     '{' => depth += 1,
                     '}' if depth == 0 => {
-                        found.insert(ident(group[start..].trim_start()));
+                        expand(&group[start..i], &path, out);
                         break;
                     }
                     '}' => depth -= 1,
                     ',' if depth == 0 => {
-                        found.insert(ident(group[start..].trim_start()));
+                        expand(&group[start..i], &path, out);
                         start = i + 1;
                     }
                     _ => {}
                 }
             }
-        } else {
-            found.insert(ident(rest));
+        } else if !path.is_empty() && (path.len() > prefix.len() || named_self) {
+            out.insert(path);
         }
     }
-    found.retain(|m| !m.is_empty() && m != "self");
+    let mut found = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        expand(&code[at + "crate::".len()..], &[], &mut found);
+    }
     found
+}
+
+/// The top-level modules that `code` names through `crate::…`.
+fn crate_modules(code: &str) -> BTreeSet<String> {
+    crate_paths(code)
+        .into_iter()
+        .filter_map(|path| path.into_iter().next())
+        .collect()
 }
 
 /// The server's module graph: for each top-level module of `src/`, the other modules its
@@ -162,6 +189,32 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         imports.extend(crate_modules(&code).into_iter().filter(|m| *m != module));
     }
     graph
+}
+
+/// The server's file graph: for each file under `src/`, the files its `crate::…` paths lead
+/// to (the file of the longest prefix of each path that is a module).
+fn file_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let sources = sources();
+    let files: BTreeSet<String> = sources.iter().map(|(path, _)| path.clone()).collect();
+    let file_of = |path: &[String]| -> Option<String> {
+        (1..=path.len()).rev().find_map(|n| {
+            let stem = path[..n].join("/");
+            [format!("{stem}.rs"), format!("{stem}/mod.rs")]
+                .into_iter()
+                .find(|candidate| files.contains(candidate))
+        })
+    };
+    sources
+        .iter()
+        .map(|(file, code)| {
+            let imports = crate_paths(code)
+                .iter()
+                .filter_map(|path| file_of(path))
+                .filter(|target| target != file)
+                .collect();
+            (file.clone(), imports)
+        })
+        .collect()
 }
 
 /// The graph's import cycles: its strongly connected components of more than one module
@@ -236,6 +289,21 @@ fn the_import_scanner_reads_use_groups_and_inline_paths_but_not_comments() {
     );
     let found: Vec<String> = crate_modules(&code).into_iter().collect();
     assert_eq!(found, ["dispatch", "jobs", "store", "workflows"]);
+    let paths: Vec<String> = crate_paths(&code)
+        .into_iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "dispatch::offers",
+            "jobs::Job",
+            "jobs::enqueue",
+            "store::begin",
+            "workflows",
+            "workflows::machine"
+        ]
+    );
     let graph = BTreeMap::from([
         ("a".to_owned(), BTreeSet::from(["b".to_owned()])),
         ("b".to_owned(), BTreeSet::from(["c".to_owned()])),
@@ -282,10 +350,15 @@ fn modules_import_only_their_own_floor_or_below_and_never_in_a_loop() {
         .collect();
     let core_loops = cycles(&core);
     println!(
-        "{} modules, {edges} module-to-module imports, {} pointing up, cycles: {:?}",
+        "{} modules, {edges} module-to-module imports, {} pointing up, cycles: {:?}; \
+         cycles between files: {:?}",
         graph.len(),
         upward.len(),
-        loops.iter().map(Vec::len).collect::<Vec<_>>()
+        loops.iter().map(Vec::len).collect::<Vec<_>>(),
+        cycles(&file_graph())
+            .iter()
+            .map(Vec::len)
+            .collect::<Vec<_>>()
     );
     assert!(unplaced.is_empty(), "modules with no floor: {unplaced:?}");
     assert!(
@@ -298,6 +371,19 @@ fn modules_import_only_their_own_floor_or_below_and_never_in_a_loop() {
         "import cycles among the workflow and its services: {core_loops:?}"
     );
     assert!(loops.is_empty(), "import cycles: {loops:?}");
+    // A module's root and its own files may use each other (`auth/mod.rs` and
+    // `auth/subjects.rs`); a loop of files across modules may not.
+    let across: Vec<Vec<String>> = cycles(&file_graph())
+        .into_iter()
+        .filter(|files| {
+            let module = |file: &String| file.split('/').next().map(str::to_owned);
+            files.iter().map(module).collect::<BTreeSet<_>>().len() > 1
+        })
+        .collect();
+    assert!(
+        across.is_empty(),
+        "import cycles between files of different modules: {across:?}"
+    );
     for leaf in ["domain", "jobs"] {
         let imports = graph.get(leaf).cloned().unwrap_or_default();
         let allowed: &[&str] = if leaf == "domain" { &[] } else { &["domain"] };
