@@ -5,28 +5,13 @@
 use courier::auth::Role;
 
 use crate::admin::ok;
-use crate::helpers::{Cast, OPERATOR, RESTAURANT_AT, TestApp, cast, spawn_app};
+use crate::helpers::{Cast, RESTAURANT_AT, TestApp, cast, spawn_app};
+use crate::locations::nearby_ids;
+use crate::workflow::assign;
 
 /// Driver ids `GET /v1/drivers/nearby` finds within 2 km of the restaurant.
 async fn nearby(app: &TestApp) -> Vec<i64> {
-    let response = app
-        .get_as(
-            &format!(
-                "/v1/drivers/nearby?lat={}&lon={}&radius_km=2&limit=50",
-                RESTAURANT_AT.0, RESTAURANT_AT.1
-            ),
-            Role::Operator,
-            OPERATOR,
-        )
-        .await;
-    assert_eq!(response.status().as_u16(), 200);
-    let body: serde_json::Value = response.json().await.expect("json");
-    body["drivers"]
-        .as_array()
-        .expect("drivers")
-        .iter()
-        .map(|d| d["driver_id"].as_i64().expect("id"))
-        .collect()
+    nearby_ids(app, RESTAURANT_AT.0, RESTAURANT_AT.1, 2.0, 50).await
 }
 
 /// An online driver near the restaurant carrying two confirmed orders of `cast`, as two
@@ -38,12 +23,7 @@ async fn driver_with_two_orders(app: &TestApp, cast: &Cast) -> (i64, i64, i64) {
     let first = app.confirmed_order(cast).await;
     let second = app.confirmed_order(cast).await;
     for order in [first, second] {
-        sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
-            .bind(order)
-            .bind(driver)
-            .execute(&app.db)
-            .await
-            .expect("assign");
+        assign(&app.db, order, driver).await;
     }
     app.state
         .location

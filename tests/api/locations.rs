@@ -28,7 +28,13 @@ async fn online_at_center<const N: usize>(app: &TestApp) -> [i64; N] {
     drivers
 }
 
-async fn nearby_ids(app: &TestApp, lat: f64, lon: f64, radius_km: f64, limit: usize) -> Vec<i64> {
+pub(crate) async fn nearby_ids(
+    app: &TestApp,
+    lat: f64,
+    lon: f64,
+    radius_km: f64,
+    limit: usize,
+) -> Vec<i64> {
     let response = app
         .get_as(
             &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km={radius_km}&limit={limit}"),

@@ -11,7 +11,7 @@ use crate::helpers::{
     OPERATOR, assert_error, cast, insert_driver, insert_restaurant, insert_user, spawn_app,
 };
 
-async fn assign(db: &sqlx::PgPool, order: i64, driver: i64) {
+pub(crate) async fn assign(db: &sqlx::PgPool, order: i64, driver: i64) {
     // Assignment through offers is tested in `matching`; here the driver is set directly.
     sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
         .bind(order)
