@@ -1,9 +1,10 @@
 //! A circuit breaker for the candidate lookup, with the spec's settings (opossum's: 10 s call
 //! timeout, opens at 50% errors, tries again after 30 s).
 //!
-//! Why our own: the state machine is forty lines, and the crates that offer one either pull
-//! in a runtime of their own or lack a call timeout. The decision logic takes the current
-//! [`Instant`] as an argument, so the tests drive time by hand.
+//! Why our own: the maintained crate, `failsafe` 1.3, has no call timeout, lets every call
+//! through while half-open (ours lets one trial through and refuses the rest), and reads time
+//! from its own clock. Here the decision logic takes the current [`Instant`] as an argument,
+//! so the tests drive time by hand.
 //!
 //! - **Closed**: calls go through; outcomes of the last [`BreakerSettings::window`] are kept.
 //!   Once at least [`BreakerSettings::min_calls`] calls are in the window and the failed share
