@@ -41,8 +41,6 @@ pub struct Transitioned {
     pub from: OrderStatus,
     pub to: OrderStatus,
     pub version: i32,
-    /// The order's driver, if it has one.
-    pub driver_id: Option<DriverId>,
 }
 
 /// Why a transition was not applied. Nothing was written in any case.
@@ -167,6 +165,5 @@ pub async fn execute(
         from,
         to,
         version: current.version + 1,
-        driver_id: current.driver_id,
     })
 }
