@@ -4,7 +4,6 @@
 //! persisted in Postgres; driver locations live in Valkey. This crate is both the library the
 //! binary and the integration tests build on and the `courier` command itself.
 //!
-//! Module map:
 //! Module map, from the ground up (each imports only its own floor and below; the map with the
 //! order's steps is `docs/architecture.md`, and the `architecture` tests hold the code to it):
 //! 1. [`domain`] (ids, order states and actions, actors, roles, offer states), [`geo`],
@@ -19,8 +18,8 @@
 //!    [`telemetry`], [`seed`].
 //! 7. The edges that call it: [`api`] (HTTP), [`workers`] (job handlers), [`cron`].
 //! 8. [`config`]: every setting, parsed once from flags and environment.
-//! 9. [`admin`] (`courier admin …`), [`startup`] (the server and worker processes);
-//!    10. [`cli`].
+//! 9. [`admin`] (`courier admin …`), [`startup`] (the server and worker processes).
+//! 10. [`cli`]: the command line.
 
 pub mod admin;
 pub mod api;
