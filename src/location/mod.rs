@@ -236,19 +236,29 @@ impl LocationService {
         self.single.ingest(update).await
     }
 
-    /// Sets a driver online (searchable again at its last fresh position) or offline (gone
-    /// from searches at once). Returns whether the driver is now searchable.
-    pub async fn set_online(&self, driver_id: i64, online: bool) -> redis::RedisResult<bool> {
+    /// `script` called on what decides whether `driver_id` is searchable: the online set, the
+    /// available set, the driver's position hash and the loads (its first four keys).
+    fn availability<'s>(
+        &self,
+        script: &'s redis::Script,
+        driver_id: i64,
+    ) -> redis::ScriptInvocation<'s> {
         let keys = &self.core.keys;
-        let mut conn = self.conn();
-        let searchable: i64 = self
-            .core
-            .scripts
-            .set_status
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(&keys.online)
             .key(&keys.avail)
             .key(keys.driver(driver_id))
-            .key(&keys.load)
+            .key(&keys.load);
+        invocation
+    }
+
+    /// Sets a driver online (searchable again at its last fresh position) or offline (gone
+    /// from searches at once). Returns whether the driver is now searchable.
+    pub async fn set_online(&self, driver_id: i64, online: bool) -> redis::RedisResult<bool> {
+        let mut conn = self.conn();
+        let searchable: i64 = self
+            .availability(&self.core.scripts.set_status, driver_id)
             .arg(driver_id)
             .arg(if online { "1" } else { "0" })
             .arg(now_ms() - freshness_ms())
@@ -375,17 +385,10 @@ impl LocationService {
         tracking_order: Option<i64>,
         active_orders: u32,
     ) -> redis::RedisResult<bool> {
-        let keys = &self.core.keys;
         let mut conn = self.conn();
         let searchable: i64 = self
-            .core
-            .scripts
-            .set_load
-            .key(&keys.online)
-            .key(&keys.avail)
-            .key(keys.driver(driver_id))
-            .key(&keys.load)
-            .key(&keys.tracking)
+            .availability(&self.core.scripts.set_load, driver_id)
+            .key(&self.core.keys.tracking)
             .arg(driver_id)
             .arg(tracking_order.map(|o| o.to_string()).unwrap_or_default())
             .arg(active_orders)

@@ -56,6 +56,20 @@ pub enum EffectError {
     Database(#[from] sqlx::Error),
 }
 
+/// Writes the effects of a change that frees or loads no driver (placement, offers, matching
+/// rounds, payments, reviews): nothing waits for its commit. A driver-load effect here would
+/// be lost, so it is refused in debug builds and the tests.
+pub async fn write(conn: &mut PgConnection, effects: Vec<Effect>) -> Result<(), EffectError> {
+    debug_assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::SyncDriverLoad(_))),
+        "a change that moves a driver's load must run its AfterCommit: use `apply`"
+    );
+    let _nothing_after = apply(conn, effects).await?;
+    Ok(())
+}
+
 /// Writes `effects` on `conn` (the change's open transaction) and returns what must wait for
 /// the commit.
 pub async fn apply(

@@ -221,8 +221,7 @@ async fn offer(
     // Valkey refuses, the round fails and is retried (the driver would not see it).
     dispatcher.location.note_offer(driver.get(), ttl).await?;
     let effects = steps::offer_made(order_id, offer_id, driver, ttl, details);
-    // An offer changes no driver's load: nothing waits for the commit.
-    let _no_load_change = effects::apply(tx, effects).await?;
+    effects::write(tx, effects).await?;
     Ok(Some(RoundOutcome::Offered {
         offer_id,
         driver_id: driver,
@@ -257,7 +256,7 @@ async fn reschedule(
         flag,
         retry_every: settings.retry_cap,
     };
-    let _no_load_change = effects::apply(tx, steps::round_empty(order_id, &empty)).await?;
+    effects::write(tx, steps::round_empty(order_id, &empty)).await?;
     if flag {
         metrics::counter!("orders_unmatched_total").increment(1);
         tracing::warn!(
@@ -279,8 +278,7 @@ pub async fn revive(
     via: Option<&str>,
 ) -> Result<(), EffectError> {
     let mut tx = crate::store::begin(db).await?;
-    let _no_load_change =
-        effects::apply(&mut tx, steps::matching_revived(order_id, round, via)).await?;
+    effects::write(&mut tx, steps::matching_revived(order_id, round, via)).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -108,8 +108,7 @@ async fn end_offer(
     };
     let round = u32::try_from(round).unwrap_or(1);
     let effects = steps::offer_ended(order_id, offer_id, driver_id, round, status, actor);
-    // Ending an offer changes no driver's load: nothing waits for the commit.
-    let _no_load_change = effects::apply(conn, effects).await?;
+    effects::write(conn, effects).await?;
     metrics::counter!(OFFERS_TOTAL, "outcome" => status.as_str()).increment(1);
     Ok(true)
 }

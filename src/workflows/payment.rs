@@ -169,7 +169,7 @@ async fn record_outcome(
             let next = attempt + 1;
             let delay = retry_delay(&payments.settings, attempt);
             let effects = steps::capture_retry(order_id, next, delay);
-            let _no_load_change = effects::apply(&mut tx, effects).await?;
+            effects::write(&mut tx, effects).await?;
             tx.commit().await?;
             tracing::warn!(order_id = order_id.get(), attempt, next, delay = ?delay, detail, "payment capture will be retried");
             return Ok(CaptureResult::Retrying { next, delay });
@@ -198,8 +198,7 @@ async fn record_outcome(
         "code": code,
         "message": message,
     });
-    let _no_load_change =
-        effects::apply(&mut tx, steps::capture_ended(order_id, event, details)).await?;
+    effects::write(&mut tx, steps::capture_ended(order_id, event, details)).await?;
     tx.commit().await?;
     if status == "captured" {
         tracing::info!(order_id = order_id.get(), attempt, "payment captured");

@@ -279,8 +279,7 @@ pub async fn place(
         },
     )
     .await?;
-    let _no_load_change =
-        effects::apply(&mut tx, steps::placed(order_id, limits.confirm_within)).await?;
+    effects::write(&mut tx, steps::placed(order_id, limits.confirm_within)).await?;
 
     let view: OrderView = orders::fetch_view(&mut tx, order_id)
         .await?

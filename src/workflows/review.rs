@@ -32,8 +32,7 @@ pub async fn request(db: &PgPool, order_id: OrderId) -> Result<bool, EffectError
     let Some((true, customer)) = due else {
         return Ok(false);
     };
-    let _no_load_change =
-        effects::apply(&mut tx, steps::review_due(order_id, customer.get())).await?;
+    effects::write(&mut tx, steps::review_due(order_id, customer.get())).await?;
     tx.commit().await?;
     tracing::info!(order_id = order_id.get(), "review requested");
     Ok(true)
