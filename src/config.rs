@@ -18,7 +18,11 @@ use crate::cron::CronSettings;
 use crate::dispatch::DispatchSettings;
 use crate::eta::estimator::Estimator;
 use crate::eta::routing::RoutingSettings;
+use crate::live::LiveSettings;
 use crate::notify::WebhookSettings;
+use crate::outbox::kafka::KafkaSettings;
+use crate::outbox::relay::RelaySettings;
+use crate::outbox::{OutboxSettings, SinkKind};
 use crate::payments::PaymentSettings;
 use crate::store::DatabaseSettings;
 use crate::telemetry::LogFormat;
@@ -161,6 +165,10 @@ pub struct CommonArgs {
     /// Payments, notifications and cron.
     #[command(flatten)]
     pub workflow: WorkflowArgs,
+
+    /// The outbox relay and live streams.
+    #[command(flatten)]
+    pub events: EventsArgs,
 
     /// Log format: one JSON object per line, or human-readable text.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
@@ -315,6 +323,155 @@ pub struct WorkflowArgs {
     pub job_retention: Duration,
 }
 
+/// Settings of the outbox relay (`worker`, `run`) and of the live streams (SSE).
+#[derive(Args, Clone, Debug)]
+pub struct EventsArgs {
+    /// Where the relay publishes events, comma-separated: `stream` (Valkey), `kafka`.
+    #[arg(
+        long,
+        env = "COURIER_EVENT_SINKS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "stream",
+        global = true
+    )]
+    pub event_sinks: Vec<SinkKind>,
+
+    /// Approximate maximum length of the Valkey events stream (`XADD … MAXLEN ~`).
+    #[arg(
+        long,
+        env = "COURIER_EVENT_STREAM_MAX_LEN",
+        default_value_t = 500_000,
+        global = true
+    )]
+    pub event_stream_max_len: u64,
+
+    /// Kafka bootstrap brokers, comma-separated `host:port` (required by the kafka sink).
+    #[arg(
+        long,
+        env = "COURIER_KAFKA_BROKERS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub kafka_brokers: Vec<String>,
+
+    /// The Kafka topic of order events.
+    #[arg(
+        long,
+        env = "COURIER_KAFKA_TOPIC",
+        default_value = "courier.orders",
+        global = true
+    )]
+    pub kafka_topic: String,
+
+    /// Partitions of the Kafka topic when the relay creates it.
+    #[arg(
+        long,
+        env = "COURIER_KAFKA_PARTITIONS",
+        default_value_t = 6,
+        global = true
+    )]
+    pub kafka_partitions: i32,
+
+    /// Bound on connecting to Kafka and producing one batch.
+    #[arg(long, env = "COURIER_KAFKA_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub kafka_timeout: Duration,
+
+    /// Outbox rows the relay publishes per batch.
+    #[arg(
+        long,
+        env = "COURIER_RELAY_BATCH",
+        default_value_t = 500,
+        global = true
+    )]
+    pub relay_batch: i64,
+
+    /// How often the relay polls besides NOTIFY (and a standby relay tries to lead).
+    #[arg(long, env = "COURIER_RELAY_POLL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub relay_poll: Duration,
+
+    /// Published outbox rows older than this are deleted by housekeeping, e.g. `3d`.
+    #[arg(long, env = "COURIER_OUTBOX_RETENTION", default_value = "3d", value_parser = humantime::parse_duration, global = true)]
+    pub outbox_retention: Duration,
+
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, env = "COURIER_SSE_KEEP_ALIVE", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub sse_keep_alive: Duration,
+}
+
+fn outbox_settings(args: &EventsArgs) -> Result<OutboxSettings, ConfigError> {
+    let invalid = |message: &str| ConfigError::Workflow(message.to_owned());
+    if args.event_sinks.is_empty() {
+        return Err(invalid("COURIER_EVENT_SINKS needs at least one sink"));
+    }
+    if !(1_000..=100_000_000).contains(&args.event_stream_max_len) {
+        return Err(invalid(
+            "COURIER_EVENT_STREAM_MAX_LEN must be 1000 to 100000000",
+        ));
+    }
+    if !(1..=10_000).contains(&args.relay_batch) {
+        return Err(invalid("COURIER_RELAY_BATCH must be 1 to 10000"));
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&args.relay_poll) {
+        return Err(invalid("COURIER_RELAY_POLL must be between 10ms and 60s"));
+    }
+    let brokers: Vec<String> = args
+        .kafka_brokers
+        .iter()
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .collect();
+    if brokers
+        .iter()
+        .any(|b| b.contains("://") || !b.contains(':'))
+    {
+        return Err(invalid(
+            "COURIER_KAFKA_BROKERS are host:port pairs, comma-separated",
+        ));
+    }
+    let kafka = if brokers.is_empty() {
+        if args.event_sinks.contains(&SinkKind::Kafka) {
+            return Err(invalid("the kafka sink needs COURIER_KAFKA_BROKERS"));
+        }
+        None
+    } else {
+        if args.kafka_topic.is_empty()
+            || args.kafka_topic.len() > 249
+            || !args
+                .kafka_topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(invalid(
+                "COURIER_KAFKA_TOPIC: 1 to 249 characters of letters, digits, '.', '_' and '-'",
+            ));
+        }
+        if !(1..=10_000).contains(&args.kafka_partitions) {
+            return Err(invalid("COURIER_KAFKA_PARTITIONS must be 1 to 10000"));
+        }
+        Some(KafkaSettings {
+            brokers,
+            topic: args.kafka_topic.clone(),
+            partitions: args.kafka_partitions,
+            timeout: args
+                .kafka_timeout
+                .clamp(Duration::from_secs(1), Duration::from_secs(120)),
+        })
+    };
+    let mut sinks = args.event_sinks.clone();
+    sinks.dedup();
+    Ok(OutboxSettings {
+        sinks,
+        stream_max_len: args.event_stream_max_len,
+        kafka,
+        relay: RelaySettings {
+            batch_size: args.relay_batch,
+            poll_interval: args.relay_poll,
+            ..RelaySettings::default()
+        },
+    })
+}
+
 /// Settings of the HTTP server (`serve` and `run`).
 #[derive(Args, Clone, Debug)]
 pub struct HttpArgs {
@@ -405,6 +562,8 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     pub cron: CronSettings,
     pub order_limits: OrderLimits,
+    pub outbox: OutboxSettings,
+    pub live: LiveSettings,
 }
 
 impl Config {
@@ -425,7 +584,21 @@ impl Config {
         let jwt_secret = jwt_secret(args.jwt_secret.as_deref(), args.dev)?;
         let dispatch = dispatch_settings(args)?;
         let routing = routing_settings(args)?;
-        let (payments, webhooks, cron) = workflow_settings(&args.workflow)?;
+        let (payments, webhooks, mut cron) = workflow_settings(&args.workflow)?;
+        let outbox = outbox_settings(&args.events)?;
+        if args.events.outbox_retention < Duration::from_secs(60) {
+            return Err(ConfigError::Workflow(
+                "COURIER_OUTBOX_RETENTION must be at least a minute".to_owned(),
+            ));
+        }
+        cron.outbox_retention = args.events.outbox_retention;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300))
+            .contains(&args.events.sse_keep_alive)
+        {
+            return Err(ConfigError::Workflow(
+                "COURIER_SSE_KEEP_ALIVE must be between 1s and 5m".to_owned(),
+            ));
+        }
         if !(100..=MAX_ORDER_TOTAL_CAP_CENTS).contains(&args.max_order_total_cents) {
             return Err(ConfigError::Workflow(format!(
                 "COURIER_MAX_ORDER_TOTAL_CENTS must be 100 to {MAX_ORDER_TOTAL_CAP_CENTS}"
@@ -457,6 +630,11 @@ impl Config {
             order_limits: OrderLimits {
                 max_total_cents: args.max_order_total_cents,
                 confirm_within: args.confirm_timeout,
+            },
+            outbox,
+            live: LiveSettings {
+                keep_alive: args.events.sse_keep_alive,
+                ..LiveSettings::default()
             },
         })
     }

@@ -12,8 +12,10 @@
 //!    [`breaker`] (the circuit breaker).
 //! 3. [`store`] (pool, migrations, queries), [`location`] (positions in Valkey, nearby
 //!    search), [`cache`], [`auth`] (tokens → actors).
-//! 4. [`eta`] (routing and ETAs), [`notify`] (webhooks), [`payments`] (providers).
-//! 5. [`dispatch`]: candidates and scoring.
+//! 4. [`eta`] (routing and ETAs), [`notify`] (webhooks), [`payments`] (providers),
+//!    [`outbox`] (the relay that publishes order events to Valkey Streams and Kafka).
+//! 5. [`dispatch`]: candidates and scoring; [`live`]: the in-process fan-out of live events
+//!    to SSE clients.
 //! 6. [`workflows`]: the order's one writer — every change of an order and its effects;
 //!    [`telemetry`], [`seed`].
 //! 7. The edges that call it: [`api`] (HTTP), [`workers`] (job handlers), [`cron`].
@@ -36,8 +38,10 @@ pub mod error;
 pub mod eta;
 pub mod geo;
 pub mod jobs;
+pub mod live;
 pub mod location;
 pub mod notify;
+pub mod outbox;
 pub mod payments;
 pub mod seed;
 pub mod shutdown;

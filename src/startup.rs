@@ -20,13 +20,14 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::eta::routing::Routing;
+use crate::live::Hub;
 use crate::location::history::{self, HistoryTask};
 use crate::location::{LocationService, sweeper};
 use crate::notify::Notifier;
 use crate::payments::Payments;
 use crate::shutdown::{self, CancellationToken};
 use crate::valkey::Valkey;
-use crate::{store, workers};
+use crate::{outbox, store, workers};
 
 impl AppState {
     /// Connects (lazily) to the configured data stores and starts the background tasks the
@@ -40,6 +41,7 @@ impl AppState {
             .context("cannot build the routing client")?;
         let sweeper_stop = CancellationToken::new();
         let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));
+        let live = Hub::new(valkey.clone(), location.clone(), config.live.clone());
         let state = Self::new(Shared {
             subjects: Subjects::new(db.clone()),
             db,
@@ -49,6 +51,7 @@ impl AppState {
             routing,
             order_limits: config.order_limits,
             clock: Clock::default(),
+            live,
         });
         Ok((
             state,
@@ -164,6 +167,8 @@ impl Application {
             });
         }
         drop(self.listener);
+        // Live streams never finish by themselves: end them so the drain can complete.
+        self.state.live.close();
         connections.shutdown().await;
         Ok(())
     }
@@ -273,17 +278,29 @@ pub async fn run_process(
             None => Ok(()),
         }
     };
-    // Whichever part fails first stops the other too.
+    // The outbox relay runs beside the workers (one of all relays leads; see outbox::relay).
+    let relay = async {
+        if parts == Parts::Api {
+            return Ok(());
+        }
+        outbox::relay(state.db.clone(), &state.valkey, &config.outbox)?
+            .run(token.clone())
+            .await;
+        Ok(())
+    };
+    // Whichever part fails first stops the others too.
     let cancel_on_error = |result: anyhow::Result<()>| {
         if result.is_err() {
             token.cancel();
         }
         result
     };
-    let (api, worker) = tokio::join!(async { cancel_on_error(api.await) }, async {
-        cancel_on_error(worker.await)
-    });
+    let (api, worker, relay) = tokio::join!(
+        async { cancel_on_error(api.await) },
+        async { cancel_on_error(worker.await) },
+        async { cancel_on_error(relay.await) }
+    );
     // Requests have drained: nothing produces history any more, so flush it.
     background.shutdown().await;
-    api.and(worker)
+    api.and(worker).and(relay)
 }

@@ -8,6 +8,10 @@
 //! a restart. The connection is made lazily, so a process starts
 //! (and reports not-ready) while Valkey is down. Every key goes through [`Valkey::key`], which
 //! puts the configured prefix in front: tenants and parallel tests never see each other's keys.
+//!
+//! Blocking reads (`XREAD BLOCK`) and subscriptions would stall a shared connection, so they
+//! get connections of their own ([`Valkey::blocking_connection`], [`Valkey::pubsub`]): one
+//! each per process, never one per client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A handle to Valkey: cheap to clone, shared by every task of the process.
 #[derive(Clone)]
 pub struct Valkey {
+    client: redis::Client,
     connection: ConnectionManager,
     queries: ConnectionManager,
     prefix: Arc<str>,
@@ -55,8 +60,9 @@ impl Valkey {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        let queries = ConnectionManager::new_lazy_with_config(client, config)?;
+        let queries = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(Self {
+            client,
             connection,
             queries,
             prefix: Arc::from(settings.key_prefix.as_str()),
@@ -84,6 +90,24 @@ impl Valkey {
     /// The connection for latency-sensitive reads (see the module docs).
     pub fn query_connection(&self) -> ConnectionManager {
         self.queries.clone()
+    }
+
+    /// A connection of its own for blocking reads that wait up to `block` for an answer.
+    pub async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// A connection of its own for subscriptions.
+    pub async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        self.client.get_async_pubsub().await
     }
 
     /// Round trip to the server, bounded by the response timeout.

@@ -6,10 +6,11 @@
 //! standard input is not a terminal); bulk commands show what they would touch with
 //! `--dry-run`. Bad input is one line on standard error and a non-zero exit code.
 //!
-//! One file per command group: [`jobs`], [`orders`], [`drivers`], [`system`] (workers and
-//! cron); [`table`] renders tables.
+//! One file per command group: [`jobs`], [`orders`], [`drivers`], [`events`] (the outbox
+//! relay), [`system`] (workers and cron); [`table`] renders tables.
 
 pub mod drivers;
+pub mod events;
 pub mod jobs;
 pub mod orders;
 pub mod system;
@@ -59,6 +60,11 @@ pub enum AdminCommand {
     Drivers {
         #[command(subcommand)]
         command: drivers::DriversCommand,
+    },
+    /// The outbox relay: lag, waiting and parked events, publishing one again.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
     },
 }
 
@@ -177,5 +183,6 @@ pub async fn execute(ctx: &AdminContext, args: &AdminArgs) -> Result<Output, Adm
         AdminCommand::Cron => system::cron(ctx).await,
         AdminCommand::Orders { command } => orders::execute(ctx, command, confirm).await,
         AdminCommand::Drivers { command } => drivers::execute(ctx, command).await,
+        AdminCommand::Events { command } => events::execute(ctx, command, confirm).await,
     }
 }

@@ -8,6 +8,7 @@
 pub mod drivers;
 pub mod extract;
 pub mod health;
+pub mod live;
 pub mod middleware;
 pub mod offers;
 pub mod onboarding;
@@ -30,6 +31,7 @@ use crate::auth::{self, Authenticator, TokenKeys};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::eta::routing::Routing;
+use crate::live::Hub;
 use crate::location::LocationService;
 use crate::valkey::Valkey;
 use crate::workflows::place::OrderLimits;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub order_limits: OrderLimits,
     /// The wall clock for time-dependent answers (ETAs); tests pin it.
     pub clock: Clock,
+    /// Live events for the SSE endpoints.
+    pub live: Hub,
 }
 
 impl AppState {
@@ -91,6 +95,7 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(onboarding::router())
         .merge(orders::router())
         .merge(offers::router())
+        .merge(live::router())
         .layer(axum::middleware::from_fn_with_state(
             Authenticator {
                 keys: state.tokens.clone(),

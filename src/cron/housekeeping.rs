@@ -4,12 +4,15 @@
 //! - Jobs left `Running` by a worker that stopped heartbeating (apalis leaves a timed-out or
 //!   panicked task in `Running`) become `Pending` again; every handler is idempotent.
 //! - Order idempotency keys past their 24 hours are purged; `cron_runs` older than a week too.
+//! - Outbox rows published longer ago than `COURIER_OUTBOX_RETENTION` are deleted (rows not
+//!   yet published, or parked, stay).
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::cron::CronSettings;
 use crate::jobs::maintenance;
+use crate::outbox;
 use crate::workflows::place;
 
 /// The task's name.
@@ -43,6 +46,15 @@ pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> 
             .execute(db)
             .await?
             .rows_affected();
+    let mut events_pruned = 0u64;
+    loop {
+        let deleted = outbox::prune_published(db, settings.outbox_retention, DELETE_BATCH).await?;
+        events_pruned += deleted;
+        if deleted < u64::try_from(DELETE_BATCH).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    metrics::counter!("outbox_pruned_total").increment(events_pruned);
     metrics::counter!("jobs_deleted_total").increment(jobs_deleted);
     metrics::counter!("jobs_requeued_total").increment(requeued);
     metrics::counter!("idempotency_keys_purged_total").increment(keys_purged);
@@ -51,5 +63,6 @@ pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> 
         "jobs_requeued": requeued,
         "idempotency_keys_purged": keys_purged,
         "cron_runs_deleted": cron_runs_deleted,
+        "outbox_events_pruned": events_pruned,
     }))
 }

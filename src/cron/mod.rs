@@ -43,6 +43,8 @@ pub struct CronSettings {
     pub job_retention: Duration,
     /// A `Running` job whose worker has not been seen for this long is made runnable again.
     pub stuck_running_after: Duration,
+    /// Published outbox rows older than this are deleted.
+    pub outbox_retention: Duration,
 }
 
 /// A built-in schedule; a typo here is a bug caught by the unit test of [`CronSettings::default`].
@@ -65,6 +67,7 @@ impl Default for CronSettings {
             partitions_ahead_days: 3,
             job_retention: Duration::from_secs(7 * 24 * 3600),
             stuck_running_after: Duration::from_secs(120),
+            outbox_retention: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }

@@ -178,7 +178,7 @@ impl Keys {
             state: valkey.key(&format!("{tag}state")),
             driver_prefix: valkey.key(&format!("{tag}d:")),
             offer_prefix: valkey.key(&format!("{tag}o:")),
-            channel_prefix: valkey.key("order:"),
+            channel_prefix: valkey.key("driver:"),
         }
     }
 
@@ -422,9 +422,10 @@ impl LocationService {
             .map(|(p, _)| p))
     }
 
-    /// The channel on which an order's driver positions are published.
-    pub fn tracking_channel(&self, order_id: i64) -> String {
-        format!("{}{order_id}:location", self.core.keys.channel_prefix)
+    /// The channel on which a driver carrying an order publishes its positions
+    /// (`{"driverId", "orderId" (the order it tracks), "lat", "lon", "timestamp"}`).
+    pub fn position_channel(&self, driver_id: i64) -> String {
+        format!("{}{driver_id}:location", self.core.keys.channel_prefix)
     }
 }
 

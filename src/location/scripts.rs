@@ -71,7 +71,7 @@ for i = 1, n do
       result[i] = 2
     end
     if tracking[i] then
-      redis.call('PUBLISH', prefix .. tracking[i] .. ':location',
+      redis.call('PUBLISH', prefix .. id .. ':location',
         '{"driverId":' .. id .. ',"orderId":' .. tracking[i] .. ',"lat":' .. lat ..
         ',"lon":' .. lon .. ',"timestamp":' .. recorded .. '}')
     end

@@ -7,7 +7,7 @@ use crate::eta::order::EtaError;
 use crate::jobs::Job;
 use crate::jobs::messages::RefreshEta;
 use crate::workers::{JobContext, JobError, bounded};
-use crate::workflows::eta;
+use crate::workflows::eta::{self, RefreshError};
 
 /// The handler.
 pub async fn run(job: RefreshEta, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
@@ -15,11 +15,14 @@ pub async fn run(job: RefreshEta, ctx: Data<JobContext>) -> Result<(), BoxDynErr
         let dispatch = &ctx.dispatch;
         match eta::refresh(&ctx.db, &dispatch.location, &dispatch.routing, job.order_id).await {
             Ok(()) => Ok(()),
-            Err(EtaError::NotFound) => Err(JobError::Abort(anyhow::anyhow!(
+            Err(RefreshError::Eta(EtaError::NotFound)) => Err(JobError::Abort(anyhow::anyhow!(
                 "order {} does not exist",
                 job.order_id
             ))),
-            Err(EtaError::Database(e)) => Err(e.into()),
+            Err(RefreshError::Eta(EtaError::Database(e)) | RefreshError::Database(e)) => {
+                Err(e.into())
+            }
+            Err(RefreshError::Effects(e)) => Err(JobError::Retry(e.into())),
         }
     })
     .await

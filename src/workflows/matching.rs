@@ -16,7 +16,7 @@ use crate::dispatch::score::{Breakdown, Candidate};
 use crate::dispatch::{Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, retry_delay};
 use crate::domain::{DriverId, OfferId, OrderId};
 use crate::workflows::effects::{self, EffectError};
-use crate::workflows::steps::{self, EmptyRound};
+use crate::workflows::steps::{self, EmptyRound, OfferTerms};
 
 /// What a round did.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,13 +195,13 @@ async fn offer(
         "batch": batch,
     });
     let driver = DriverId(best.driver_id);
-    let offer_id: Option<OfferId> = sqlx::query_scalar(
+    let offer: Option<(OfferId, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "INSERT INTO offers (order_id, driver_id, round, score, score_breakdown, expires_at)
          SELECT $1, $2, $3, $4, $5, now() + make_interval(secs => $6)
          WHERE NOT EXISTS (SELECT 1 FROM offers
                            WHERE order_id = $1 AND driver_id = $2
                              AND created_at > now() - $7::interval)
-         RETURNING id",
+         RETURNING id, expires_at",
     )
     .bind(order_id)
     .bind(driver)
@@ -214,19 +214,58 @@ async fn offer(
     .await?;
     // The driver was offered this order since the search (and answered already): whoever
     // ended that offer enqueued the next round.
-    let Some(offer_id) = offer_id else {
+    let Some((offer_id, expires_at)) = offer else {
         return Ok(Some(RoundOutcome::Superseded));
     };
+    let terms = offer_terms(tx, order_id, order, expires_at).await?;
     // Before the commit, so the driver's polls find the offer the moment it exists; if
     // Valkey refuses, the round fails and is retried (the driver would not see it).
     dispatcher.location.note_offer(driver.get(), ttl).await?;
-    let effects = steps::offer_made(order_id, offer_id, driver, ttl, details);
+    let effects = steps::offer_made(order_id, offer_id, driver, ttl, &terms, details);
     effects::write(tx, effects).await?;
     Ok(Some(RoundOutcome::Offered {
         offer_id,
         driver_id: driver,
         score: breakdown.total,
     }))
+}
+
+/// The pickup and drop-off of an offer, for the driver to decide on.
+async fn offer_terms(
+    tx: &mut PgConnection,
+    order_id: OrderId,
+    order: NewOrder,
+    expires_at: chrono::DateTime<chrono::Utc>,
+) -> Result<OfferTerms, sqlx::Error> {
+    let (restaurant_id, name, address, delivery_address, delivery_fee_cents): (
+        i64,
+        String,
+        Option<String>,
+        serde_json::Value,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT r.id, r.name, r.address, o.delivery_address, o.delivery_fee_cents
+         FROM orders o JOIN restaurants r ON r.id = o.restaurant_id WHERE o.id = $1",
+    )
+    .bind(order_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(OfferTerms {
+        pickup: json!({
+            "restaurant_id": restaurant_id,
+            "name": name,
+            "address": address,
+            "lat": order.restaurant.lat,
+            "lon": order.restaurant.lon,
+        }),
+        dropoff: json!({
+            "address": delivery_address,
+            "lat": order.customer.lat,
+            "lon": order.customer.lon,
+        }),
+        delivery_fee_cents,
+        expires_at,
+    })
 }
 
 async fn reschedule(

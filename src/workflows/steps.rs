@@ -13,13 +13,18 @@
 //! | picked up | `refresh_eta` | customer |
 //! | delivered | `capture_payment`, `request_review` after 30 min | customer |
 //! | cancelled | — (pending offers end) | customer, driver, restaurant; drivers with an offer |
-//! | offer made | `offer_timeout` at its expiry | the driver |
+//! | offer made | `offer_timeout` at its expiry | the driver (pickup, drop-off, expiry) |
 //! | offer declined / expired | `match_driver` (same round) at once | — |
 //! | driver assigned | `refresh_eta` | customer |
 //! | round found nobody | `match_driver` (next round) after the backoff | — |
 //! | matching revived | `match_driver` (current round) at once | — |
 //! | capture failed, retryable | `capture_payment` (next attempt) after the backoff | — |
 //! | review due | — | customer |
+//! | ETA changed | — | — |
+//!
+//! Events published to the outbox (and so to the streams, Kafka and the SSE clients): every
+//! status change, `offer_made`, `offer_expired`, `offer_declined`, `offer_cancelled`,
+//! `driver_assigned`, `order_unmatched`, `eta_updated` and the payment outcomes.
 //!
 //! A driver whose active orders change (assigned, delivered, cancelled) has its load written
 //! to Valkey after the commit.
@@ -86,7 +91,13 @@ pub fn placed(order_id: OrderId, confirm_within: Duration) -> Vec<Effect> {
 
 /// An order that entered `status`: the workflow's next steps and the parties' webhooks.
 pub fn entered(order_id: OrderId, parties: &Parties, status: OrderStatus) -> Vec<Effect> {
-    let data = json!({ "order_id": order_id, "status": status, "driver_id": parties.driver_id });
+    let data = json!({
+        "order_id": order_id,
+        "status": status,
+        "customer_id": parties.customer_id,
+        "restaurant_id": parties.restaurant_id,
+        "driver_id": parties.driver_id,
+    });
     let customer = Some(parties.customer_id.get());
     let driver = parties.driver_id.map(DriverId::get);
     let mut effects = match status {
@@ -177,16 +188,35 @@ pub fn entered(order_id: OrderId, parties: &Parties, status: OrderStatus) -> Vec
 pub fn offers_cancelled(order_id: OrderId, offers: &[(OfferId, DriverId)]) -> Vec<Effect> {
     offers
         .iter()
-        .map(|(offer_id, driver)| {
-            notify(
-                order_id,
-                Audience::Driver,
-                Some(driver.get()),
-                "offer_cancelled",
-                json!({ "order_id": order_id, "offer_id": offer_id }),
-            )
+        .flat_map(|(offer_id, driver)| {
+            [
+                notify(
+                    order_id,
+                    Audience::Driver,
+                    Some(driver.get()),
+                    "offer_cancelled",
+                    json!({ "order_id": order_id, "offer_id": offer_id }),
+                ),
+                dispatch_event(
+                    order_id,
+                    "offer_cancelled",
+                    Actor::System,
+                    json!({ "offer_id": offer_id, "driver_id": driver }),
+                    true,
+                ),
+            ]
         })
         .collect()
+}
+
+/// What a driver needs to decide on an offer: where to pick up, where to drop off, what it
+/// pays and until when it stands.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct OfferTerms {
+    pub pickup: Value,
+    pub dropoff: Value,
+    pub delivery_fee_cents: i64,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An offer was made to `driver`; it lapses after `ttl`. `details` is the round's account
@@ -196,12 +226,25 @@ pub fn offer_made(
     offer_id: OfferId,
     driver: DriverId,
     ttl: Duration,
+    terms: &OfferTerms,
     mut details: Value,
 ) -> Vec<Effect> {
-    if let Some(fields) = details.as_object_mut() {
-        fields.insert("offer_id".to_owned(), offer_id.get().into());
-        fields.insert("driver_id".to_owned(), driver.get().into());
-        fields.insert("expires_in_s".to_owned(), ttl.as_secs_f64().into());
+    let offer = json!({
+        "order_id": order_id,
+        "offer_id": offer_id,
+        "driver_id": driver,
+        "expires_at": terms.expires_at,
+        "expires_in_s": ttl.as_secs_f64(),
+        "pickup": terms.pickup,
+        "dropoff": terms.dropoff,
+        "delivery_fee_cents": terms.delivery_fee_cents,
+    });
+    if let (Some(fields), Value::Object(offer)) = (details.as_object_mut(), &offer) {
+        for (key, value) in offer {
+            if key != "order_id" {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
     }
     vec![
         Effect::job(OfferTimeout { offer_id }, ttl),
@@ -210,7 +253,7 @@ pub fn offer_made(
             Audience::Driver,
             Some(driver.get()),
             "offer_made",
-            json!({ "order_id": order_id, "offer_id": offer_id, "expires_in_s": ttl.as_secs_f64() }),
+            offer,
         ),
         dispatch_event(order_id, "offer_made", Actor::System, details, true),
     ]
@@ -238,7 +281,7 @@ pub fn offer_ended(
             event_type,
             actor,
             json!({ "offer_id": offer_id, "driver_id": driver, "round": round }),
-            false,
+            true,
         ),
     ]
 }
@@ -368,6 +411,22 @@ pub fn capture_ended(order_id: OrderId, event_type: &'static str, details: Value
         event_type,
         actor: Actor::System,
         details,
+        publish: true,
+    })]
+}
+
+/// The order's ETA changed (`refresh_eta`).
+pub fn eta_updated(order_id: OrderId, eta: &crate::eta::Eta) -> Vec<Effect> {
+    vec![Effect::Event(OrderEvent {
+        order_id,
+        topic: "eta",
+        event_type: "eta_updated",
+        actor: Actor::System,
+        details: json!({
+            "estimated_delivery_at": eta.eta,
+            "confidence": eta.confidence,
+            "breakdown": eta.breakdown,
+        }),
         publish: true,
     })]
 }
@@ -509,12 +568,19 @@ mod tests {
 
     #[test]
     fn offers_time_out_and_unanswered_ones_move_matching_on_in_the_same_round() {
+        let terms = OfferTerms {
+            pickup: json!({ "lat": 1.0, "lon": 2.0 }),
+            dropoff: json!({ "lat": 3.0, "lon": 4.0 }),
+            delivery_fee_cents: 299,
+            expires_at: chrono::DateTime::from_timestamp(1_700_000_030, 0).unwrap_or_default(),
+        };
         let made = offer_made(
             ORDER,
             OfferId(3),
             DriverId(9),
             Duration::from_secs(30),
-            json!({}),
+            &terms,
+            json!({ "round": 1 }),
         );
         assert_eq!(
             summary(&made),
@@ -528,7 +594,15 @@ mod tests {
             panic!("an event");
         };
         assert_eq!(event.details["offer_id"], 3);
+        assert_eq!(event.details["round"], 1);
+        assert_eq!(event.details["pickup"]["lat"], 1.0);
         assert!(event.publish);
+        let Effect::Notify { data, .. } = &made[1] else {
+            panic!("a webhook");
+        };
+        assert_eq!(data["dropoff"]["lon"], 4.0);
+        assert_eq!(data["expires_at"], "2023-11-14T22:13:50Z");
+        assert_eq!(data["delivery_fee_cents"], 299);
         let ended = offer_ended(
             ORDER,
             OfferId(3),

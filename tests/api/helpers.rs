@@ -19,7 +19,9 @@ use courier::config::Config;
 use courier::cron::CronSettings;
 use courier::dispatch::{DispatchSettings, Dispatcher};
 use courier::eta::routing::RoutingSettings;
+use courier::live::LiveSettings;
 use courier::notify::{Notifier, WebhookSettings};
+use courier::outbox::OutboxSettings;
 use courier::payments::{PaymentSettings, Payments};
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
@@ -262,6 +264,8 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         webhooks: WebhookSettings::default(),
         cron: CronSettings::default(),
         order_limits: options.order_limits,
+        outbox: OutboxSettings::default(),
+        live: LiveSettings::default(),
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {
@@ -788,6 +792,194 @@ impl TestApp {
         .fetch_one(&self.db)
         .await
         .expect("outbox")
+    }
+}
+
+/// The Kafka-protocol broker the tests use (`just test` starts tansu through `ops/`).
+pub fn kafka_brokers() -> Vec<String> {
+    std::env::var("COURIER_TEST_KAFKA_BROKERS")
+        .or_else(|_| std::env::var("KAFKA_BROKERS"))
+        .unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One entry of the orders' event stream: its fields.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub order_id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub sequence: i64,
+    pub body: serde_json::Value,
+}
+
+/// Every entry of the orders' event stream under `prefix`, oldest first.
+pub async fn stream_entries(prefix: &str) -> Vec<Entry> {
+    let client = redis::Client::open(valkey_url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}events:orders"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let body: String = e.get("event").expect("event field");
+            Entry {
+                order_id: e.get("order_id").expect("order_id"),
+                event_id: e.get("event_id").expect("event_id"),
+                event_type: e.get("type").expect("type"),
+                sequence: e.get("sequence").expect("sequence"),
+                body: serde_json::from_str(&body).expect("json"),
+            }
+        })
+        .collect()
+}
+
+impl TestApp {
+    /// Runs the outbox relay in process with `settings` until the guard is dropped.
+    pub fn spawn_relay_with(&self, settings: &OutboxSettings) -> WorkerGuard {
+        let stop = CancellationToken::new();
+        let relay = courier::outbox::relay(self.db.clone(), &self.state.valkey, settings)
+            .expect("relay builds");
+        tokio::spawn(relay.run(stop.clone()));
+        WorkerGuard(stop)
+    }
+
+    /// Runs the outbox relay (to the Valkey stream, polling every 100 ms) in process.
+    pub fn spawn_relay(&self) -> WorkerGuard {
+        let mut settings = OutboxSettings::default();
+        settings.relay.poll_interval = Duration::from_millis(100);
+        self.spawn_relay_with(&settings)
+    }
+
+    /// Outbox rows not yet published.
+    pub async fn unpublished(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+    }
+
+    /// Opens an SSE stream at `path` as (role, subject), with `Last-Event-ID` when given.
+    pub async fn sse(
+        &self,
+        path: &str,
+        role: Role,
+        subject: i64,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = reqwest::Client::new()
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(self.token(role, subject))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        request.send().await.expect("request sent")
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+/// Reads Server-Sent Events off a response, as a browser's `EventSource` would.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+    /// Whether the server ended the stream.
+    pub ended: bool,
+}
+
+impl SseReader {
+    /// A reader of `response` (which must be a 200 event stream).
+    pub fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"))
+        );
+        Self {
+            body: futures::StreamExt::boxed(response.bytes_stream()),
+            buffer: String::new(),
+            ended: false,
+        }
+    }
+
+    /// The next event (comments skipped), waiting at most `within`; `None` on timeout or end.
+    pub async fn next(&mut self, within: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if !data.is_empty() || !event.event.is_empty() {
+                    event.data = data.join("\n");
+                    return Some(event);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut self.body))
+                .await
+                .ok()?;
+            match chunk {
+                Some(Ok(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => {
+                    self.ended = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Events until one named `name` (inclusive), within `within` in all.
+    pub async fn until(&mut self, name: &str, within: Duration) -> Vec<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(event) = self
+            .next(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            let done = event.event == name;
+            seen.push(event);
+            if done {
+                return seen;
+            }
+        }
+        panic!("no `{name}` event within {within:?}; got {seen:?}");
     }
 }
 

@@ -437,7 +437,7 @@ async fn reports_of_a_driver_carrying_an_order_reach_its_live_channel() {
     let client = redis::Client::open(valkey_url()).expect("client");
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub
-        .subscribe(app.state.location.tracking_channel(4242))
+        .subscribe(app.state.location.position_channel(driver))
         .await
         .expect("subscribe");
     app.report(

@@ -9,6 +9,7 @@ mod cron;
 mod driver_load;
 mod errors;
 mod eta;
+mod events;
 mod health;
 mod helpers;
 mod isolation;
