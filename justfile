@@ -73,3 +73,7 @@ bench-location *ARGS: (_bench "courier_bench" "bench:" "location" ARGS)
 # A whole city at peak: 10,000 drivers reporting every second and 100 orders/s carried through
 # the workflow by `courier serve` and `courier worker`, e.g. `just bench-e2e --duration 60s`.
 bench-e2e *ARGS: (_bench "courier_bench_e2e" "bench-e2e:" "e2e" ARGS)
+
+# Live clients: 2,000 SSE connections on one `courier serve` while orders move, e.g.
+# `just bench-sse --clients 2000 --duration 30s`.
+bench-sse *ARGS: (_bench "courier_bench_sse" "bench-sse:" "sse" ARGS)

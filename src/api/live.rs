@@ -9,7 +9,8 @@
 //! `eventType`, `id:` its stream entry id, `data:` the published JSON; `docs/events.md`).
 //! An order's stream resumes from `Last-Event-ID` with the events missed (replayed from the
 //! stream; a snapshot when they are no longer there), adds `driver_position` events (no id)
-//! while a driver is on the way, and ends once the order is completed or cancelled.
+//! while a driver is on the way, and ends once the order is completed or cancelled. It sends
+//! each event once, even when the relay published it twice.
 //! Keep-alive comments flow on idle streams. A client that cannot keep up is disconnected
 //! and resumes.
 
@@ -95,6 +96,8 @@ fn snapshot(id: Option<EntryId>, data: &serde_json::Value) -> Event {
 struct Tracker {
     status: Option<OrderStatus>,
     driver: Option<i64>,
+    /// The highest sequence taken in: a duplicate the relay published twice is not sent again.
+    sequence: i64,
 }
 
 impl Tracker {
@@ -102,16 +105,23 @@ impl Tracker {
         Self {
             status: view.status.parse().ok(),
             driver: view.driver_id.map(DriverId::get),
+            sequence: 0,
         }
     }
 
-    fn absorb(&mut self, event: &StreamEvent) {
+    /// Takes `event` in; `false` when it is a duplicate of one taken in before.
+    fn absorb(&mut self, event: &StreamEvent) -> bool {
+        if event.sequence <= self.sequence {
+            return false;
+        }
+        self.sequence = event.sequence;
         if let Some(status) = event.new_status.as_deref().and_then(|s| s.parse().ok()) {
             self.status = Some(status);
         }
         if event.driver_id.is_some() {
             self.driver = event.driver_id;
         }
+        true
     }
 
     /// The driver whose positions the stream carries: assigned, and not yet delivered.
@@ -152,7 +162,9 @@ impl OrderStream {
 
     fn push(&mut self, event: &StreamEvent) {
         self.seen = Some(event.id);
-        self.tracker.absorb(event);
+        if !self.tracker.absorb(event) {
+            return;
+        }
         self.done |= event.ends_order();
         self.queue.push_back(stream_event(event));
     }
@@ -380,10 +392,11 @@ async fn restaurant_stream(
 mod tests {
     use super::*;
 
-    fn event(new_status: Option<&str>, driver: Option<i64>) -> StreamEvent {
+    fn event(sequence: i64, new_status: Option<&str>, driver: Option<i64>) -> StreamEvent {
         StreamEvent {
             id: EntryId::default(),
             order_id: 1,
+            sequence,
             event_type: "order_status_changed".to_owned(),
             body: "{}".into(),
             restaurant_id: Some(2),
@@ -398,17 +411,31 @@ mod tests {
         let mut tracker = Tracker {
             status: Some(OrderStatus::Confirmed),
             driver: None,
+            sequence: 0,
         };
         assert_eq!(tracker.followed(), None);
-        tracker.absorb(&event(None, Some(9)));
+        assert!(tracker.absorb(&event(1, None, Some(9))));
         assert_eq!(tracker.followed(), Some(9));
-        tracker.absorb(&event(Some("PICKED_UP"), Some(9)));
+        assert!(tracker.absorb(&event(2, Some("PICKED_UP"), Some(9))));
         assert_eq!(tracker.followed(), Some(9));
-        tracker.absorb(&event(Some("DELIVERED"), Some(9)));
+        assert!(tracker.absorb(&event(3, Some("DELIVERED"), Some(9))));
         assert_eq!(tracker.followed(), None);
         assert!(!tracker.ended());
-        tracker.absorb(&event(Some("COMPLETED"), Some(9)));
+        assert!(tracker.absorb(&event(4, Some("COMPLETED"), Some(9))));
         assert!(tracker.ended());
+    }
+
+    #[test]
+    fn a_duplicate_publication_is_taken_in_once() {
+        let mut tracker = Tracker {
+            status: Some(OrderStatus::Placed),
+            driver: None,
+            sequence: 0,
+        };
+        assert!(tracker.absorb(&event(5, Some("CONFIRMED"), None)));
+        assert!(!tracker.absorb(&event(5, Some("CONFIRMED"), None)));
+        assert!(!tracker.absorb(&event(4, Some("PLACED"), None)));
+        assert_eq!(tracker.status, Some(OrderStatus::Confirmed));
     }
 
     #[test]

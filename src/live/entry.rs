@@ -64,6 +64,8 @@ const PARTY_EVENTS: &[&str] = &["order_status_changed", "driver_assigned"];
 pub struct StreamEvent {
     pub id: EntryId,
     pub order_id: i64,
+    /// The outbox sequence: increases along one order's events; a duplicate repeats it.
+    pub sequence: i64,
     pub event_type: String,
     /// The event's JSON, as published.
     pub body: Arc<str>,
@@ -85,6 +87,7 @@ impl StreamEvent {
         Some(Self {
             id,
             order_id: int(&json["orderId"])?,
+            sequence: int(&json["sequence"]).unwrap_or(0),
             event_type: json["eventType"].as_str()?.to_owned(),
             restaurant_id: int(&json["restaurantId"]),
             driver_id: int(&json["driverId"]),

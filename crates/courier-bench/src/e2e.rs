@@ -107,7 +107,7 @@ fn server_timers() -> Vec<(&'static str, String)> {
 }
 
 /// Drops and recreates the benchmark's database, then migrates it.
-async fn fresh_database(config: &Config) -> anyhow::Result<PgPool> {
+pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<PgPool> {
     let target = PgConnectOptions::from_str(config.database.url.expose_secret())?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
     let mut admin = target.clone().database("postgres").connect().await?;
@@ -255,7 +255,7 @@ async fn captures(db: &PgPool) -> anyhow::Result<(i64, Vec<i64>)> {
 }
 
 /// The `p`-quantile of `samples` (nearest rank); 0 when empty.
-fn quantile(samples: &[f64], p: f64) -> f64 {
+pub(crate) fn quantile(samples: &[f64], p: f64) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }

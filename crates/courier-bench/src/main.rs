@@ -7,13 +7,16 @@
 //! - `jobs` ([`jobs`]): the job layer's drain and latencies, against plain SQL (and
 //!   graphile-worker);
 //! - `e2e` ([`e2e`]): a whole city at peak — thousands of drivers reporting, orders carried
-//!   through the whole workflow — with every process's CPU.
+//!   through the whole workflow — with every process's CPU;
+//! - `sse` ([`sse`]): thousands of live SSE clients on one server while orders move: memory
+//!   per connection and commit→client latency, against the stream read directly.
 
 mod cpu;
 mod e2e;
 mod jobs;
 mod location;
 mod server;
+mod sse;
 
 use std::process::ExitCode;
 
@@ -46,6 +49,9 @@ enum Command {
     /// A whole city at peak through the API: drivers reporting, orders placed and carried
     /// through the workflow by `courier serve` and `courier worker`.
     E2e(e2e::E2eBench),
+    /// Live clients: thousands of SSE connections on one server while orders move, against
+    /// the same events read straight from the Valkey stream.
+    Sse(sse::SseBench),
 }
 
 #[tokio::main]
@@ -58,6 +64,7 @@ async fn main() -> ExitCode {
             Command::Location(options) => location::run_location(&config, options).await,
             Command::Jobs(options) => jobs::run_jobs(&config, options).await,
             Command::E2e(options) => e2e::run(&config, options).await,
+            Command::Sse(options) => sse::run(&config, options).await,
         }
     };
     match outcome.await {
