@@ -110,6 +110,12 @@ async fn record_outcome(
     outcome: &CaptureOutcome,
 ) -> Result<CaptureResult, CaptureError> {
     let mut tx = crate::store::begin(db).await?;
+    // The order's lock, as every writer of the order takes it: its events commit, and so
+    // are published, in the order they were written (docs/events.md).
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
     let (label, http_status, detail) = match outcome {
         CaptureOutcome::Captured { reference } => ("captured", None, reference.clone()),
         CaptureOutcome::Declined { code, message } => {

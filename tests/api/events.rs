@@ -744,3 +744,58 @@ async fn a_driver_sees_an_offer_the_moment_it_is_made_and_its_withdrawal() {
     let (_, statuses) = until_status(&mut restaurant, "CANCELLED").await;
     assert_eq!(statuses, ["CONFIRMED", "CANCELLED"]);
 }
+
+#[tokio::test]
+async fn open_streams_end_when_the_server_shuts_down_so_it_can_drain() {
+    let mut app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let order = app.placed_order(&cast).await;
+    let mut stream = SseReader::new(
+        app.sse(
+            &format!("/v1/orders/{order}/events"),
+            Role::Customer,
+            cast.customer,
+            None,
+        )
+        .await,
+    );
+    assert_eq!(
+        stream.next(PATIENCE).await.expect("snapshot").event,
+        "snapshot"
+    );
+    app.shutdown().await;
+    while stream.next(PATIENCE).await.is_some() {}
+    assert!(stream.ended, "the stream outlived the server");
+    assert!(app.state.live.is_closed());
+}
+
+#[tokio::test]
+async fn a_customer_cancel_reaches_the_assigned_driver_at_once() {
+    let app = spawn_app().await;
+    let _relay = app.spawn_relay();
+    let cast = cast(&app.db).await;
+    let order = app.confirmed_order(&cast).await;
+    let driver = crate::helpers::insert_driver(&app.db).await;
+    sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
+        .bind(order)
+        .bind(driver)
+        .execute(&app.db)
+        .await
+        .expect("assign");
+    let mut stream = SseReader::new(
+        app.sse(
+            &format!("/v1/drivers/{driver}/offers/stream"),
+            Role::Driver,
+            driver,
+            None,
+        )
+        .await,
+    );
+    let snapshot = stream.next(PATIENCE).await.expect("snapshot");
+    assert_eq!(snapshot.json()["orders"][0]["id"], order);
+    app.act(order, "cancel", Role::Customer, cast.customer)
+        .await;
+    let (events, statuses) = until_status(&mut stream, "CANCELLED").await;
+    assert_eq!(statuses, ["CANCELLED"]);
+    assert_eq!(events.last().expect("event").json()["driverId"], driver);
+}

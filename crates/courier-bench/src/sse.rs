@@ -258,8 +258,8 @@ pub async fn run(config: &Config, opts: &SseBench) -> anyhow::Result<()> {
     let order_clients = opts.clients / 2;
     let restaurant_clients = opts.clients - order_clients;
     let restaurants = restaurant_clients.div_ceil(opts.per_restaurant).max(1);
-    let moved = ((opts.orders_per_second * opts.duration.as_secs_f64()).ceil() as usize)
-        .min(order_clients);
+    let moved =
+        ((opts.orders_per_second * opts.duration.as_secs_f64()).ceil() as usize).min(order_clients);
 
     println!("preparing a fresh database and key prefix…");
     let db = fresh_database(config).await?;
@@ -389,7 +389,8 @@ pub async fn run(config: &Config, opts: &SseBench) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_restaurant: HashMap<i64, usize> =
         (0..restaurant_clients).fold(HashMap::new(), |mut acc, i| {
-            *acc.entry(restaurant_ids[i % restaurant_ids.len()]).or_default() += 1;
+            *acc.entry(restaurant_ids[i % restaurant_ids.len()])
+                .or_default() += 1;
             acc
         });
     let mut expected = 0u64;
@@ -398,7 +399,11 @@ pub async fn run(config: &Config, opts: &SseBench) -> anyhow::Result<()> {
     for (order, _, restaurant) in orders.iter().take(moved).copied() {
         ticks.tick().await;
         expected += 3 * (1 + per_restaurant.get(&restaurant).copied().unwrap_or(0) as u64);
-        let (http, base, bearer) = (http.clone(), base.clone(), token(Role::Restaurant, restaurant)?);
+        let (http, base, bearer) = (
+            http.clone(),
+            base.clone(),
+            token(Role::Restaurant, restaurant)?,
+        );
         moves.push(tokio::spawn(async move {
             advance(&http, &base, &bearer, order).await
         }));
@@ -423,7 +428,10 @@ pub async fn run(config: &Config, opts: &SseBench) -> anyhow::Result<()> {
     let gathered = gathered.lock().await;
     let got = received.load(Ordering::Relaxed);
     let per_conn = (rss_open.saturating_sub(rss_before)) as f64 / opts.clients as f64;
-    let (sse50, sse99) = (quantile(&gathered.sse_ms, 0.5), quantile(&gathered.sse_ms, 0.99));
+    let (sse50, sse99) = (
+        quantile(&gathered.sse_ms, 0.5),
+        quantile(&gathered.sse_ms, 0.99),
+    );
     let (st50, st99) = (
         quantile(&gathered.stream_ms, 0.5),
         quantile(&gathered.stream_ms, 0.99),
@@ -439,9 +447,7 @@ pub async fn run(config: &Config, opts: &SseBench) -> anyhow::Result<()> {
         rss_open as f64 / 1024.0,
         rss_flow as f64 / 1024.0
     );
-    println!(
-        "Valkey connections: {valkey_before} before, {valkey_open} with every stream open"
-    );
+    println!("Valkey connections: {valkey_before} before, {valkey_open} with every stream open");
     println!(
         "deliveries: {got} of {expected} expected status changes reached their clients ({} status changes read from the stream)",
         gathered.stream_ms.len()
