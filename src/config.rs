@@ -953,6 +953,51 @@ mod tests {
         }
     }
 
+    /// The events settings of `flags` (after the required ones).
+    fn events(flags: &[&str]) -> Result<OutboxSettings, ConfigError> {
+        #[derive(clap::Parser)]
+        struct Harness {
+            #[command(flatten)]
+            events: EventsArgs,
+        }
+        let mut argv = vec!["courier"];
+        argv.extend_from_slice(flags);
+        let args = <Harness as clap::Parser>::try_parse_from(argv).expect("arguments parse");
+        outbox_settings(&args.events)
+    }
+
+    #[test]
+    fn the_stream_is_the_default_sink_and_kafka_needs_brokers_and_a_sane_topic() {
+        let default = events(&[]).expect("defaults");
+        assert_eq!(default.sinks, [SinkKind::Stream]);
+        assert_eq!(default.kafka, None);
+        assert!(events(&["--event-sinks", "stream,kafka"]).is_err());
+        let both = events(&[
+            "--event-sinks",
+            "stream,kafka",
+            "--kafka-brokers",
+            "k1:9092,k2:9092",
+            "--kafka-topic",
+            "orders.v1",
+        ])
+        .expect("valid");
+        assert_eq!(both.sinks, [SinkKind::Stream, SinkKind::Kafka]);
+        let kafka = both.kafka.expect("kafka settings");
+        assert_eq!(kafka.brokers, ["k1:9092", "k2:9092"]);
+        assert_eq!(kafka.topic, "orders.v1");
+        for bad in [
+            &["--kafka-brokers", "kafka://k1:9092"][..],
+            &["--kafka-brokers", "k1"],
+            &["--kafka-brokers", "k1:9092", "--kafka-topic", "bad topic"],
+            &["--kafka-brokers", "k1:9092", "--kafka-partitions", "0"],
+            &["--relay-batch", "0"],
+            &["--relay-poll", "1ms"],
+            &["--event-stream-max-len", "10"],
+        ] {
+            assert!(events(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn key_prefix_rules() {
         assert!(validate_key_prefix("courier:").is_ok());

@@ -27,15 +27,15 @@ use serde_json::json;
 
 use crate::api::AppState;
 use crate::api::extract::ApiPath;
+use crate::api::orders::visible_order;
 use crate::auth::Principal;
 use crate::dispatch::offers as offer_views;
-use crate::domain::{Actor, DriverId, OrderId, OrderStatus, RestaurantId, Role};
+use crate::domain::{Actor, DriverId, OrderStatus, RestaurantId, Role};
 use crate::error::ApiError;
 use crate::live::entry::{EntryId, StreamEvent, Topic, is_newer};
 use crate::live::{Hub, Item, Subscription};
 use crate::store::orders::{self, ListFilter, OrderView};
 use crate::store::{drivers, restaurants};
-use crate::workflows::machine::Parties;
 
 /// The live routes.
 pub fn router() -> Router<AppState> {
@@ -214,19 +214,7 @@ async fn order_events(
     // Subscribed before anything is read, so nothing falls between the reads and the feed.
     let events = state.live.subscribe(Topic::Order(id));
     let tail = state.live.tail().await?;
-    let view = {
-        let mut conn = state.db.acquire().await?;
-        orders::fetch_view(&mut conn, OrderId(id)).await?
-    }
-    .ok_or_else(|| ApiError::not_found("no such order"))?;
-    let parties = Parties {
-        customer_id: view.customer_id,
-        restaurant_id: view.restaurant_id,
-        driver_id: view.driver_id,
-    };
-    if !parties.visible_to(principal.actor()) {
-        return Err(ApiError::not_found("no such order"));
-    }
+    let view = visible_order(&state, principal, id).await?;
     let mut stream = OrderStream {
         hub: state.live.clone(),
         events,

@@ -400,11 +400,13 @@ struct ShowBody {
     eta: Option<Eta>,
 }
 
-async fn show(
-    State(state): State<AppState>,
+/// Order `id` if `principal` may see it: its parties and operators. Anyone else gets the 404
+/// of an order that does not exist.
+pub(crate) async fn visible_order(
+    state: &AppState,
     principal: Principal,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<ShowBody>, ApiError> {
+    id: i64,
+) -> Result<OrderView, ApiError> {
     let mut conn = state.db.acquire().await?;
     let view = orders::fetch_view(&mut conn, OrderId(id))
         .await?
@@ -417,7 +419,15 @@ async fn show(
     if !parties.visible_to(principal.actor()) {
         return Err(ApiError::not_found("no such order"));
     }
-    drop(conn);
+    Ok(view)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<ShowBody>, ApiError> {
+    let view = visible_order(&state, principal, id).await?;
     let eta = order_eta(
         &state.db,
         &state.location,

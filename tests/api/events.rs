@@ -563,9 +563,7 @@ async fn an_sse_client_sees_the_whole_life_of_an_order_with_positions_and_resume
     let driver = app.online_driver_at(300.0).await;
     let order = app.placed_order(&cast).await;
     let path = format!("/v1/orders/{order}/events");
-    let mut customer = SseReader::new(app.sse(&path, Role::Customer, cast.customer, None).await);
-    let snapshot = customer.next(PATIENCE).await.expect("a snapshot");
-    assert_eq!(snapshot.event, "snapshot");
+    let (mut customer, snapshot) = app.follow(&path, Role::Customer, cast.customer).await;
     assert_eq!(snapshot.json()["order"]["status"], "PLACED");
 
     app.act(order, "confirm", Role::Restaurant, cast.restaurant)
@@ -676,31 +674,21 @@ async fn a_driver_sees_an_offer_the_moment_it_is_made_and_its_withdrawal() {
     let _workers = app.spawn_workers();
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
-    let mut stream = SseReader::new(
-        app.sse(
+    let (mut stream, snapshot) = app
+        .follow(
             &format!("/v1/drivers/{driver}/offers/stream"),
             Role::Driver,
             driver,
-            None,
         )
-        .await,
-    );
-    let snapshot = stream.next(PATIENCE).await.expect("snapshot");
-    assert_eq!(snapshot.event, "snapshot");
+        .await;
     assert_eq!(snapshot.json()["offers"], serde_json::json!([]));
-    let mut restaurant = SseReader::new(
-        app.sse(
+    let (mut restaurant, _) = app
+        .follow(
             &format!("/v1/restaurants/{}/orders/stream", cast.restaurant),
             Role::Restaurant,
             cast.restaurant,
-            None,
         )
-        .await,
-    );
-    assert_eq!(
-        restaurant.next(PATIENCE).await.expect("snapshot").event,
-        "snapshot"
-    );
+        .await;
 
     let order = app.confirmed_order(&cast).await;
     // The restaurant hears of its new order without polling.
@@ -750,19 +738,13 @@ async fn open_streams_end_when_the_server_shuts_down_so_it_can_drain() {
     let mut app = spawn_app().await;
     let cast = cast(&app.db).await;
     let order = app.placed_order(&cast).await;
-    let mut stream = SseReader::new(
-        app.sse(
+    let (mut stream, _) = app
+        .follow(
             &format!("/v1/orders/{order}/events"),
             Role::Customer,
             cast.customer,
-            None,
         )
-        .await,
-    );
-    assert_eq!(
-        stream.next(PATIENCE).await.expect("snapshot").event,
-        "snapshot"
-    );
+        .await;
     app.shutdown().await;
     while stream.next(PATIENCE).await.is_some() {}
     assert!(stream.ended, "the stream outlived the server");
@@ -782,16 +764,13 @@ async fn a_customer_cancel_reaches_the_assigned_driver_at_once() {
         .execute(&app.db)
         .await
         .expect("assign");
-    let mut stream = SseReader::new(
-        app.sse(
+    let (mut stream, snapshot) = app
+        .follow(
             &format!("/v1/drivers/{driver}/offers/stream"),
             Role::Driver,
             driver,
-            None,
         )
-        .await,
-    );
-    let snapshot = stream.next(PATIENCE).await.expect("snapshot");
+        .await;
     assert_eq!(snapshot.json()["orders"][0]["id"], order);
     app.act(order, "cancel", Role::Customer, cast.customer)
         .await;

@@ -889,6 +889,20 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Opens the SSE stream at `path` as (role, subject) and reads its first event, which
+    /// must be the snapshot.
+    pub async fn follow(&self, path: &str, role: Role, subject: i64) -> (SseReader, SseEvent) {
+        let mut reader = SseReader::new(self.sse(path, role, subject, None).await);
+        let snapshot = reader
+            .next(Duration::from_secs(20))
+            .await
+            .expect("a first event");
+        assert_eq!(snapshot.event, "snapshot");
+        (reader, snapshot)
+    }
+}
+
 /// One Server-Sent Event.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SseEvent {
