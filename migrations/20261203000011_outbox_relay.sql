@@ -7,11 +7,11 @@ ALTER TABLE outbox
     ADD COLUMN last_error TEXT,
     ADD COLUMN parked_at  TIMESTAMPTZ;
 
--- What the relay reads: the unpublished, unparked rows in id order.
+-- What the relay reads: the unpublished, unparked rows in id order. (Housekeeping prunes
+-- published rows from the oldest id on, through the primary key: no index on `published_at`,
+-- which every publication would have to update.)
 DROP INDEX idx_outbox_unpublished;
 CREATE INDEX idx_outbox_unpublished ON outbox (id) WHERE published_at IS NULL AND parked_at IS NULL;
--- Housekeeping prunes published rows by age.
-CREATE INDEX idx_outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
 
 -- Wakes the relay the moment rows commit (it also polls, in case a notification is missed).
 -- Once per statement, and Postgres folds identical notifications of one transaction into one.

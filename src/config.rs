@@ -390,6 +390,11 @@ pub struct EventsArgs {
     #[arg(long, env = "COURIER_RELAY_POLL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub relay_poll: Duration,
 
+    /// How long the relay lets events gather after a notification (fewer, larger batches
+    /// under load, at that much latency).
+    #[arg(long, env = "COURIER_RELAY_GATHER", default_value = "25ms", value_parser = humantime::parse_duration, global = true)]
+    pub relay_gather: Duration,
+
     /// Published outbox rows older than this are deleted by housekeeping, e.g. `3d`.
     #[arg(long, env = "COURIER_OUTBOX_RETENTION", default_value = "3d", value_parser = humantime::parse_duration, global = true)]
     pub outbox_retention: Duration,
@@ -414,6 +419,9 @@ fn outbox_settings(args: &EventsArgs) -> Result<OutboxSettings, ConfigError> {
     }
     if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&args.relay_poll) {
         return Err(invalid("COURIER_RELAY_POLL must be between 10ms and 60s"));
+    }
+    if args.relay_gather > Duration::from_secs(1) {
+        return Err(invalid("COURIER_RELAY_GATHER must be at most 1s"));
     }
     let brokers: Vec<String> = args
         .kafka_brokers
@@ -467,6 +475,7 @@ fn outbox_settings(args: &EventsArgs) -> Result<OutboxSettings, ConfigError> {
         relay: RelaySettings {
             batch_size: args.relay_batch,
             poll_interval: args.relay_poll,
+            gather: args.relay_gather,
             ..RelaySettings::default()
         },
     })
@@ -992,6 +1001,7 @@ mod tests {
             &["--kafka-brokers", "k1:9092", "--kafka-partitions", "0"],
             &["--relay-batch", "0"],
             &["--relay-poll", "1ms"],
+            &["--relay-gather", "2s"],
             &["--event-stream-max-len", "10"],
         ] {
             assert!(events(bad).is_err(), "{bad:?}");

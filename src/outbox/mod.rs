@@ -181,7 +181,8 @@ pub async fn release(db: &PgPool, event_id: uuid::Uuid) -> Result<Released, sqlx
     })
 }
 
-/// Deletes up to `batch` rows published more than `retention` ago; returns how many.
+/// Deletes up to `batch` rows published more than `retention` ago; returns how many. Rows
+/// are old in id order, so the oldest ids are read first (through the primary key).
 pub async fn prune_published(
     db: &PgPool,
     retention: Duration,
@@ -191,7 +192,7 @@ pub async fn prune_published(
         "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox
              WHERE published_at < now() - make_interval(secs => $1)
-             LIMIT $2)",
+             ORDER BY id LIMIT $2)",
     )
     .bind(retention.as_secs_f64())
     .bind(batch)
