@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::streams::{StreamRangeReply, StreamReadReply};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::live::entry::{EntryId, StreamEvent, Topic};
 use crate::location::LocationService;
@@ -82,6 +82,9 @@ struct Inner {
     started: AtomicBool,
     commands: mpsc::UnboundedSender<Command>,
     command_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    /// Where the stream reader began (the stream's tail then), once it did: a subscriber
+    /// reads its own starting point after it, so the reader delivers everything after that.
+    origin: watch::Sender<Option<EntryId>>,
     closed: CancellationToken,
 }
 
@@ -139,6 +142,7 @@ impl Hub {
             started: AtomicBool::new(false),
             commands,
             command_rx: Mutex::new(Some(command_rx)),
+            origin: watch::Sender::new(None),
             closed: CancellationToken::new(),
         }))
     }
@@ -261,8 +265,25 @@ impl Hub {
         }
     }
 
-    /// The newest entry of the stream now (`None` when it is empty).
+    /// The newest entry of the stream now (`None` when it is empty): where a new subscriber
+    /// starts. It waits (at most [`BLOCK`]) for the stream reader to have begun, so the reader
+    /// delivers every entry after it.
     pub async fn tail(&self) -> redis::RedisResult<Option<EntryId>> {
+        self.start();
+        let mut origin = self.0.origin.subscribe();
+        let began = tokio::time::timeout(BLOCK, origin.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !began {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the events stream reader has not started",
+            )));
+        }
+        self.read_tail().await
+    }
+
+    async fn read_tail(&self) -> redis::RedisResult<Option<EntryId>> {
         let mut conn = self.0.valkey.connection();
         let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.0.key)
@@ -348,8 +369,12 @@ async fn read_stream(hub: Hub) {
         };
         loop {
             if last.is_none() {
-                match hub.tail().await {
-                    Ok(tail) => last = Some(tail.unwrap_or_default()),
+                match hub.read_tail().await {
+                    Ok(tail) => {
+                        let tail = tail.unwrap_or_default();
+                        last = Some(tail);
+                        inner.origin.send_replace(Some(tail));
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "live events: cannot read the stream's tail");
                         break;
