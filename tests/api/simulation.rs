@@ -1,9 +1,10 @@
 //! A small city run through the public API by the simulator (`courier-sim`) against the
 //! in-process app and real workers, in compressed time: drivers moving and answering offers,
 //! restaurants confirming and cooking, customers ordering (some retrying with the same key,
-//! some cancelling). The invariants a marketplace must keep are asserted on its report and on
-//! the database.
+//! some cancelling). The invariants a marketplace must keep are asserted on its report, on
+//! the database and on the events the outbox relay published meanwhile.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use courier::cron::CronSettings;
@@ -13,7 +14,8 @@ use courier_sim::Settings;
 use courier::workflows::place::OrderLimits;
 
 use crate::helpers::{
-    OPERATOR, TEST_SECRET, TestAppOptions, WorkerSettings, fast_dispatch, spawn_app_with,
+    OPERATOR, TEST_SECRET, TestAppOptions, WorkerSettings, eventually, fast_dispatch,
+    spawn_app_with, stream_entries,
 };
 
 #[tokio::test]
@@ -41,6 +43,7 @@ async fn a_small_city_runs_through_the_api_and_every_order_ends_sound() {
         },
         ..WorkerSettings::default()
     });
+    let _relay = app.spawn_relay();
     let mut settings = Settings::new(&app.address, TEST_SECRET, OPERATOR);
     settings.seed = 7;
     settings.plan.drivers = 6;
@@ -99,4 +102,38 @@ async fn a_small_city_runs_through_the_api_and_every_order_ends_sound() {
         report.orders_placed,
         "every order in the database is one the simulation placed"
     );
+
+    // Every change of every order reached the events stream, in the order the audit log
+    // recorded it.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.unpublished().await == 0
+        })
+        .await,
+        "the relay left events unpublished"
+    );
+    let audited: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT entity_id, changes -> 'status' ->> 'to' FROM audit_logs
+         WHERE event_type = 'order_status_changed' ORDER BY id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("audit log");
+    let mut expected: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for (order, status) in audited {
+        expected.entry(order).or_default().push(status);
+    }
+    let mut published: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for entry in stream_entries(app.state.valkey.prefix()).await {
+        if entry.event_type == "order_status_changed" && seen.insert(entry.event_id.clone()) {
+            published.entry(entry.order_id).or_default().push(
+                entry.body["newStatus"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(published, expected, "{table}");
 }
