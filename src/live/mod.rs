@@ -77,7 +77,7 @@ struct Inner {
     location: LocationService,
     key: String,
     settings: LiveSettings,
-    registry: Mutex<RegistryCell>,
+    registry: Mutex<Registry>,
     next_id: AtomicU64,
     started: AtomicBool,
     commands: mpsc::UnboundedSender<Command>,
@@ -88,13 +88,11 @@ struct Inner {
     closed: CancellationToken,
 }
 
-/// The registry behind a `Debug` that does not list every subscriber.
-struct RegistryCell(Registry);
-
-impl std::fmt::Debug for RegistryCell {
+/// Counts topics rather than listing every subscriber.
+impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("topics", &self.0.topics.len())
+            .field("topics", &self.topics.len())
             .finish()
     }
 }
@@ -137,7 +135,7 @@ impl Hub {
             valkey,
             location,
             settings,
-            registry: Mutex::new(RegistryCell(Registry::default())),
+            registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             started: AtomicBool::new(false),
             commands,
@@ -162,7 +160,7 @@ impl Hub {
         self.0.closed.is_cancelled()
     }
 
-    fn registry(&self) -> MutexGuard<'_, RegistryCell> {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock leaves the registry consistent (plain inserts and
         // removals), so a poisoned lock is used as is.
         self.0
@@ -173,7 +171,7 @@ impl Hub {
 
     /// Subscribers now (all topics).
     pub fn subscribers(&self) -> usize {
-        self.registry().0.topics.values().map(HashMap::len).sum()
+        self.registry().topics.values().map(HashMap::len).sum()
     }
 
     /// Subscribes to `topic`.
@@ -183,7 +181,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.0.settings.queue);
         let first = {
             let mut registry = self.registry();
-            let subscribers = registry.0.topics.entry(topic).or_default();
+            let subscribers = registry.topics.entry(topic).or_default();
             subscribers.insert(id, tx);
             subscribers.len() == 1
         };
@@ -205,13 +203,13 @@ impl Hub {
     fn leave(&self, topic: Topic, id: u64) {
         let (removed, last) = {
             let mut registry = self.registry();
-            let Some(subscribers) = registry.0.topics.get_mut(&topic) else {
+            let Some(subscribers) = registry.topics.get_mut(&topic) else {
                 return;
             };
             let removed = subscribers.remove(&id).is_some();
             let last = subscribers.is_empty();
             if last {
-                registry.0.topics.remove(&topic);
+                registry.topics.remove(&topic);
             }
             (removed, last)
         };
@@ -230,7 +228,7 @@ impl Hub {
         let mut registry = self.registry();
         let mut dropped = 0u64;
         for topic in topics {
-            let Some(subscribers) = registry.0.topics.get_mut(topic) else {
+            let Some(subscribers) = registry.topics.get_mut(topic) else {
                 continue;
             };
             subscribers.retain(|_, tx| match tx.try_send(item.clone()) {
@@ -443,7 +441,6 @@ async fn read_positions(hub: Hub, mut commands: mpsc::UnboundedReceiver<Command>
         while commands.try_recv().is_ok() {}
         let followed: Vec<String> = hub
             .registry()
-            .0
             .topics
             .keys()
             .filter_map(|t| match t {

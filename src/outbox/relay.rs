@@ -124,7 +124,10 @@ impl Relay {
                 return Ok(());
             }
             match self.publish_batch(&mut conn).await? {
-                Batch::Full => continue,
+                Batch::Full => {
+                    failures = 0;
+                    continue;
+                }
                 Batch::Partial => failures = 0,
                 Batch::Failed => {
                     failures += 1;
@@ -178,6 +181,11 @@ impl Relay {
         if !oversized.is_empty() {
             park(conn, &oversized, self.settings.max_event_bytes).await?;
         }
+        let next = if full { Batch::Full } else { Batch::Partial };
+        if events.is_empty() {
+            // Everything read was parked: no sink needs to hear of it.
+            return Ok(next);
+        }
         let started = Instant::now();
         for sink in &self.sinks {
             if let Err(error) = sink.publish(&events).await {
@@ -206,7 +214,7 @@ impl Relay {
         .await?;
         metrics::counter!("outbox_published_total").increment(ids.len() as u64);
         metrics::histogram!("outbox_publish_seconds").record(started.elapsed().as_secs_f64());
-        Ok(if full { Batch::Full } else { Batch::Partial })
+        Ok(next)
     }
 }
 
