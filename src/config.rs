@@ -230,6 +230,11 @@ pub struct WorkflowArgs {
     )]
     pub payment_max_attempts: u32,
 
+    /// How long a payment authorisation is trusted to hold (card holds lapse after about 7
+    /// days); an order not delivered by then is cancelled `authorization_expired`, e.g. `6d`.
+    #[arg(long, env = "COURIER_AUTHORIZATION_VALID_FOR", default_value = "6d", value_parser = humantime::parse_duration, global = true)]
+    pub authorization_valid_for: Duration,
+
     /// Webhook URL for customer notifications.
     #[arg(long, env = "COURIER_WEBHOOK_CUSTOMER_URL", global = true)]
     pub webhook_customer_url: Option<String>,
@@ -710,6 +715,13 @@ fn workflow_settings(
         retry_cap: args.payment_retry_cap,
         max_attempts: args.payment_max_attempts,
     };
+    if !(Duration::from_secs(60)..=Duration::from_secs(30 * 24 * 3600))
+        .contains(&args.authorization_valid_for)
+    {
+        return Err(ConfigError::Workflow(
+            "COURIER_AUTHORIZATION_VALID_FOR must be between 1m and 30d".to_owned(),
+        ));
+    }
     let url = |name: &str, raw: &Option<String>| {
         raw.as_deref()
             .filter(|u| !u.trim().is_empty())
@@ -758,6 +770,7 @@ fn workflow_settings(
         location_retention_days: args.location_retention_days,
         partitions_ahead_days: args.partitions_ahead_days,
         job_retention: args.job_retention,
+        authorization_valid_for: args.authorization_valid_for,
         ..CronSettings::default()
     };
     Ok((payments, webhooks, cron))

@@ -204,6 +204,7 @@ pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<workers:
         notifier: Notifier::new(config.webhooks.clone())
             .context("cannot build the webhook client")?,
         cron: Arc::new(config.cron.clone()),
+        confirm_within: config.order_limits.confirm_within,
     })
 }
 

@@ -1,4 +1,7 @@
-//! `admin orders …`: an order's whole story, re-matching, operator cancel, stuck orders.
+//! `admin orders …`: an order's whole story (its payment, provider calls and refunds
+//! included), re-matching, operator cancel, refunds, payment write-offs, stuck orders.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -12,6 +15,7 @@ use crate::jobs::Job;
 use crate::jobs::messages::MatchDriver;
 use crate::workflows::RequestMeta;
 use crate::workflows::matching;
+use crate::workflows::refund::{self, RefundAsk, RefundError, WriteOffError};
 use crate::workflows::transition::{self, TransitionError, TransitionRequest};
 
 /// `admin orders …`
@@ -25,6 +29,37 @@ pub enum OrdersCommand {
     Cancel {
         id: i64,
         /// Why; recorded on the order.
+        #[arg(long)]
+        reason: String,
+        /// The operator's user id, for the audit log (0: unnamed CLI operator).
+        #[arg(long, default_value_t = 0)]
+        operator: i64,
+    },
+    /// Refund a captured payment, in full or in part, exactly once per request (`--key`).
+    Refund {
+        id: i64,
+        /// Cents to refund; all that is left when absent.
+        #[arg(long)]
+        amount: Option<i64>,
+        /// Why; recorded with the refund and in the audit log.
+        #[arg(long)]
+        reason: String,
+        /// The request's key: running the command again with the same key replays the first
+        /// request instead of refunding twice (a fresh key when absent).
+        #[arg(long)]
+        key: Option<String>,
+        /// The operator's user id, for the audit log (0: unnamed CLI operator).
+        #[arg(long, default_value_t = 0)]
+        operator: i64,
+        /// How long to wait for the provider's answer (`0s`: do not wait).
+        #[arg(long, default_value = "30s")]
+        wait: String,
+    },
+    /// Write off a capture that failed for good: the payment counts as settled and the
+    /// delivered order can complete.
+    WriteOff {
+        id: i64,
+        /// What was decided; recorded in the audit log.
         #[arg(long)]
         reason: String,
         /// The operator's user id, for the audit log (0: unnamed CLI operator).
@@ -48,7 +83,7 @@ struct OrderSummary {
     driver_id: Option<i64>,
     match_round: i32,
     total_cents: i64,
-    placed_at: DateTime<Utc>,
+    placed_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
     version: i32,
 }
@@ -145,6 +180,9 @@ fn describe(row: &AuditRow) -> String {
         "radius_km",
         "reason",
         "code",
+        "refund_id",
+        "amount_cents",
+        "refunded_cents",
     ] {
         if let Some(value) = detail(key) {
             parts.push(format!("{key}={value}"));
@@ -184,6 +222,61 @@ fn job_summary(arguments: &str) -> String {
         .join(" ")
 }
 
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct PaymentLine {
+    status: String,
+    provider: Option<String>,
+    intent_id: Option<String>,
+    amount_cents: i64,
+    refunded_cents: i64,
+    attempts: i32,
+    failure_code: Option<String>,
+    failure_message: Option<String>,
+    authorized_at: Option<DateTime<Utc>>,
+    captured_at: Option<DateTime<Utc>>,
+    released_at: Option<DateTime<Utc>>,
+    written_off_at: Option<DateTime<Utc>>,
+}
+
+impl PaymentLine {
+    /// One line: status, amount, refunds, intent, failure.
+    fn summary(&self) -> String {
+        let mut line = format!("{} {}", self.status, cents(self.amount_cents));
+        if self.refunded_cents > 0 {
+            line.push_str(&format!(", refunded {}", cents(self.refunded_cents)));
+        }
+        if let Some(intent) = &self.intent_id {
+            line.push_str(&format!(
+                " ({} {intent})",
+                self.provider.as_deref().unwrap_or("?")
+            ));
+        }
+        if let Some(code) = &self.failure_code {
+            line.push_str(&format!(
+                "; {code}: {}",
+                self.failure_message.as_deref().unwrap_or("")
+            ));
+        }
+        line
+    }
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct CallLine {
+    operation: String,
+    refund_id: Option<i64>,
+    attempt: i32,
+    outcome: String,
+    http_status: Option<i16>,
+    detail: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+/// `1234` → `12.34`.
+fn cents(amount: i64) -> String {
+    format!("{}.{:02}", amount / 100, (amount % 100).abs())
+}
+
 async fn show(ctx: &AdminContext, id: i64) -> Result<Output, AdminError> {
     let order = summary(ctx, id).await?;
     let audit: Vec<AuditRow> = sqlx::query_as(
@@ -214,6 +307,22 @@ async fn show(ctx: &AdminContext, id: i64) -> Result<Output, AdminError> {
     .bind(&offer_ids)
     .fetch_all(&ctx.db)
     .await?;
+    let payment: Option<PaymentLine> = sqlx::query_as(
+        "SELECT status, provider, intent_id, amount_cents, refunded_cents, attempts, failure_code,
+                failure_message, authorized_at, captured_at, released_at, written_off_at
+         FROM payments WHERE order_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&ctx.db)
+    .await?;
+    let calls: Vec<CallLine> = sqlx::query_as(
+        "SELECT operation, refund_id, attempt, outcome, http_status, detail, created_at
+         FROM payment_attempts WHERE order_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&ctx.db)
+    .await?;
+    let refunds = refund::list(&ctx.db, OrderId(id)).await?;
     let events: Vec<EventLine> = sqlx::query_as(
         "SELECT topic, event_type, created_at, published_at FROM outbox
          WHERE aggregate_type = 'order' AND aggregate_id = $1 ORDER BY id",
@@ -265,6 +374,29 @@ async fn show(ctx: &AdminContext, id: i64) -> Result<Output, AdminError> {
             ),
         });
     }
+    for call in &calls {
+        let refund = call
+            .refund_id
+            .map(|r| format!(" (refund {r})"))
+            .unwrap_or_default();
+        let status = call
+            .http_status
+            .map(|s| format!(" HTTP {s}"))
+            .unwrap_or_default();
+        story.push(Entry {
+            at: call.created_at,
+            kind: "payment",
+            what: format!(
+                "{}{refund} attempt {}: {}{status} {}",
+                call.operation,
+                call.attempt,
+                call.outcome,
+                call.detail.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_owned(),
+        });
+    }
     story.sort_by_key(|e| e.at);
     let mut text = table::fields(&[
         ("order", order.id.to_string()),
@@ -279,7 +411,35 @@ async fn show(ctx: &AdminContext, id: i64) -> Result<Output, AdminError> {
         ),
         ("matching round", order.match_round.to_string()),
         ("version", order.version.to_string()),
+        (
+            "payment",
+            payment
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), PaymentLine::summary),
+        ),
     ]);
+    if !refunds.is_empty() {
+        text.push('\n');
+        text.push_str(&table::render(
+            &["REFUND", "AMOUNT", "STATUS", "BY", "REASON", "REFERENCE"],
+            &refunds
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        cents(r.amount_cents),
+                        r.status.clone(),
+                        actor("operator", r.requested_by),
+                        r.reason.clone(),
+                        r.provider_reference
+                            .clone()
+                            .or_else(|| r.failure_code.clone())
+                            .unwrap_or_else(|| "-".to_owned()),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ));
+    }
     text.push('\n');
     text.push_str(&table::render(
         &["AT", "KIND", "WHAT"],
@@ -307,6 +467,9 @@ async fn show(ctx: &AdminContext, id: i64) -> Result<Output, AdminError> {
             "offers": offers,
             "jobs": jobs,
             "events": events,
+            "payment": payment,
+            "payment_calls": calls,
+            "refunds": refunds,
         }),
     })
 }
@@ -370,6 +533,7 @@ async fn cancel(
         },
         reason: Some(reason.to_owned()),
         expected_version: None,
+        only_from: None,
     };
     let done = transition::execute(&ctx.db, &ctx.location, &request)
         .await
@@ -455,6 +619,138 @@ async fn stuck(ctx: &AdminContext, older_than: &str) -> Result<Output, AdminErro
     })
 }
 
+fn operator_reason(reason: &str) -> Result<String, AdminError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > refund::MAX_REASON_CHARS {
+        return Err(AdminError::Invalid(format!(
+            "--reason must be 1 to {} characters",
+            refund::MAX_REASON_CHARS
+        )));
+    }
+    Ok(reason.to_owned())
+}
+
+/// The refund's key: given, or fresh.
+fn refund_key(key: Option<&str>) -> Result<String, AdminError> {
+    match key.map(str::trim) {
+        None => Ok(uuid::Uuid::new_v4().to_string()),
+        Some(k) if !k.is_empty() && k.len() <= refund::MAX_KEY_LEN => Ok(k.to_owned()),
+        Some(_) => Err(AdminError::Invalid(format!(
+            "--key must be 1 to {} characters",
+            refund::MAX_KEY_LEN
+        ))),
+    }
+}
+
+/// What operators are told when a refund is refused.
+pub fn refund_refusal(id: i64, error: RefundError) -> AdminError {
+    match error {
+        RefundError::Database(e) => AdminError::Database(e),
+        RefundError::Effects(e) => AdminError::Other(e.to_string()),
+        other => AdminError::Invalid(format!("order {id}: no refund: {other}")),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RefundArgs<'a> {
+    amount: Option<i64>,
+    reason: &'a str,
+    key: Option<&'a str>,
+    operator: i64,
+    wait: &'a str,
+}
+
+async fn refund(
+    ctx: &AdminContext,
+    id: i64,
+    args: RefundArgs<'_>,
+    confirm: Confirm,
+) -> Result<Output, AdminError> {
+    let reason = operator_reason(args.reason)?;
+    let key = refund_key(args.key)?;
+    let wait = parse_duration("--wait", args.wait)?;
+    if args.amount.is_some_and(|a| a <= 0) {
+        return Err(AdminError::Invalid(
+            "--amount is a positive number of cents".to_owned(),
+        ));
+    }
+    summary(ctx, id).await?;
+    let what = args
+        .amount
+        .map_or_else(|| "all that is left".to_owned(), cents);
+    confirm.check(&format!("About to refund {what} of order {id}."))?;
+    let ask = RefundAsk {
+        order_id: OrderId(id),
+        amount_cents: args.amount,
+        reason,
+        actor: Actor::Operator(UserId(args.operator)),
+        request_key: key,
+    };
+    let (mut refund, replayed) = refund::request(&ctx.db, &ask)
+        .await
+        .map_err(|e| refund_refusal(id, e))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    while refund.status == "pending" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(now) = refund::list(&ctx.db, OrderId(id))
+            .await?
+            .into_iter()
+            .find(|r| r.id == refund.id)
+        {
+            refund = now;
+        }
+    }
+    let note = match refund.status.as_str() {
+        "pending" => " (the provider has not answered yet: see `admin orders show`)".to_owned(),
+        "failed" => format!(
+            ": {} {}",
+            refund.failure_code.as_deref().unwrap_or(""),
+            refund.failure_message.as_deref().unwrap_or("")
+        ),
+        _ => String::new(),
+    };
+    let again = if replayed { " (replayed)" } else { "" };
+    Ok(Output {
+        text: format!(
+            "order {id}: refund {} of {}{again}: {}{note}\n",
+            refund.id,
+            cents(refund.amount_cents),
+            refund.status
+        ),
+        json: json!({ "refund": refund, "replayed": replayed }),
+    })
+}
+
+async fn write_off(
+    ctx: &AdminContext,
+    id: i64,
+    reason: &str,
+    operator: i64,
+    confirm: Confirm,
+) -> Result<Output, AdminError> {
+    let reason = operator_reason(reason)?;
+    summary(ctx, id).await?;
+    confirm.check(&format!(
+        "About to write off the failed payment of order {id}."
+    ))?;
+    refund::write_off(
+        &ctx.db,
+        OrderId(id),
+        Actor::Operator(UserId(operator)),
+        &reason,
+    )
+    .await
+    .map_err(|e| match e {
+        WriteOffError::Database(e) => AdminError::Database(e),
+        WriteOffError::Effects(e) => AdminError::Other(e.to_string()),
+        other => AdminError::Invalid(format!("order {id}: {other}")),
+    })?;
+    Ok(Output {
+        text: format!("order {id}: payment written off; the order can complete\n"),
+        json: json!({ "order_id": id, "payment": "written_off" }),
+    })
+}
+
 /// Runs an `orders` command.
 pub async fn execute(
     ctx: &AdminContext,
@@ -469,6 +765,28 @@ pub async fn execute(
             reason,
             operator,
         } => cancel(ctx, *id, reason, *operator, confirm).await,
+        OrdersCommand::Refund {
+            id,
+            amount,
+            reason,
+            key,
+            operator,
+            wait,
+        } => {
+            let args = RefundArgs {
+                amount: *amount,
+                reason,
+                key: key.as_deref(),
+                operator: *operator,
+                wait,
+            };
+            refund(ctx, *id, args, confirm).await
+        }
+        OrdersCommand::WriteOff {
+            id,
+            reason,
+            operator,
+        } => write_off(ctx, *id, reason, *operator, confirm).await,
         OrdersCommand::Stuck { older_than } => stuck(ctx, older_than).await,
     }
 }

@@ -127,8 +127,9 @@ impl Tracker {
     /// The driver whose positions the stream carries: assigned, and not yet delivered.
     fn followed(&self) -> Option<i64> {
         self.driver.filter(|_| {
-            self.status
-                .is_some_and(|s| s.is_active() && s != OrderStatus::Placed)
+            self.status.is_some_and(|s| {
+                s.is_active() && !matches!(s, OrderStatus::PaymentPending | OrderStatus::Placed)
+            })
         })
     }
 
@@ -391,6 +392,7 @@ mod tests {
             driver_id: driver,
             offer_driver: None,
             new_status: new_status.map(str::to_owned),
+            previous_status: None,
         }
     }
 

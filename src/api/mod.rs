@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod offers;
 pub mod onboarding;
 pub mod orders;
+pub mod payments;
 pub mod restaurants;
 pub mod users;
 
@@ -95,6 +96,7 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(onboarding::router())
         .merge(orders::router())
         .merge(offers::router())
+        .merge(payments::router())
         .merge(live::router())
         .layer(axum::middleware::from_fn_with_state(
             Authenticator {

@@ -63,6 +63,8 @@ struct CreateBody {
     restaurant_id: i64,
     items: Vec<ItemBody>,
     delivery_address: AddressBody,
+    /// The payment provider's token of the customer's payment method (`pm_…`).
+    payment_method: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,8 +160,16 @@ fn validate(body: CreateBody) -> Result<NewOrder, ApiError> {
             format!("delivery_address.line1 must be 1 to {MAX_TEXT_CHARS} characters"),
         ));
     }
+    let payment_method = body.payment_method.trim().to_owned();
+    if !crate::payments::valid_payment_method(&payment_method) {
+        return Err(ApiError::unprocessable(
+            "invalid_payment_method",
+            "payment_method must be the payment provider's token of the customer's payment method (`pm_…`, letters, digits and underscores, at most 255)",
+        ));
+    }
     Ok(NewOrder {
         restaurant_id: body.restaurant_id,
+        payment_method,
         items,
         delivery_address: DeliveryAddress {
             lat: point.lat,
@@ -178,11 +188,11 @@ fn validate(body: CreateBody) -> Result<NewOrder, ApiError> {
 }
 
 /// The idempotency key: present, 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let raw = headers.get(IDEMPOTENCY_HEADER).ok_or_else(|| {
         ApiError::bad_request(
             "missing_idempotency_key",
-            "POST /v1/orders requires an X-Idempotency-Key header",
+            "this request requires an X-Idempotency-Key header",
         )
     })?;
     raw.to_str()
@@ -291,6 +301,9 @@ impl From<TransitionError> for ApiError {
                     ),
                 )
             }
+            TransitionError::Refused(refusal @ Refusal::PaymentNotSettled) => {
+                ApiError::conflict("payment_not_settled", refusal.to_string())
+            }
             TransitionError::Conflict => ApiError::conflict(
                 "conflict",
                 "the order was changed by someone else; reload it and retry",
@@ -359,6 +372,7 @@ async fn apply(
         meta: meta.0,
         reason,
         expected_version: expected_version(headers)?,
+        only_from: None,
     };
     transition::execute(&state.db, &state.location, &request).await?;
     let mut conn = state.db.acquire().await?;
@@ -415,6 +429,7 @@ pub(crate) async fn visible_order(
         customer_id: view.customer_id,
         restaurant_id: view.restaurant_id,
         driver_id: view.driver_id,
+        placed: view.placed_at.is_some(),
     };
     if !parties.visible_to(principal.actor()) {
         return Err(ApiError::not_found("no such order"));

@@ -1,11 +1,14 @@
 //! `auto_complete`: delivered orders older than the configured delay (default 1 h) whose
-//! payment is captured become COMPLETED through the transition executor (audit row and event),
+//! payment is settled become COMPLETED through the transition executor (audit row and event),
 //! in bounded batches.
 //!
-//! The rule: an order completes only once it is paid. COMPLETED is the end of the story, so
-//! an order whose capture is still retrying waits (it completes on the first tick after the
-//! capture), and one whose capture failed for good stays DELIVERED with its `payment_failed`
-//! or `payment_declined` event for operators, rather than being closed unpaid.
+//! The rule: an order completes only once its payment is settled — captured (refunds
+//! included), or a failed capture an operator has written off. COMPLETED is the end of the
+//! story, so an order whose capture is still pending or retrying waits (it completes on the
+//! first tick after the capture), and one whose capture failed for good stays DELIVERED with
+//! its `payment_failed` or `payment_declined` event until an operator writes it off
+//! (`courier admin orders write-off`), rather than being closed unpaid. The transition
+//! executor checks the same rule under the order's lock.
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -33,7 +36,8 @@ pub async fn run(
             "SELECT o.id FROM orders o
              WHERE o.status = 'DELIVERED' AND o.delivered_at < now() - make_interval(secs => $1)
                AND EXISTS (SELECT 1 FROM payments p
-                           WHERE p.order_id = o.id AND p.status = 'captured')
+                           WHERE p.order_id = o.id
+                             AND p.status IN ('captured', 'partially_refunded', 'refunded', 'written_off'))
              ORDER BY o.delivered_at LIMIT $2",
         )
         .bind(settings.auto_complete_after.as_secs_f64())
@@ -48,6 +52,7 @@ pub async fn run(
                 meta: RequestMeta::default(),
                 reason: None,
                 expected_version: None,
+                only_from: None,
             };
             match transition::execute(db, location, &request).await {
                 Ok(_) => completed += 1,

@@ -45,6 +45,9 @@ pub struct CronSettings {
     pub stuck_running_after: Duration,
     /// Published outbox rows older than this are deleted.
     pub outbox_retention: Duration,
+    /// An order not delivered this long after its payment was authorised is cancelled
+    /// (`stuck_orders`): card holds lapse after about 7 days.
+    pub authorization_valid_for: Duration,
 }
 
 /// A built-in schedule; a typo here is a bug caught by the unit test of [`CronSettings::default`].
@@ -68,6 +71,7 @@ impl Default for CronSettings {
             job_retention: Duration::from_secs(7 * 24 * 3600),
             stuck_running_after: Duration::from_secs(120),
             outbox_retention: Duration::from_secs(3 * 24 * 3600),
+            authorization_valid_for: Duration::from_secs(6 * 24 * 3600),
         }
     }
 }
@@ -157,7 +161,7 @@ async fn tick_handler(
     let outcome = run_tick(&ctx.db, task, at, &ctx.process, || async move {
         match task {
             auto_complete::TASK => auto_complete::run(&db, &location, &settings).await,
-            stuck_orders::TASK => stuck_orders::run(&db).await,
+            stuck_orders::TASK => stuck_orders::run(&db, &location, &settings).await,
             housekeeping::TASK => housekeeping::run(&db, &settings).await,
             _ => partitions::run(&db, &settings).await,
         }

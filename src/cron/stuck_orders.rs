@@ -2,16 +2,23 @@
 //! pending offer or a scheduled `match_driver` job; one that has neither (a job deleted by
 //! hand, a job that failed for good) gets a new `match_driver` job for its current round. A
 //! pending offer long past its expiry (its timeout job lost) is expired, which moves the order
-//! on.
+//! on. An order waiting for its payment's authorisation with no `authorize_payment` job
+//! scheduled gets one.
+//!
+//! It also cancels orders not delivered while their payment's authorisation held
+//! (`COURIER_AUTHORIZATION_VALID_FOR`, 6 days): the cancellation releases what is left of the
+//! hold ([`payment::expire_authorizations`]).
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::cron::CronSettings;
 use crate::dispatch::WAITING_STATES;
 use crate::domain::{OfferId, OrderId};
 use crate::jobs::Job;
-use crate::jobs::messages::MatchDriver;
-use crate::workflows::{matching, offers};
+use crate::jobs::messages::{AuthorizePayment, MatchDriver};
+use crate::location::LocationService;
+use crate::workflows::{matching, offers, payment};
 
 /// The task's name.
 pub const TASK: &str = "stuck_orders";
@@ -19,7 +26,11 @@ pub const TASK: &str = "stuck_orders";
 const LIMIT: i64 = 1_000;
 
 /// Revives stuck orders; returns counts.
-pub async fn run(db: &PgPool) -> anyhow::Result<Value> {
+pub async fn run(
+    db: &PgPool,
+    location: &LocationService,
+    settings: &CronSettings,
+) -> anyhow::Result<Value> {
     let lost_offers: Vec<OfferId> = sqlx::query_scalar(
         "SELECT id FROM offers WHERE status = 'pending' AND expires_at < now() - INTERVAL '1 minute'
          LIMIT $1",
@@ -59,5 +70,15 @@ pub async fn run(db: &PgPool) -> anyhow::Result<Value> {
         );
     }
     metrics::counter!("orders_revived_total").increment(revived as u64);
-    Ok(json!({ "revived": revived, "expired_lost_offers": expired }))
+    let authorizations = payment::revive_authorizations(db, AuthorizePayment::QUEUE, LIMIT).await?;
+    let authorizations_expired =
+        payment::expire_authorizations(db, location, settings.authorization_valid_for, LIMIT)
+            .await?;
+    metrics::counter!("payment_authorizations_expired_total").increment(authorizations_expired);
+    Ok(json!({
+        "revived": revived,
+        "expired_lost_offers": expired,
+        "authorizations_revived": authorizations,
+        "authorizations_expired": authorizations_expired,
+    }))
 }

@@ -27,6 +27,8 @@ use crate::domain::ids::{DriverId, RestaurantId, UserId};
     parse_err_fn = unknown_action
 )]
 pub enum Action {
+    /// The payment was authorised: the order is placed with its restaurant (system only).
+    Authorize,
     Confirm,
     StartPreparing,
     MarkReady,

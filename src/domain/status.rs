@@ -1,4 +1,6 @@
-//! The states an order can be in: the spec's states plus COMPLETED and CANCELLED.
+//! The states an order can be in: the spec's states plus COMPLETED and CANCELLED, and
+//! PAYMENT_PENDING before PLACED (the payment is being authorised; the restaurant does not
+//! see the order yet).
 //! The same list is the `orders_status_check` constraint of the schema.
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,7 @@ use strum::{EnumString, IntoStaticStr, VariantArray};
     parse_err_fn = UnknownStatus::new
 )]
 pub enum OrderStatus {
+    PaymentPending,
     Placed,
     Confirmed,
     Preparing,
@@ -96,6 +99,7 @@ mod tests {
         assert_eq!(
             active,
             [
+                "PAYMENT_PENDING",
                 "PLACED",
                 "CONFIRMED",
                 "PREPARING",

@@ -96,6 +96,46 @@ impl Job for CapturePayment {
     const MAX_ATTEMPTS: usize = 10;
 }
 
+/// Authorises a new order's payment (it then leaves PAYMENT_PENDING).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizePayment {
+    pub order_id: OrderId,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+}
+
+impl Job for AuthorizePayment {
+    const QUEUE: &'static str = "courier::authorize_payment";
+    const MAX_ATTEMPTS: usize = 10;
+}
+
+/// Releases the hold on a cancelled order's payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasePayment {
+    pub order_id: OrderId,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+}
+
+impl Job for ReleasePayment {
+    const QUEUE: &'static str = "courier::release_payment";
+    const MAX_ATTEMPTS: usize = 10;
+}
+
+/// Pays back one refund an operator asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    pub refund_id: i64,
+    pub order_id: OrderId,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+}
+
+impl Job for RefundPayment {
+    const QUEUE: &'static str = "courier::refund_payment";
+    const MAX_ATTEMPTS: usize = 10;
+}
+
 /// Asks the customer for a review.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestReview {
@@ -108,7 +148,8 @@ impl Job for RequestReview {
 }
 
 /// Every queue courier runs.
-pub const QUEUES: [&str; 7] = [
+pub const QUEUES: [&str; 10] = [
+    AuthorizePayment::QUEUE,
     ConfirmTimeout::QUEUE,
     MatchDriver::QUEUE,
     OfferTimeout::QUEUE,
@@ -116,6 +157,8 @@ pub const QUEUES: [&str; 7] = [
     CapturePayment::QUEUE,
     Notify::QUEUE,
     RequestReview::QUEUE,
+    ReleasePayment::QUEUE,
+    RefundPayment::QUEUE,
 ];
 
 /// A job of any kind, as the workflow's effects carry it.
@@ -128,6 +171,9 @@ pub enum Message {
     Notify(Box<Notify>),
     CapturePayment(CapturePayment),
     RequestReview(RequestReview),
+    AuthorizePayment(AuthorizePayment),
+    ReleasePayment(ReleasePayment),
+    RefundPayment(RefundPayment),
 }
 
 macro_rules! message_from {
@@ -146,7 +192,10 @@ message_from!(
     OfferTimeout,
     RefreshEta,
     CapturePayment,
-    RequestReview
+    RequestReview,
+    AuthorizePayment,
+    ReleasePayment,
+    RefundPayment
 );
 
 impl From<Notify> for Message {

@@ -78,6 +78,9 @@ impl Message {
             Message::Notify(job) => enqueue(conn, job.as_ref(), delay).await,
             Message::CapturePayment(job) => enqueue(conn, job, delay).await,
             Message::RequestReview(job) => enqueue(conn, job, delay).await,
+            Message::AuthorizePayment(job) => enqueue(conn, job, delay).await,
+            Message::ReleasePayment(job) => enqueue(conn, job, delay).await,
+            Message::RefundPayment(job) => enqueue(conn, job, delay).await,
         }
     }
 }

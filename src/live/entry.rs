@@ -45,9 +45,12 @@ pub const ORDER_EVENTS: &[&str] = &[
     "order_status_changed",
     "driver_assigned",
     "eta_updated",
+    "payment_authorized",
     "payment_captured",
     "payment_declined",
     "payment_failed",
+    "payment_released",
+    "payment_refunded",
 ];
 /// Events of one offer, for the driver it was made to.
 pub const OFFER_EVENTS: &[&str] = &[
@@ -76,6 +79,8 @@ pub struct StreamEvent {
     pub offer_driver: Option<i64>,
     /// For status changes: the new status.
     pub new_status: Option<String>,
+    /// For status changes: the status before.
+    pub previous_status: Option<String>,
 }
 
 impl StreamEvent {
@@ -93,6 +98,7 @@ impl StreamEvent {
             driver_id: int(&json["driverId"]),
             offer_driver: int(&json["details"]["driver_id"]),
             new_status: json["newStatus"].as_str().map(str::to_owned),
+            previous_status: json["previousStatus"].as_str().map(str::to_owned),
             body: Arc::from(body),
         })
     }
@@ -105,7 +111,19 @@ impl StreamEvent {
             topics.push(Topic::Order(self.order_id));
         }
         if PARTY_EVENTS.contains(&kind) {
-            topics.extend(self.restaurant_id.map(Topic::Restaurant));
+            // The restaurant hears of an order once it is placed with it (payment authorised),
+            // so not of its creation nor of its cancellation before then.
+            let before_placed = match (self.previous_status.as_deref(), self.new_status.as_deref())
+            {
+                (_, Some("PAYMENT_PENDING")) => true,
+                (Some("PAYMENT_PENDING"), to) => to != Some("PLACED"),
+                _ => false,
+            };
+            topics.extend(
+                self.restaurant_id
+                    .filter(|_| !before_placed)
+                    .map(Topic::Restaurant),
+            );
             topics.extend(self.driver_id.map(Topic::Driver));
         }
         if OFFER_EVENTS.contains(&kind) {
@@ -172,6 +190,25 @@ mod tests {
         }));
         assert_eq!(cancelled.topics(), [Topic::Order(7), Topic::Restaurant(2)]);
         assert!(cancelled.ends_order());
+    }
+
+    #[test]
+    fn the_restaurant_hears_nothing_of_an_order_before_its_payment_is_authorised() {
+        let created = event(json!({
+            "orderId": 7, "eventType": "order_status_changed", "restaurantId": 2,
+            "previousStatus": null, "newStatus": "PAYMENT_PENDING"
+        }));
+        assert_eq!(created.topics(), [Topic::Order(7)]);
+        let declined = event(json!({
+            "orderId": 7, "eventType": "order_status_changed", "restaurantId": 2,
+            "previousStatus": "PAYMENT_PENDING", "newStatus": "CANCELLED"
+        }));
+        assert_eq!(declined.topics(), [Topic::Order(7)]);
+        let placed = event(json!({
+            "orderId": 7, "eventType": "order_status_changed", "restaurantId": 2,
+            "previousStatus": "PAYMENT_PENDING", "newStatus": "PLACED"
+        }));
+        assert_eq!(placed.topics(), [Topic::Order(7), Topic::Restaurant(2)]);
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub struct OrderView {
     pub currency: String,
     pub delivery_address: serde_json::Value,
     pub estimated_delivery_at: Option<DateTime<Utc>>,
-    pub placed_at: DateTime<Utc>,
+    /// When the restaurant was asked (the payment authorised); empty before.
+    pub placed_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
     pub preparing_at: Option<DateTime<Utc>>,
     pub ready_at: Option<DateTime<Utc>>,
@@ -88,7 +89,8 @@ pub async fn list(
 ) -> Result<Vec<OrderView>, sqlx::Error> {
     let (scope, subject) = match actor {
         Actor::Customer(id) => ("o.customer_id = $1", id.get()),
-        Actor::Restaurant(id) => ("o.restaurant_id = $1", id.get()),
+        // A restaurant sees an order only once it was placed with it (payment authorised).
+        Actor::Restaurant(id) => ("o.restaurant_id = $1 AND o.placed_at IS NOT NULL", id.get()),
         Actor::Driver(id) => ("o.driver_id = $1", id.get()),
         Actor::Operator(_) | Actor::System => ("$1::bigint IS NOT NULL", 0),
     };

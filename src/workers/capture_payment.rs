@@ -1,4 +1,4 @@
-//! `capture_payment`: captures a delivered order's payment ([`crate::workflows::payment`]).
+//! `capture_payment`: captures a delivered order's authorised payment ([`crate::workflows::payment`]).
 //! Each retry of a failed capture is a new delayed task with the next attempt number.
 
 use apalis::prelude::{BoxDynError, Data};

@@ -8,7 +8,7 @@
 
 use apalis::prelude::{BoxDynError, Data};
 
-use crate::domain::{Action, Actor};
+use crate::domain::{Action, Actor, OrderStatus};
 use crate::jobs::Job;
 use crate::jobs::messages::ConfirmTimeout;
 use crate::workers::{JobContext, JobError, bounded};
@@ -26,6 +26,7 @@ pub async fn run(job: ConfirmTimeout, ctx: Data<JobContext>) -> Result<(), BoxDy
             meta: RequestMeta::default(),
             reason: Some(CONFIRM_TIMEOUT_REASON.to_owned()),
             expected_version: None,
+            only_from: Some(OrderStatus::Placed),
         };
         match transition::execute(&ctx.db, &ctx.dispatch.location, &request).await {
             Ok(_) => {

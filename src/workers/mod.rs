@@ -29,12 +29,15 @@
 //! - **At-least-once delivery**: every handler locks the order row (or relies on the
 //!   transition executor's optimistic lock) and does nothing if the order has moved on.
 
+pub mod authorize_payment;
 pub mod capture_payment;
 pub mod confirm_timeout;
 pub mod match_driver;
 pub mod notify;
 pub mod offer_timeout;
 pub mod refresh_eta;
+pub mod refund_payment;
+pub mod release_payment;
 pub mod request_review;
 pub mod store;
 
@@ -53,7 +56,8 @@ use crate::cron::{self, CronContext, CronSettings};
 use crate::dispatch::Dispatcher;
 use crate::jobs::Job;
 use crate::jobs::messages::{
-    CapturePayment, ConfirmTimeout, MatchDriver, Notify, OfferTimeout, RefreshEta, RequestReview,
+    AuthorizePayment, CapturePayment, ConfirmTimeout, MatchDriver, Notify, OfferTimeout,
+    RefreshEta, RefundPayment, ReleasePayment, RequestReview,
 };
 use crate::notify::Notifier;
 use crate::payments::Payments;
@@ -140,6 +144,8 @@ pub struct JobContext {
     pub notifier: Notifier,
     /// Cron schedules and settings.
     pub cron: Arc<CronSettings>,
+    /// How long a restaurant has to confirm an order once its payment is authorised.
+    pub confirm_within: Duration,
 }
 
 /// The backend every worker of kind `K` polls.
@@ -230,6 +236,9 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
         (Notify, notify::run),
         (CapturePayment, capture_payment::run),
         (RequestReview, request_review::run),
+        (AuthorizePayment, authorize_payment::run),
+        (ReleasePayment, release_payment::run),
+        (RefundPayment, refund_payment::run),
     );
     let process = worker_name("cron");
     cron::register(

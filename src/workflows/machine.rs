@@ -2,13 +2,22 @@
 //! who may take it. Pure functions, no I/O; the transition executor
 //! ([`crate::workflows::transition`]) applies the decision in Postgres.
 //!
-//! The table is the spec's step 7 plus the rules of the orders issue:
+//! The table is the spec's step 7 plus the rules of the orders and payments issues:
+//! - an order waits in PAYMENT_PENDING until its payment is authorised; the system then
+//!   places it with its restaurant (`authorize`), or cancels it when the card is declined;
+//!   the restaurant neither sees nor confirms an order before that;
 //! - the restaurant confirms, starts preparing and marks ready (its own orders only);
 //! - the assigned driver picks up and delivers (so pick-up needs an assigned driver);
-//! - the customer cancels its own order while it is PLACED or CONFIRMED;
+//! - the customer cancels its own order while it is PAYMENT_PENDING, PLACED or CONFIRMED;
 //! - an operator cancels in any non-terminal state;
-//! - the system cancels an order the restaurant never confirmed, and auto-completes delivered
-//!   orders; COMPLETED and CANCELLED are terminal.
+//! - the system cancels a declined order, one the restaurant never confirmed, and one whose
+//!   authorisation is about to expire before delivery; it auto-completes delivered orders.
+//!   A system job that may only act in one state says so
+//!   ([`TransitionRequest::only_from`](crate::workflows::transition::TransitionRequest));
+//! - COMPLETED and CANCELLED are terminal.
+//!
+//! Payment conditions sit beside the table ([`payment_allows`]): an order completes only once
+//! its payment is settled.
 
 use crate::domain::{Action, Actor, DriverId, OrderStatus, RestaurantId, UserId};
 
@@ -47,6 +56,18 @@ struct Rule {
 
 const RULES: &[Rule] = &[
     Rule {
+        from: S::PaymentPending,
+        action: Action::Authorize,
+        to: S::Placed,
+        by: &[A::System],
+    },
+    Rule {
+        from: S::PaymentPending,
+        action: Action::Cancel,
+        to: S::Cancelled,
+        by: &[A::Customer, A::Operator, A::System],
+    },
+    Rule {
         from: S::Placed,
         action: Action::Confirm,
         to: S::Confirmed,
@@ -68,7 +89,7 @@ const RULES: &[Rule] = &[
         from: S::Confirmed,
         action: Action::Cancel,
         to: S::Cancelled,
-        by: &[A::Customer, A::Operator],
+        by: &[A::Customer, A::Operator, A::System],
     },
     Rule {
         from: S::Preparing,
@@ -80,7 +101,7 @@ const RULES: &[Rule] = &[
         from: S::Preparing,
         action: Action::Cancel,
         to: S::Cancelled,
-        by: &[A::Operator],
+        by: &[A::Operator, A::System],
     },
     Rule {
         from: S::ReadyForPickup,
@@ -92,7 +113,7 @@ const RULES: &[Rule] = &[
         from: S::ReadyForPickup,
         action: Action::Cancel,
         to: S::Cancelled,
-        by: &[A::Operator],
+        by: &[A::Operator, A::System],
     },
     Rule {
         from: S::PickedUp,
@@ -104,7 +125,7 @@ const RULES: &[Rule] = &[
         from: S::PickedUp,
         action: Action::Cancel,
         to: S::Cancelled,
-        by: &[A::Operator],
+        by: &[A::Operator, A::System],
     },
     Rule {
         from: S::Delivered,
@@ -126,6 +147,9 @@ pub struct Parties {
     pub customer_id: UserId,
     pub restaurant_id: RestaurantId,
     pub driver_id: Option<DriverId>,
+    /// Whether the order was ever placed with its restaurant (its payment authorised): the
+    /// restaurant sees nothing of an order before that, even once it is cancelled.
+    pub placed: bool,
 }
 
 impl Parties {
@@ -133,7 +157,7 @@ impl Parties {
     pub fn visible_to(&self, actor: Actor) -> bool {
         match actor {
             Actor::Customer(id) => id == self.customer_id,
-            Actor::Restaurant(id) => id == self.restaurant_id,
+            Actor::Restaurant(id) => self.placed && id == self.restaurant_id,
             Actor::Driver(id) => self.driver_id == Some(id),
             Actor::Operator(_) | Actor::System => true,
         }
@@ -149,6 +173,10 @@ pub enum Refusal {
     /// The actor's kind may never take this action.
     #[error("a {actor} may not {action} an order")]
     Forbidden { actor: &'static str, action: Action },
+    /// The order's payment is not settled (captured, or a failure written off), so it cannot
+    /// complete.
+    #[error("the order's payment is not settled")]
+    PaymentNotSettled,
     /// The action is not allowed in the order's current state (for this actor).
     #[error("cannot {action} an order that is {status}")]
     InvalidTransition {
@@ -156,6 +184,27 @@ pub enum Refusal {
         action: Action,
         allowed: Vec<Action>,
     },
+}
+
+/// Where an order's payment stands, as far as the state machine cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentStanding {
+    /// Not yet authorised, or authorised and not yet captured (or a capture still retrying).
+    Open,
+    /// Captured (refunds included), released, or a failure an operator has written off.
+    Settled,
+    /// The capture failed for good and no operator has written it off yet.
+    Failed,
+}
+
+/// The payment condition of `action`: an order completes only once its payment is settled.
+pub fn payment_allows(action: Action, payment: PaymentStanding) -> Result<(), Refusal> {
+    match (action, payment) {
+        (Action::AutoComplete, PaymentStanding::Open | PaymentStanding::Failed) => {
+            Err(Refusal::PaymentNotSettled)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The actions `actor` may take on an order in `status`.
@@ -214,6 +263,7 @@ mod tests {
             customer_id: CUSTOMER,
             restaurant_id: RESTAURANT,
             driver_id: driver,
+            placed: true,
         }
     }
 
@@ -227,6 +277,7 @@ mod tests {
         use Action::*;
         let kind = actor.kind();
         let may_ever = match action {
+            Authorize => kind == "system",
             Confirm | StartPreparing | MarkReady => kind == "restaurant",
             PickUp | Deliver => kind == "driver",
             Cancel => matches!(kind, "customer" | "operator" | "system"),
@@ -236,6 +287,7 @@ mod tests {
             return Err("forbidden");
         }
         let next = match (status, action) {
+            (S::PaymentPending, Authorize) => S::Placed,
             (S::Placed, Confirm) => S::Confirmed,
             (S::Confirmed, StartPreparing) => S::Preparing,
             (S::Preparing, MarkReady) => S::ReadyForPickup,
@@ -245,8 +297,8 @@ mod tests {
             (s, Cancel) if !s.is_terminal() => {
                 let ok = match kind {
                     "operator" => true,
-                    "customer" => matches!(s, S::Placed | S::Confirmed),
-                    "system" => s == S::Placed,
+                    "customer" => matches!(s, S::PaymentPending | S::Placed | S::Confirmed),
+                    "system" => s != S::Delivered,
                     _ => false,
                 };
                 if !ok {
@@ -290,7 +342,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 8 * 7 * 5);
+        assert_eq!(checked, 9 * 8 * 5);
     }
 
     #[test]
@@ -329,6 +381,63 @@ mod tests {
             ),
             Err(Refusal::NotVisible)
         );
+    }
+
+    #[test]
+    fn a_restaurant_never_sees_an_order_that_was_not_placed_with_it() {
+        let unplaced = Parties {
+            placed: false,
+            ..parties(None)
+        };
+        for status in [S::PaymentPending, S::Cancelled] {
+            assert_eq!(
+                decide(
+                    status,
+                    &unplaced,
+                    Action::Confirm,
+                    Actor::Restaurant(RESTAURANT)
+                ),
+                Err(Refusal::NotVisible)
+            );
+        }
+        assert!(unplaced.visible_to(Actor::Customer(CUSTOMER)));
+        assert_eq!(
+            decide(
+                S::PaymentPending,
+                &parties(None),
+                Action::Confirm,
+                Actor::Restaurant(RESTAURANT)
+            ),
+            Err(Refusal::InvalidTransition {
+                status: S::PaymentPending,
+                action: Action::Confirm,
+                allowed: vec![]
+            })
+        );
+        assert_eq!(
+            decide(
+                S::PaymentPending,
+                &unplaced,
+                Action::Authorize,
+                Actor::System
+            ),
+            Ok(S::Placed)
+        );
+    }
+
+    #[test]
+    fn only_a_settled_payment_lets_an_order_complete() {
+        use PaymentStanding::*;
+        for &action in Action::ALL {
+            for payment in [Open, Settled, Failed] {
+                let refused = action == Action::AutoComplete && payment != Settled;
+                assert_eq!(
+                    payment_allows(action, payment).is_err(),
+                    refused,
+                    "{action} {payment:?}"
+                );
+            }
+        }
     }
 
     #[test]

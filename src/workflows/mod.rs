@@ -17,7 +17,8 @@
 //! - [`matching`]: one matching round; reviving matching.
 //! - [`offers`]: accept (assignment), decline, expiry, cancellation of offers.
 //! - [`eta`]: the stored ETA.
-//! - [`payment`]: the payment's capture and its outcome.
+//! - [`payment`]: the payment's authorisation, capture and release, and their outcomes.
+//! - [`refund`]: operators' refunds and write-offs.
 //! - [`review`]: the review request.
 
 pub mod effects;
@@ -29,6 +30,7 @@ pub mod offers;
 pub mod payment;
 pub mod place;
 pub mod pricing;
+pub mod refund;
 pub mod review;
 pub mod steps;
 pub mod transition;

@@ -2,9 +2,11 @@
 //!
 //! One transaction does everything: it claims the idempotency key (`INSERT … ON CONFLICT` on
 //! `(customer_id, idempotency_key)`), checks the restaurant and the items, prices the cart from
-//! the menu (the client's prices are never read), inserts the order and its items, writes the
-//! audit row and the `PLACED` event, enqueues the confirmation timeout, and stores the response
-//! under the key. N concurrent requests with one key therefore create exactly one order: the
+//! the menu (the client's prices are never read), inserts the order (PAYMENT_PENDING) and its
+//! items and its payment (`authorizing`, with the customer's payment method and the keys of its
+//! provider calls), writes the audit row and the status event, enqueues the payment's
+//! authorisation, and stores the response under the key. The restaurant is asked once the
+//! payment is authorised ([`crate::workflows::payment`]). N concurrent requests with one key therefore create exactly one order: the
 //! others wait on the key's row lock and then replay the stored response. The same key with a
 //! different body is refused. Keys live 24 hours (the spec); an expired key is reclaimed.
 
@@ -59,6 +61,8 @@ pub struct NewOrder {
     pub restaurant_id: i64,
     pub items: Vec<CartLine>,
     pub delivery_address: DeliveryAddress,
+    /// The provider's token of the customer's payment method (`pm_…`).
+    pub payment_method: String,
 }
 
 /// Why an order could not be placed. Nothing was written.
@@ -240,7 +244,7 @@ pub async fn place(
     let order_id: OrderId = sqlx::query_scalar(
         "INSERT INTO orders (customer_id, restaurant_id, status, subtotal_cents, delivery_fee_cents,
                              total_cents, delivery_address, delivery_location)
-         VALUES ($1, $2, 'PLACED', $3, $4, $5, $6, ST_SetSRID(ST_MakePoint($7, $8), 4326)::geography)
+         VALUES ($1, $2, 'PAYMENT_PENDING', $3, $4, $5, $6, ST_SetSRID(ST_MakePoint($7, $8), 4326)::geography)
          RETURNING id",
     )
     .bind(customer_id)
@@ -266,12 +270,21 @@ pub async fn place(
     .execute(&mut *tx)
     .await?;
 
+    sqlx::query(
+        "INSERT INTO payments (order_id, payment_method, authorize_key, capture_key, amount_cents, currency)
+         SELECT id, $2, 'courier-authorize-' || id, 'courier-capture-' || id, total_cents, currency
+         FROM orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .bind(&order.payment_method)
+    .execute(&mut *tx)
+    .await?;
     record_change(
         &mut tx,
         &Change {
             order_id,
             from: None,
-            to: OrderStatus::Placed,
+            to: OrderStatus::PaymentPending,
             action: "place",
             actor: Actor::Customer(customer_id),
             meta,
@@ -279,7 +292,7 @@ pub async fn place(
         },
     )
     .await?;
-    effects::write(&mut tx, steps::placed(order_id, limits.confirm_within)).await?;
+    effects::write(&mut tx, steps::placed(order_id)).await?;
 
     let view: OrderView = orders::fetch_view(&mut tx, order_id)
         .await?
@@ -296,7 +309,8 @@ pub async fn place(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    metrics::counter!("orders_total", "status" => OrderStatus::Placed.as_str()).increment(1);
+    metrics::counter!("orders_total", "status" => OrderStatus::PaymentPending.as_str())
+        .increment(1);
     tracing::info!(
         order_id = order_id.get(),
         customer_id = customer_id.get(),

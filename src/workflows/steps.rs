@@ -7,12 +7,19 @@
 //!
 //! | step | jobs it enqueues | webhooks |
 //! |---|---|---|
-//! | placed | `confirm_timeout` at the confirm deadline | — |
+//! | created (PAYMENT_PENDING) | `authorize_payment` at once | — |
+//! | payment authorised → PLACED | `confirm_timeout` at the confirm deadline | restaurant (`order_placed`) |
+//! | authorisation declined or failed → CANCELLED | — | customer (`payment_declined` / `payment_failed`) |
+//! | authorisation failed, retryable | `authorize_payment` (next attempt) after the backoff | — |
 //! | confirmed | `match_driver` round 1 after 1 s, `refresh_eta` | customer |
 //! | ready for pickup | — | the driver, if assigned |
 //! | picked up | `refresh_eta` | customer |
 //! | delivered | `capture_payment`, `request_review` after 30 min | customer |
-//! | cancelled | — (pending offers end) | customer, driver, restaurant; drivers with an offer |
+//! | cancelled | `release_payment` (pending offers end) | customer, driver, restaurant (if it was asked); drivers with an offer |
+//! | release failed, retryable | `release_payment` (next attempt) after the backoff | — |
+//! | refund requested | `refund_payment` | — |
+//! | refund failed, retryable | `refund_payment` (next attempt) after the backoff | — |
+//! | refunded | — | customer |
 //! | offer made | `offer_timeout` at its expiry | the driver (pickup, drop-off, expiry) |
 //! | offer declined / expired | `match_driver` (same round) at once | — |
 //! | driver assigned | `refresh_eta` | customer |
@@ -24,7 +31,10 @@
 //!
 //! Events published to the outbox (and so to the streams, Kafka and the SSE clients): every
 //! status change, `offer_made`, `offer_expired`, `offer_declined`, `offer_cancelled`,
-//! `driver_assigned`, `order_unmatched`, `eta_updated` and the payment outcomes.
+//! `driver_assigned`, `order_unmatched`, `eta_updated` and the payment outcomes
+//! (`payment_authorized`, `payment_declined`, `payment_failed`, `payment_captured`,
+//! `payment_released`, `payment_release_failed`, `payment_refunded`, `refund_failed`,
+//! `payment_written_off`).
 //!
 //! A driver whose active orders change (assigned, delivered, cancelled) has its load written
 //! to Valkey after the commit.
@@ -35,7 +45,8 @@ use serde_json::{Value, json};
 
 use crate::domain::{Actor, Audience, DriverId, OfferId, OfferStatus, OrderId, OrderStatus};
 use crate::jobs::messages::{
-    CapturePayment, ConfirmTimeout, MatchDriver, OfferTimeout, RefreshEta,
+    AuthorizePayment, CapturePayment, ConfirmTimeout, MatchDriver, OfferTimeout, RefreshEta,
+    ReleasePayment,
 };
 use crate::workflows::effects::Effect;
 use crate::workflows::events::OrderEvent;
@@ -84,9 +95,103 @@ fn dispatch_event(
     })
 }
 
-/// A placed order: the restaurant has `confirm_within` to confirm it.
-pub fn placed(order_id: OrderId, confirm_within: Duration) -> Vec<Effect> {
-    vec![Effect::job(ConfirmTimeout { order_id }, confirm_within)]
+/// A new order (PAYMENT_PENDING): its payment is authorised at once.
+pub fn placed(order_id: OrderId) -> Vec<Effect> {
+    vec![Effect::job(
+        AuthorizePayment {
+            order_id,
+            attempt: 1,
+        },
+        Duration::ZERO,
+    )]
+}
+
+/// The payment was authorised and the order placed with its restaurant, which has
+/// `confirm_within` to confirm it.
+pub fn payment_authorized(
+    order_id: OrderId,
+    confirm_within: Duration,
+    details: Value,
+) -> Vec<Effect> {
+    vec![
+        Effect::job(ConfirmTimeout { order_id }, confirm_within),
+        payment_event(order_id, "payment_authorized", Actor::System, details),
+    ]
+}
+
+/// The authorisation ended without a hold (`payment_declined`, `payment_failed`): the
+/// customer is told why (the order's cancellation is its own step).
+pub fn authorization_refused(
+    order_id: OrderId,
+    customer: i64,
+    event_type: &'static str,
+    details: Value,
+) -> Vec<Effect> {
+    let mut data = json!({ "order_id": order_id });
+    if let (Value::Object(data), Value::Object(details)) = (&mut data, &details) {
+        for key in ["code", "message"] {
+            data.insert(
+                key.to_owned(),
+                details.get(key).cloned().unwrap_or(Value::Null),
+            );
+        }
+    }
+    vec![
+        payment_event(order_id, event_type, Actor::System, details),
+        notify(
+            order_id,
+            Audience::Customer,
+            Some(customer),
+            event_type,
+            data,
+        ),
+    ]
+}
+
+/// A call to the provider that may succeed later (`job`, the next attempt) is tried again
+/// after `delay`.
+pub fn payment_retry(
+    job: impl Into<crate::jobs::messages::Message>,
+    delay: Duration,
+) -> Vec<Effect> {
+    vec![Effect::job(job, delay)]
+}
+
+/// A payment event (`payment_*`, `refund_*`), published.
+pub fn payment_event(
+    order_id: OrderId,
+    event_type: &'static str,
+    actor: Actor,
+    details: Value,
+) -> Effect {
+    Effect::Event(OrderEvent {
+        order_id,
+        topic: "payments",
+        event_type,
+        actor,
+        details,
+        publish: true,
+    })
+}
+
+/// A refund was paid back: the customer hears of it.
+pub fn refunded(order_id: OrderId, customer: i64, details: Value) -> Vec<Effect> {
+    let data = json!({
+        "order_id": order_id,
+        "refund_id": details["refund_id"],
+        "amount_cents": details["amount_cents"],
+        "refunded_cents": details["refunded_cents"],
+    });
+    vec![
+        payment_event(order_id, "payment_refunded", Actor::System, details),
+        notify(
+            order_id,
+            Audience::Customer,
+            Some(customer),
+            "payment_refunded",
+            data,
+        ),
+    ]
 }
 
 /// An order that entered `status`: the workflow's next steps and the parties' webhooks.
@@ -113,6 +218,13 @@ pub fn entered(order_id: OrderId, parties: &Parties, status: OrderStatus) -> Vec
             ),
         ],
         // Without a driver yet, the driver hears of the order when it is assigned.
+        OrderStatus::Placed => vec![notify(
+            order_id,
+            Audience::Restaurant,
+            Some(parties.restaurant_id.get()),
+            "order_placed",
+            data,
+        )],
         OrderStatus::ReadyForPickup => driver
             .map(|d| notify(order_id, Audience::Driver, Some(d), "order_ready", data))
             .into_iter()
@@ -165,16 +277,27 @@ pub fn entered(order_id: OrderId, parties: &Parties, status: OrderStatus) -> Vec
                     data.clone(),
                 ));
             }
-            effects.push(notify(
-                order_id,
-                Audience::Restaurant,
-                Some(parties.restaurant_id.get()),
-                "order_cancelled",
-                data,
+            // A restaurant that was never asked (the payment was still pending) hears nothing.
+            if parties.placed {
+                effects.push(notify(
+                    order_id,
+                    Audience::Restaurant,
+                    Some(parties.restaurant_id.get()),
+                    "order_cancelled",
+                    data,
+                ));
+            }
+            // Any hold on the customer's money is released (the job checks there is one).
+            effects.push(Effect::job(
+                ReleasePayment {
+                    order_id,
+                    attempt: 1,
+                },
+                Duration::ZERO,
             ));
             effects
         }
-        OrderStatus::Placed | OrderStatus::Preparing | OrderStatus::Completed => Vec::new(),
+        OrderStatus::PaymentPending | OrderStatus::Preparing | OrderStatus::Completed => Vec::new(),
     };
     // A delivered or cancelled order stops counting against its driver's capacity.
     let ends_a_load = matches!(status, OrderStatus::Delivered | OrderStatus::Cancelled);
@@ -392,29 +515,6 @@ pub fn matching_revived(order_id: OrderId, round: u32, via: Option<&str>) -> Vec
     ]
 }
 
-/// A capture that may succeed later is tried again after `delay`.
-pub fn capture_retry(order_id: OrderId, next_attempt: u32, delay: Duration) -> Vec<Effect> {
-    vec![Effect::job(
-        CapturePayment {
-            order_id,
-            attempt: next_attempt,
-        },
-        delay,
-    )]
-}
-
-/// A capture ended (`payment_captured`, `payment_declined`, `payment_failed`).
-pub fn capture_ended(order_id: OrderId, event_type: &'static str, details: Value) -> Vec<Effect> {
-    vec![Effect::Event(OrderEvent {
-        order_id,
-        topic: "payments",
-        event_type,
-        actor: Actor::System,
-        details,
-        publish: true,
-    })]
-}
-
 /// The order's ETA changed (`refresh_eta`).
 pub fn eta_updated(order_id: OrderId, eta: &crate::eta::Eta) -> Vec<Effect> {
     vec![Effect::Event(OrderEvent {
@@ -465,6 +565,7 @@ mod tests {
             customer_id: UserId(1),
             restaurant_id: RestaurantId(2),
             driver_id: driver.map(DriverId),
+            placed: true,
         }
     }
 
@@ -483,6 +584,9 @@ mod tests {
                         Message::Notify(_) => "notify".to_owned(),
                         Message::CapturePayment(j) => format!("capture_payment#{}", j.attempt),
                         Message::RequestReview(_) => "request_review".to_owned(),
+                        Message::AuthorizePayment(j) => format!("authorize_payment#{}", j.attempt),
+                        Message::ReleasePayment(j) => format!("release_payment#{}", j.attempt),
+                        Message::RefundPayment(j) => format!("refund_payment#{}", j.attempt),
                     };
                     format!("job {name} {}", delay.as_secs())
                 }
@@ -530,6 +634,7 @@ mod tests {
                 "notify customer order_cancelled",
                 "notify driver order_cancelled",
                 "notify restaurant order_cancelled",
+                "job release_payment#1 0",
                 "sync 9"
             ]
         );
@@ -537,9 +642,50 @@ mod tests {
             summary(&entered(ORDER, &parties(None), OrderStatus::Cancelled)),
             [
                 "notify customer order_cancelled",
-                "notify restaurant order_cancelled"
+                "notify restaurant order_cancelled",
+                "job release_payment#1 0"
             ]
         );
+    }
+
+    #[test]
+    fn the_restaurant_hears_of_an_order_only_once_its_payment_is_authorised() {
+        assert_eq!(summary(&placed(ORDER)), ["job authorize_payment#1 0"]);
+        assert_eq!(
+            summary(&payment_authorized(
+                ORDER,
+                Duration::from_secs(600),
+                json!({})
+            )),
+            ["job confirm_timeout 600", "event payment_authorized"]
+        );
+        assert_eq!(
+            summary(&entered(ORDER, &parties(None), OrderStatus::Placed)),
+            ["notify restaurant order_placed"]
+        );
+        let never_asked = Parties {
+            placed: false,
+            ..parties(None)
+        };
+        assert_eq!(
+            summary(&entered(ORDER, &never_asked, OrderStatus::Cancelled)),
+            ["notify customer order_cancelled", "job release_payment#1 0"]
+        );
+        let declined = authorization_refused(
+            ORDER,
+            1,
+            "payment_declined",
+            json!({ "code": "card_declined", "message": "no", "attempt": 1 }),
+        );
+        assert_eq!(
+            summary(&declined),
+            ["event payment_declined", "notify customer payment_declined"]
+        );
+        let Effect::Notify { data, .. } = &declined[1] else {
+            panic!("a webhook");
+        };
+        assert_eq!(data["code"], "card_declined");
+        assert!(data.get("attempt").is_none());
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! accepting while the restaurant starts preparing), and only a caller that sent the version it
 //! saw (`If-Match`) gets a conflict when the order moved on.
 //!
+//! The order's payment is read under the same lock: an order completes only once its payment
+//! is settled ([`machine::payment_allows`]).
+//!
 //! In that transaction: the version-checked update (`WHERE id = $1 AND version = $2`, the
 //! per-state timestamp, `version + 1`), the audit row (actor, IP, user agent, before/after), the
 //! outbox event (the spec's Kafka payload), the follow-up jobs the new state needs, and (on
@@ -12,13 +15,13 @@
 //! part fails nothing is written: an order never changes state without its audit row, its event
 //! and its jobs, and no job exists for a change that rolled back.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Action, Actor, DriverId, OrderId, OrderStatus};
 use crate::location::LocationService;
-use crate::workflows::effects::{self, EffectError};
+use crate::workflows::effects::{self, AfterCommit, Effect, EffectError};
 use crate::workflows::events::{Change, RequestMeta, record_change};
-use crate::workflows::machine::{self, Parties, Refusal};
+use crate::workflows::machine::{self, Parties, PaymentStanding, Refusal};
 use crate::workflows::{offers, steps};
 
 /// One action on one order.
@@ -32,6 +35,9 @@ pub struct TransitionRequest {
     pub reason: Option<String>,
     /// The version the caller saw; a different current version is a conflict.
     pub expected_version: Option<i32>,
+    /// For a system job that may act in one state only (the confirm timeout cancels only a
+    /// PLACED order): in any other state the action is refused.
+    pub only_from: Option<OrderStatus>,
 }
 
 /// The result of an applied transition.
@@ -61,6 +67,7 @@ pub enum TransitionError {
 /// The column stamped when an order enters `status`.
 fn timestamp_column(status: OrderStatus) -> &'static str {
     match status {
+        OrderStatus::PaymentPending => "created_at",
         OrderStatus::Placed => "placed_at",
         OrderStatus::Confirmed => "confirmed_at",
         OrderStatus::Preparing => "preparing_at",
@@ -79,6 +86,19 @@ struct Current {
     customer_id: crate::domain::UserId,
     restaurant_id: crate::domain::RestaurantId,
     driver_id: Option<DriverId>,
+    placed: bool,
+    payment_status: Option<String>,
+}
+
+/// Where a payment in `status` stands (no payment row: open).
+fn standing(status: Option<&str>) -> PaymentStanding {
+    match status {
+        Some("captured" | "partially_refunded" | "refunded" | "written_off" | "released") => {
+            PaymentStanding::Settled
+        }
+        Some("capture_declined" | "capture_failed") => PaymentStanding::Failed,
+        _ => PaymentStanding::Open,
+    }
 }
 
 /// Applies `request` in one transaction with its effects, then (a driver's order that ended)
@@ -89,9 +109,34 @@ pub async fn execute(
     request: &TransitionRequest,
 ) -> Result<Transitioned, TransitionError> {
     let mut tx = crate::store::begin(pool).await?;
+    let (done, after) = apply_in(&mut tx, request, Vec::new()).await?;
+    tx.commit().await?;
+    metrics::counter!("orders_total", "status" => done.to.as_str()).increment(1);
+    after.run(pool, location).await;
+    tracing::info!(
+        order_id = request.order_id.get(),
+        from = %done.from,
+        to = %done.to,
+        action = %request.action,
+        actor = request.actor.kind(),
+        "order transitioned"
+    );
+    Ok(done)
+}
+
+/// Applies `request` on `tx`, an open transaction of a caller that writes more of the same
+/// change (the payment workflow records the provider's answer with the transition it causes),
+/// together with `extra` effects. The caller commits, counts and runs the [`AfterCommit`].
+pub async fn apply_in(
+    tx: &mut PgConnection,
+    request: &TransitionRequest,
+    extra: Vec<Effect>,
+) -> Result<(Transitioned, AfterCommit), TransitionError> {
     let current: Current = sqlx::query_as(
-        "SELECT status, version, customer_id, restaurant_id, driver_id FROM orders WHERE id = $1
-         FOR UPDATE",
+        "SELECT o.status, o.version, o.customer_id, o.restaurant_id, o.driver_id,
+                o.placed_at IS NOT NULL AS placed, p.status AS payment_status
+         FROM orders o LEFT JOIN payments p ON p.order_id = o.id
+         WHERE o.id = $1 FOR UPDATE OF o",
     )
     .bind(request.order_id)
     .fetch_optional(&mut *tx)
@@ -105,8 +150,17 @@ pub async fn execute(
         customer_id: current.customer_id,
         restaurant_id: current.restaurant_id,
         driver_id: current.driver_id,
+        placed: current.placed,
     };
     let to = machine::decide(from, &parties, request.action, request.actor)?;
+    if request.only_from.is_some_and(|only| only != from) {
+        return Err(TransitionError::Refused(Refusal::InvalidTransition {
+            status: from,
+            action: request.action,
+            allowed: Vec::new(),
+        }));
+    }
+    machine::payment_allows(request.action, standing(current.payment_status.as_deref()))?;
     if request
         .expected_version
         .is_some_and(|v| v != current.version)
@@ -129,7 +183,7 @@ pub async fn execute(
         return Err(TransitionError::Conflict);
     }
     record_change(
-        &mut tx,
+        &mut *tx,
         &Change {
             order_id: request.order_id,
             from: Some(from),
@@ -145,25 +199,16 @@ pub async fn execute(
     if to == OrderStatus::Cancelled {
         // A driver holding an offer for the order learns it is gone (the offer also leaves
         // its pending list).
-        let cancelled = offers::cancel_pending(&mut tx, request.order_id).await?;
+        let cancelled = offers::cancel_pending(&mut *tx, request.order_id).await?;
         effects.extend(steps::offers_cancelled(request.order_id, &cancelled));
     }
-    let after = effects::apply(&mut tx, effects).await?;
-    tx.commit().await?;
-    metrics::counter!("orders_total", "status" => to.as_str()).increment(1);
-    after.run(pool, location).await;
-    tracing::info!(
-        order_id = request.order_id.get(),
-        from = %from,
-        to = %to,
-        action = %request.action,
-        actor = request.actor.kind(),
-        "order transitioned"
-    );
-    Ok(Transitioned {
+    effects.extend(extra);
+    let after = effects::apply(&mut *tx, effects).await?;
+    let done = Transitioned {
         order_id: request.order_id,
         from,
         to,
         version: current.version + 1,
-    })
+    };
+    Ok((done, after))
 }

@@ -46,7 +46,7 @@ pub(crate) async fn ok(app: &TestApp, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
 }
 
-async fn err(app: &TestApp, args: &[&str]) -> String {
+pub(crate) async fn err(app: &TestApp, args: &[&str]) -> String {
     match admin(app, args).await {
         Ok(out) => panic!("{args:?} should fail, printed:\n{}", out.text),
         Err(e) => e.to_string(),
@@ -127,8 +127,12 @@ async fn jobs_in_every_state_are_listed_shown_and_counted() {
     assert!(running_shown.text.contains("gone-worker"));
 
     let stats = ok(&app, &["--json", "jobs", "stats"]).await;
-    let queue = &stats.json["queues"][0];
-    assert_eq!(queue["queue"], ConfirmTimeout::QUEUE);
+    let queue = stats.json["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["queue"] == ConfirmTimeout::QUEUE)
+        .expect("the confirm timeout's queue");
     assert_eq!(
         (
             &queue["dead"],
@@ -307,7 +311,7 @@ async fn order_show_tells_the_story_of_two_offers_and_a_timeout() {
     let json = ok(&app, &["--json", "orders", "show", &order.to_string()])
         .await
         .json;
-    // In time order: made, expired, made again, assigned.
+    // In time order: authorised, made, expired, made again, assigned.
     let events: Vec<String> = json["story"]
         .as_array()
         .expect("story")
@@ -326,6 +330,7 @@ async fn order_show_tells_the_story_of_two_offers_and_a_timeout() {
     assert_eq!(
         events,
         [
+            "payment_authorized",
             "offer_made",
             "offer_expired",
             "offer_made",

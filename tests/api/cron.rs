@@ -186,6 +186,15 @@ async fn payment_status(app: &TestApp, order: i64) -> Option<String> {
         .expect("payment status")
 }
 
+async fn set_payment(app: &TestApp, order: i64, status: &str) {
+    sqlx::query("UPDATE payments SET status = $2 WHERE order_id = $1")
+        .bind(order)
+        .bind(status)
+        .execute(&app.db)
+        .await
+        .expect("payment status set");
+}
+
 #[tokio::test]
 async fn an_order_completes_only_once_its_payment_is_captured() {
     let app = spawn_app().await;
@@ -196,24 +205,18 @@ async fn an_order_completes_only_once_its_payment_is_captured() {
     let summary = run_auto_complete(&app).await;
     assert_eq!(summary["completed"], 0);
     assert_eq!(app.status_of(order).await, "DELIVERED");
-    assert_eq!(payment_status(&app, order).await, None);
+    assert_eq!(
+        payment_status(&app, order).await.as_deref(),
+        Some("authorized")
+    );
     // A capture that failed for good keeps it DELIVERED too.
-    sqlx::query(
-        "INSERT INTO payments (order_id, provider, idempotency_key, amount_cents, currency, status)
-         VALUES ($1, 'ledger', 'failed-' || $1, 100, 'USD', 'failed')",
-    )
-    .bind(order)
-    .execute(&app.db)
-    .await
-    .expect("a failed capture");
-    run_auto_complete(&app).await;
-    assert_eq!(app.status_of(order).await, "DELIVERED");
+    for failed in ["capture_failed", "capture_declined"] {
+        set_payment(&app, order, failed).await;
+        run_auto_complete(&app).await;
+        assert_eq!(app.status_of(order).await, "DELIVERED");
+    }
     // Once captured, the next tick completes it.
-    sqlx::query("DELETE FROM payments WHERE order_id = $1")
-        .bind(order)
-        .execute(&app.db)
-        .await
-        .expect("reset");
+    set_payment(&app, order, "authorized").await;
     capture(&app, order).await;
     let summary = run_auto_complete(&app).await;
     assert_eq!(summary["completed"], 1);
@@ -280,6 +283,11 @@ async fn housekeeping_deletes_old_finished_jobs_and_requeues_jobs_of_dead_worker
     .await
     .expect("second job");
     drop(conn);
+    // The authorisation's job ran in the test's process (not as a job): drop it.
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type <> 'courier::confirm_timeout'")
+        .execute(&app.db)
+        .await
+        .expect("other jobs");
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.jobs ORDER BY id")
         .fetch_all(&app.db)
         .await
@@ -332,7 +340,9 @@ async fn the_stuck_order_sweep_revives_an_order_whose_match_job_was_deleted() {
     .expect("delete by hand");
     assert_eq!(app.jobs_for(MatchDriver::QUEUE, order).await, 0);
 
-    let summary = stuck_orders::run(&app.db).await.expect("runs");
+    let summary = stuck_orders::run(&app.db, &app.state.location, &CronSettings::default())
+        .await
+        .expect("runs");
     assert_eq!(summary["revived"], 1);
     assert_eq!(app.jobs_for(MatchDriver::QUEUE, order).await, 1);
     assert_eq!(
@@ -342,6 +352,8 @@ async fn the_stuck_order_sweep_revives_an_order_whose_match_job_was_deleted() {
     );
     assert_eq!(app.audit_rows(order, "matching_revived").await, 1);
     // Now it has a job: nothing more to do.
-    let again = stuck_orders::run(&app.db).await.expect("runs");
+    let again = stuck_orders::run(&app.db, &app.state.location, &CronSettings::default())
+        .await
+        .expect("runs");
     assert_eq!(again["revived"], 0);
 }

@@ -18,6 +18,7 @@ use courier::auth::{Principal, Role, TokenKeys};
 use courier::config::Config;
 use courier::cron::CronSettings;
 use courier::dispatch::{DispatchSettings, Dispatcher};
+use courier::domain::OrderId;
 use courier::eta::routing::RoutingSettings;
 use courier::live::LiveSettings;
 use courier::notify::{Notifier, WebhookSettings};
@@ -29,6 +30,7 @@ use courier::store;
 use courier::store::DatabaseSettings;
 use courier::valkey::ValkeySettings;
 use courier::workers::JobContext;
+use courier::workflows::payment::{self, PaymentResult};
 use courier::workflows::place::OrderLimits;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -501,7 +503,8 @@ pub fn order_body(cast: &Cast) -> serde_json::Value {
             {"menu_item_id": cast.burger, "quantity": 2, "special_instructions": "no onions"},
             {"menu_item_id": cast.fries, "quantity": 1}
         ],
-        "delivery_address": {"lat": RESTAURANT_AT.0 + 0.01, "lon": RESTAURANT_AT.1, "line1": "1 Test Street", "city": "New York"}
+        "delivery_address": {"lat": RESTAURANT_AT.0 + 0.01, "lon": RESTAURANT_AT.1, "line1": "1 Test Street", "city": "New York"},
+        "payment_method": "pm_card_visa"
     })
 }
 
@@ -523,8 +526,8 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// Places an order for `cast` and returns its id.
-    pub async fn placed_order(&self, cast: &Cast) -> i64 {
+    /// Places an order for `cast` and returns its id; it waits in PAYMENT_PENDING.
+    pub async fn unpaid_order(&self, cast: &Cast) -> i64 {
         let response = self
             .place_order(
                 cast.customer,
@@ -535,6 +538,51 @@ impl TestApp {
         assert_eq!(response.status().as_u16(), 201);
         let body: serde_json::Value = response.json().await.expect("json");
         body["id"].as_i64().expect("order id")
+    }
+
+    /// Runs the `authorize_payment` job's work for `order` once, on the ledger (as a worker
+    /// would); returns what it did.
+    pub async fn authorize(&self, order: i64) -> PaymentResult {
+        self.authorize_with(order, WorkerSettings::default().payments)
+            .await
+    }
+
+    /// Runs the `authorize_payment` job's work for `order` once with `settings`.
+    pub async fn authorize_with(&self, order: i64, settings: PaymentSettings) -> PaymentResult {
+        let payments = Payments::new(self.db.clone(), settings).expect("payments");
+        payment::authorize(
+            &self.db,
+            &self.state.location,
+            &payments,
+            self.state.order_limits.confirm_within,
+            OrderId(order),
+            1,
+        )
+        .await
+        .expect("authorisation runs")
+    }
+
+    /// Places an order for `cast`, authorises its payment on the ledger, and returns its id:
+    /// the order is PLACED with its restaurant.
+    /// (Workers that run may authorise it first.)
+    pub async fn placed_order(&self, cast: &Cast) -> i64 {
+        let order = self.unpaid_order(cast).await;
+        let authorized = self.authorize(order).await;
+        assert!(
+            matches!(
+                authorized,
+                PaymentResult::Ended("authorized") | PaymentResult::NothingToDo
+            ),
+            "{authorized:?}"
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                self.status_of(order).await == "PLACED"
+            })
+            .await,
+            "order {order} was not placed"
+        );
+        order
     }
 
     /// `POST /v1/orders/{id}/{action}` as (role, subject) with an empty body.
@@ -653,6 +701,7 @@ impl TestApp {
             payments: Payments::new(db, settings.payments).expect("payments"),
             notifier: Notifier::new(settings.webhooks).expect("notifier"),
             cron: Arc::new(settings.cron),
+            confirm_within: self.state.order_limits.confirm_within,
         }
     }
 
@@ -758,13 +807,19 @@ impl TestApp {
     /// intent); returns (order, driver).
     pub async fn picked_up_order(&self, cast: &Cast) -> (i64, i64) {
         let order = self.placed_order(cast).await;
+        let driver = self.pick_up(cast, order).await;
+        (order, driver)
+    }
+
+    /// Takes a PLACED `order` of `cast` to PICKED_UP (confirmed, a new driver assigned,
+    /// prepared, ready, picked up); returns the driver.
+    pub async fn pick_up(&self, cast: &Cast, order: i64) -> i64 {
         let driver = insert_driver(&self.db).await;
         self.act(order, "confirm", Role::Restaurant, cast.restaurant)
             .await;
-        sqlx::query("UPDATE orders SET driver_id = $2, payment_intent_id = $3 WHERE id = $1")
+        sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
             .bind(order)
             .bind(driver)
-            .bind(format!("pi_test_{order}"))
             .execute(&self.db)
             .await
             .expect("assign");
@@ -779,7 +834,7 @@ impl TestApp {
                 .as_u16(),
             200
         );
-        (order, driver)
+        driver
     }
 
     /// Outbox events of `order` with `event_type`.

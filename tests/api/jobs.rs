@@ -149,7 +149,7 @@ async fn a_job_whose_worker_is_killed_mid_run_is_rescued_and_takes_effect_once()
         .fetch_one(&app.db)
         .await
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3, "created 1, placed 2, cancelled 3");
     // The job is acknowledged just after its transaction commits.
     let done = eventually(Duration::from_secs(10), || async {
         job_statuses(&app, ConfirmTimeout::QUEUE)

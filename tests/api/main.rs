@@ -22,6 +22,7 @@ mod probes;
 mod restaurants;
 mod schema;
 mod simulation;
+mod stripe;
 mod transactions;
 mod users;
 mod workflow;

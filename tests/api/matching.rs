@@ -453,7 +453,7 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
         .fetch_one(&app.db)
         .await
         .expect("version");
-    assert_eq!(version, 3, "placed 1, confirmed 2, assigned 3");
+    assert_eq!(version, 4, "created 1, placed 2, confirmed 3, assigned 4");
     // The driver's load reached Valkey: a search now reports one active order.
     let nearby = available_near_restaurant(&app).await;
     let me = nearby

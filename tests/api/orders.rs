@@ -3,7 +3,7 @@
 
 use courier::auth::Role;
 use courier::jobs::Job;
-use courier::jobs::messages::ConfirmTimeout;
+use courier::jobs::messages::{AuthorizePayment, ConfirmTimeout};
 
 use crate::helpers::{
     OPERATOR, RESTAURANT_AT, assert_error, cast, insert_driver, insert_item, insert_restaurant,
@@ -26,7 +26,9 @@ async fn an_order_is_priced_from_the_menu_and_starts_its_workflow() {
         .await;
     assert_eq!(response.status().as_u16(), 201);
     let order: serde_json::Value = response.json().await.expect("json");
-    assert_eq!(order["status"], "PLACED");
+    // Placed with the restaurant once its payment is authorised.
+    assert_eq!(order["status"], "PAYMENT_PENDING");
+    assert_eq!(order["placed_at"], serde_json::Value::Null);
     assert_eq!(order["subtotal_cents"], 2 * 1_250 + 399);
     // ~1.1 km: inside the base distance.
     assert_eq!(order["delivery_fee_cents"], 199);
@@ -45,9 +47,17 @@ async fn an_order_is_priced_from_the_menu_and_starts_its_workflow() {
             .fetch_one(&app.db)
             .await
             .expect("one event");
-    assert_eq!(event["newStatus"], "PLACED");
+    assert_eq!(event["newStatus"], "PAYMENT_PENDING");
     assert_eq!(event["actorType"], "customer");
     assert_eq!(event["orderId"], id);
+    assert_eq!(app.jobs_for(AuthorizePayment::QUEUE, id).await, 1);
+    assert_eq!(app.jobs_for(ConfirmTimeout::QUEUE, id).await, 0);
+    // Authorised: the restaurant's ten minutes start.
+    assert_eq!(
+        app.authorize(id).await,
+        courier::workflows::payment::PaymentResult::Ended("authorized")
+    );
+    assert_eq!(app.status_of(id).await, "PLACED");
     assert_eq!(app.jobs_for(ConfirmTimeout::QUEUE, id).await, 1);
     let delay_minutes: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM run_at - now())::float8 / 60 FROM apalis.jobs WHERE job_type = $1",
@@ -128,7 +138,7 @@ async fn each_bad_request_has_its_own_code_and_writes_nothing() {
         ),
         (
             serde_json::json!({"restaurant_id": closed, "items": [{"menu_item_id": closed_item, "quantity": 1}],
-                            "delivery_address": base["delivery_address"]}),
+                            "delivery_address": base["delivery_address"], "payment_method": "pm_card_visa"}),
             409,
             "restaurant_closed",
         ),
@@ -274,7 +284,7 @@ async fn fifty_concurrent_requests_with_one_key_make_one_order_and_fifty_identic
     let order: serde_json::Value = serde_json::from_str(first).expect("json");
     let id = order["id"].as_i64().expect("id");
     assert_eq!(app.audit_rows(id, "place").await, 1);
-    assert_eq!(app.jobs_for(ConfirmTimeout::QUEUE, id).await, 1);
+    assert_eq!(app.jobs_for(AuthorizePayment::QUEUE, id).await, 1);
 
     // A later retry is replayed and says so.
     let again = app.place_order(cast.customer, "same-key", &body).await;

@@ -834,7 +834,8 @@ async fn an_order_above_the_configured_total_is_refused() {
     let body = json!({
         "restaurant_id": cast.restaurant,
         "items": [{"menu_item_id": caviar, "quantity": 1}],
-        "delivery_address": {"lat": RESTAURANT_AT.0 + 0.01, "lon": RESTAURANT_AT.1, "line1": "1 Test Street"}
+        "delivery_address": {"lat": RESTAURANT_AT.0 + 0.01, "lon": RESTAURANT_AT.1, "line1": "1 Test Street"},
+        "payment_method": "pm_card_visa"
     });
     let response = app.place_order(cast.customer, "caviar", &body).await;
     let refused = assert_error(response, 422, "total_too_large").await;

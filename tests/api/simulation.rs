@@ -79,12 +79,13 @@ async fn a_small_city_runs_through_the_api_and_every_order_ends_sound() {
     // Each delivered order was captured exactly once, and only delivered ones were.
     let miscaptured: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT o.id, (SELECT count(*) FROM payment_attempts a
-                       WHERE a.order_id = o.id AND a.outcome = 'captured') AS captures
+                       WHERE a.order_id = o.id AND a.operation = 'capture'
+                         AND a.outcome = 'succeeded') AS captures
          FROM orders o
          WHERE (o.delivered_at IS NOT NULL) <> EXISTS (
                    SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.status = 'captured')
             OR (SELECT count(*) FROM payment_attempts a
-                WHERE a.order_id = o.id AND a.outcome = 'captured') > 1",
+                WHERE a.order_id = o.id AND a.operation = 'capture' AND a.outcome = 'succeeded') > 1",
     )
     .fetch_all(&app.db)
     .await

@@ -34,7 +34,7 @@ async fn an_order_goes_from_placed_to_delivered_leaving_a_full_trail() {
     assert_eq!(confirmed.status().as_u16(), 200);
     let body: serde_json::Value = confirmed.json().await.expect("json");
     assert_eq!(body["status"], "CONFIRMED");
-    assert_eq!(body["version"], 2);
+    assert_eq!(body["version"], 3, "created 1, placed 2, confirmed 3");
     assert!(body["confirmed_at"].is_string());
     assert_eq!(app.jobs_for(MatchDriver::QUEUE, id).await, 1);
 
@@ -71,7 +71,7 @@ async fn an_order_goes_from_placed_to_delivered_leaving_a_full_trail() {
     assert_eq!(delivered.status().as_u16(), 200);
     let body: serde_json::Value = delivered.json().await.expect("json");
     assert_eq!(body["status"], "DELIVERED");
-    assert_eq!(body["version"], 6);
+    assert_eq!(body["version"], 7);
     for column in [
         "placed_at",
         "confirmed_at",
@@ -99,6 +99,8 @@ async fn an_order_goes_from_placed_to_delivered_leaving_a_full_trail() {
 
     for action in [
         "place",
+        "authorize",
+        "payment_authorized",
         "confirm",
         "start_preparing",
         "mark_ready",
@@ -112,7 +114,8 @@ async fn an_order_goes_from_placed_to_delivered_leaving_a_full_trail() {
         );
     }
     let statuses: Vec<String> = sqlx::query_scalar(
-        "SELECT payload ->> 'newStatus' FROM outbox WHERE aggregate_id = $1 ORDER BY id",
+        "SELECT payload ->> 'newStatus' FROM outbox
+         WHERE aggregate_id = $1 AND event_type = 'order_status_changed' ORDER BY id",
     )
     .bind(id)
     .fetch_all(&app.db)
@@ -121,6 +124,7 @@ async fn an_order_goes_from_placed_to_delivered_leaving_a_full_trail() {
     assert_eq!(
         statuses,
         [
+            "PAYMENT_PENDING",
             "PLACED",
             "CONFIRMED",
             "PREPARING",
@@ -302,7 +306,7 @@ async fn transition_bodies_and_versions_are_checked() {
     assert_error(post("", Some("7")).await.expect("sent"), 409, "conflict").await;
     assert_eq!(app.status_of(id).await, "PLACED");
     assert_eq!(
-        post("", Some("1")).await.expect("sent").status().as_u16(),
+        post("", Some("2")).await.expect("sent").status().as_u16(),
         200
     );
 }
@@ -332,7 +336,7 @@ async fn racing_transitions_on_one_order_have_exactly_one_winner() {
         "{statuses:?}"
     );
     let transitions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_logs WHERE entity_id = $1 AND metadata ->> 'action' <> 'place'",
+        "SELECT count(*) FROM audit_logs WHERE entity_id = $1 AND metadata ->> 'action' = 'confirm'",
     )
     .bind(id)
     .fetch_one(&app.db)
@@ -344,13 +348,13 @@ async fn racing_transitions_on_one_order_have_exactly_one_winner() {
         .fetch_one(&app.db)
         .await
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE aggregate_id = $1")
         .bind(id)
         .fetch_one(&app.db)
         .await
         .expect("events");
-    assert_eq!(events, 2);
+    assert_eq!(events, 4, "created, placed, payment authorised, confirmed");
     assert_eq!(app.status_of(id).await, "CONFIRMED");
     assert_eq!(
         app.jobs_for(MatchDriver::QUEUE, id).await,
@@ -383,7 +387,7 @@ async fn a_transition_whose_job_cannot_be_enqueued_changes_nothing() {
         .fetch_one(&app.db)
         .await
         .expect("events");
-    assert_eq!(events, 1, "only the PLACED event");
+    assert_eq!(events, 3, "only the events of its creation and placement");
 
     // A new order cannot be placed either, and leaves nothing behind.
     let placed = app

@@ -241,7 +241,8 @@ async fn captures(db: &PgPool) -> anyhow::Result<(i64, Vec<i64>)> {
                     EXISTS (SELECT 1 FROM payments p
                              WHERE p.order_id = o.id AND p.status = 'captured') AS captured,
                     (SELECT count(*) FROM payment_attempts a
-                      WHERE a.order_id = o.id AND a.outcome = 'captured') AS captures
+                      WHERE a.order_id = o.id AND a.operation = 'capture'
+                        AND a.outcome = 'succeeded') AS captures
              FROM orders o)
          SELECT id FROM c
           WHERE (status = 'COMPLETED' AND NOT captured)

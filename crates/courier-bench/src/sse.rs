@@ -210,7 +210,8 @@ async fn place(
         .json(&serde_json::json!({
             "restaurant_id": restaurant,
             "items": [{"menu_item_id": dish, "quantity": 1}],
-            "delivery_address": {"lat": 40.76, "lon": -73.98, "line1": "1 Bench Street", "city": "New York"}
+            "delivery_address": {"lat": 40.76, "lon": -73.98, "line1": "1 Bench Street", "city": "New York"},
+            "payment_method": "pm_card_visa"
         }))
         .send()
         .await?;
@@ -223,19 +224,31 @@ async fn place(
     body["id"].as_i64().context("no order id")
 }
 
-/// Confirms, prepares and readies `order` as its restaurant.
+/// How long an order's payment may take to be authorised before the restaurant gives up.
+const AUTHORIZED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Confirms, prepares and readies `order` as its restaurant, once its payment is authorised
+/// (until then the restaurant does not see it: 404).
 async fn advance(
     http: &reqwest::Client,
     base: &str,
     token: &str,
     order: i64,
 ) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + AUTHORIZED_WITHIN;
     for action in ["confirm", "start-preparing", "ready"] {
-        let response = http
-            .post(format!("{base}/v1/orders/{order}/{action}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
+        let response = loop {
+            let response = http
+                .post(format!("{base}/v1/orders/{order}/{action}"))
+                .bearer_auth(token)
+                .send()
+                .await?;
+            let unseen = response.status() == reqwest::StatusCode::NOT_FOUND;
+            if !unseen || tokio::time::Instant::now() >= deadline {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         anyhow::ensure!(
             response.status().is_success(),
             "{action} of order {order}: {}",

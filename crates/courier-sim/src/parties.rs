@@ -498,6 +498,7 @@ async fn try_order(ctx: &Ctx, customer: Customer, rng: &mut StdRng) -> anyhow::R
         "restaurant_id": restaurant,
         "items": items,
         "delivery_address": {"lat": customer.at.lat, "lon": customer.at.lon, "line1": "1 Sim Street"},
+        "payment_method": "pm_card_visa",
     });
     let key = uuid::Uuid::new_v4().to_string();
     let headers = [("x-idempotency-key", key.as_str())];

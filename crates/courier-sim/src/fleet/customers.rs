@@ -95,6 +95,7 @@ pub(super) async fn customer_lane(
             "restaurant_id": restaurant.id,
             "items": items,
             "delivery_address": {"lat": customer.at.lat, "lon": customer.at.lon, "line1": "1 Peak Street"},
+            "payment_method": "pm_card_visa",
         })
         .to_string();
         let key = uuid::Uuid::new_v4().to_string();
