@@ -421,6 +421,41 @@ pub async fn authorize(
     Ok(PaymentResult::Ended(status))
 }
 
+/// Calls the provider for `operation` (a capture or a release) on the payment's authorised
+/// intent, then opens the transaction that records the answer, with the attempt written on
+/// it. `None`: a concurrent run recorded its answer first.
+async fn call_on_hold(
+    db: &PgPool,
+    payments: &Payments,
+    row: &PaymentRow,
+    order_id: OrderId,
+    operation: Operation,
+    attempt: u32,
+) -> Result<Option<(sqlx::Transaction<'static, sqlx::Postgres>, Outcome)>, PaymentError> {
+    count_call(db, order_id, payments.provider.name()).await?;
+    let request = IntentRequest {
+        order_id,
+        idempotency_key: if operation == Operation::Capture {
+            row.capture_key.clone()
+        } else {
+            format!("courier-release-{order_id}")
+        },
+        intent_id: row.intent_id.clone(),
+        amount_cents: row.amount_cents,
+    };
+    let outcome = if operation == Operation::Capture {
+        payments.provider.capture(&request).await
+    } else {
+        payments.provider.release(&request).await
+    };
+    let mut tx = crate::store::begin(db).await?;
+    if lock(&mut tx, order_id, "authorized").await?.is_none() {
+        return Ok(None);
+    }
+    record_attempt(&mut tx, order_id, operation, None, attempt, &outcome).await?;
+    Ok(Some((tx, outcome)))
+}
+
 /// Attempt `attempt` of capturing a delivered order's authorised payment.
 pub async fn capture(
     db: &PgPool,
@@ -438,27 +473,11 @@ pub async fn capture(
     else {
         return Ok(PaymentResult::NothingToDo);
     };
-    count_call(db, order_id, payments.provider.name()).await?;
-    let request = IntentRequest {
-        order_id,
-        idempotency_key: row.capture_key.clone(),
-        intent_id: row.intent_id.clone(),
-        amount_cents: row.amount_cents,
-    };
-    let outcome = payments.provider.capture(&request).await;
-    let mut tx = crate::store::begin(db).await?;
-    if lock(&mut tx, order_id, "authorized").await?.is_none() {
+    let Some((mut tx, outcome)) =
+        call_on_hold(db, payments, &row, order_id, Operation::Capture, attempt).await?
+    else {
         return Ok(PaymentResult::NothingToDo);
-    }
-    record_attempt(
-        &mut tx,
-        order_id,
-        Operation::Capture,
-        None,
-        attempt,
-        &outcome,
-    )
-    .await?;
+    };
     let (status, event, failure) = match verdict(&outcome, attempt, payments.settings.max_attempts)
     {
         Verdict::Succeeded(_) => ("captured", "payment_captured", None),
@@ -536,27 +555,11 @@ pub async fn release(
     else {
         return Ok(PaymentResult::NothingToDo);
     };
-    count_call(db, order_id, payments.provider.name()).await?;
-    let request = IntentRequest {
-        order_id,
-        idempotency_key: format!("courier-release-{order_id}"),
-        intent_id: row.intent_id.clone(),
-        amount_cents: row.amount_cents,
-    };
-    let outcome = payments.provider.release(&request).await;
-    let mut tx = crate::store::begin(db).await?;
-    if lock(&mut tx, order_id, "authorized").await?.is_none() {
+    let Some((mut tx, outcome)) =
+        call_on_hold(db, payments, &row, order_id, Operation::Release, attempt).await?
+    else {
         return Ok(PaymentResult::NothingToDo);
-    }
-    record_attempt(
-        &mut tx,
-        order_id,
-        Operation::Release,
-        None,
-        attempt,
-        &outcome,
-    )
-    .await?;
+    };
     let details = |code: Option<&str>, message: Option<&str>| {
         json!({
             "attempt": attempt,

@@ -12,7 +12,7 @@ use courier::cron::{
 };
 use courier::domain::OrderId;
 use courier::jobs::Job;
-use courier::jobs::messages::MatchDriver;
+use courier::jobs::messages::{AuthorizePayment, MatchDriver, ReleasePayment};
 use courier::payments::{PaymentSettings, Payments};
 use courier::workflows::payment;
 use serde_json::json;
@@ -356,4 +356,68 @@ async fn the_stuck_order_sweep_revives_an_order_whose_match_job_was_deleted() {
         .await
         .expect("runs");
     assert_eq!(again["revived"], 0);
+}
+
+#[tokio::test]
+async fn the_sweep_revives_a_lost_authorisation_and_cancels_orders_whose_hold_expired() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    // A PAYMENT_PENDING order whose authorisation job was killed by hand.
+    let waiting = app.unpaid_order(&cast).await;
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1")
+        .bind(AuthorizePayment::QUEUE)
+        .execute(&app.db)
+        .await
+        .expect("delete by hand");
+    sqlx::query("UPDATE orders SET created_at = now() - INTERVAL '5 minutes' WHERE id = $1")
+        .bind(waiting)
+        .execute(&app.db)
+        .await
+        .expect("age");
+    // Two authorised orders: one held for 7 days and still not delivered, one fresh.
+    let stale = app.placed_order(&cast).await;
+    app.act(stale, "confirm", Role::Restaurant, cast.restaurant)
+        .await;
+    let fresh = app.placed_order(&cast).await;
+    sqlx::query(
+        "UPDATE payments SET authorized_at = now() - INTERVAL '7 days' WHERE order_id = $1",
+    )
+    .bind(stale)
+    .execute(&app.db)
+    .await
+    .expect("age the hold");
+
+    let summary = stuck_orders::run(&app.db, &app.state.location, &CronSettings::default())
+        .await
+        .expect("runs");
+    assert_eq!(summary["authorizations_revived"], 1);
+    assert_eq!(summary["authorizations_expired"], 1);
+    assert_eq!(app.jobs_for(AuthorizePayment::QUEUE, waiting).await, 1);
+    assert_eq!(app.status_of(stale).await, "CANCELLED");
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT cancel_reason FROM orders WHERE id = $1")
+            .bind(stale)
+            .fetch_one(&app.db)
+            .await
+            .expect("reason");
+    assert_eq!(reason.as_deref(), Some("authorization_expired"));
+    assert_eq!(app.jobs_for(ReleasePayment::QUEUE, stale).await, 1);
+    assert_eq!(app.status_of(fresh).await, "PLACED");
+    // The release frees the hold; the revived authorisation places the waiting order.
+    let payments = Payments::new(app.db.clone(), PaymentSettings::default()).expect("ledger");
+    assert_eq!(
+        payment::release(&app.db, &payments, OrderId(stale), 1)
+            .await
+            .expect("release"),
+        payment::PaymentResult::Ended("released")
+    );
+    assert_eq!(
+        app.authorize(waiting).await,
+        payment::PaymentResult::Ended("authorized")
+    );
+    let again = stuck_orders::run(&app.db, &app.state.location, &CronSettings::default())
+        .await
+        .expect("runs");
+    assert_eq!(again["authorizations_revived"], 0);
+    assert_eq!(again["authorizations_expired"], 0);
 }

@@ -672,6 +672,13 @@ async fn an_order_never_completes_while_its_capture_is_pending_or_retrying() {
     assert_eq!(app.outbox_events(order, "payment_written_off").await, 1);
 }
 
+/// `courier admin --yes orders refund ID ARGS…`
+fn refund_args<'a>(id: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["--yes", "orders", "refund", id];
+    argv.extend_from_slice(args);
+    argv
+}
+
 #[tokio::test]
 async fn refunds_partial_then_full_and_a_third_is_refused() {
     let app = spawn_app().await;
@@ -688,49 +695,22 @@ async fn refunds_partial_then_full_and_a_third_is_refused() {
     );
     let total = total_of(&app, order).await;
     let id = order.to_string();
-    let partial = crate::admin::ok(
-        &app,
-        &[
-            "--yes",
-            "orders",
-            "refund",
-            &id,
-            "--amount",
-            "500",
-            "--reason",
-            "cold fries",
-        ],
-    )
-    .await;
+    let partial = refund_args(&id, &["--amount", "500", "--reason", "cold fries"]);
+    let partial = crate::admin::ok(&app, &partial).await;
     assert!(partial.text.contains("succeeded"), "{}", partial.text);
     assert_eq!(
         payment_status(&app, order).await.as_deref(),
         Some("partially_refunded")
     );
-    let rest = crate::admin::ok(
-        &app,
-        &[
-            "--yes",
-            "orders",
-            "refund",
-            &id,
-            "--reason",
-            "order never arrived complete",
-        ],
-    )
-    .await;
+    let rest = refund_args(&id, &["--reason", "order never arrived complete"]);
+    let rest = crate::admin::ok(&app, &rest).await;
     assert!(rest.text.contains("succeeded"), "{}", rest.text);
     assert_eq!(
         payment_status(&app, order).await.as_deref(),
         Some("refunded")
     );
-    let third = crate::admin::err(
-        &app,
-        &[
-            "--yes", "orders", "refund", &id, "--amount", "1", "--reason", "again",
-        ],
-    )
-    .await;
+    let third = refund_args(&id, &["--amount", "1", "--reason", "again"]);
+    let third = crate::admin::err(&app, &third).await;
     assert!(third.contains("nothing is left to refund"), "{third}");
 
     let refunds = fake.requests(Op::Refund);
