@@ -391,16 +391,11 @@ pub async fn authorize(
             (status, after)
         }
         Verdict::Retry => {
-            let next = attempt + 1;
-            let delay = crate::payments::retry_delay(&payments.settings, attempt);
-            let job = AuthorizePayment {
+            let job = |next| AuthorizePayment {
                 order_id,
                 attempt: next,
             };
-            effects::write(&mut tx, steps::payment_retry(job, delay)).await?;
-            tx.commit().await?;
-            tracing::warn!(order_id = order_id.get(), attempt, next, delay = ?delay, detail = outcome.detail(), "payment authorisation will be retried");
-            return Ok(PaymentResult::Retrying { next, delay });
+            return retry(tx, payments, order_id, attempt, job, &outcome).await;
         }
     };
     commit(tx, after, db, location).await?;
@@ -497,6 +492,7 @@ pub async fn capture(
             return retry(
                 tx,
                 payments,
+                order_id,
                 attempt,
                 |next| CapturePayment {
                     order_id,
@@ -595,6 +591,7 @@ pub async fn release(
             return retry(
                 tx,
                 payments,
+                order_id,
                 attempt,
                 |next| ReleasePayment {
                     order_id,
@@ -620,6 +617,7 @@ pub async fn release(
 pub(crate) async fn retry<J: Into<crate::jobs::messages::Message>>(
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     payments: &Payments,
+    order_id: OrderId,
     attempt: u32,
     job: impl FnOnce(u32) -> J,
     outcome: &Outcome,
@@ -628,7 +626,7 @@ pub(crate) async fn retry<J: Into<crate::jobs::messages::Message>>(
     let delay = crate::payments::retry_delay(&payments.settings, attempt);
     effects::write(&mut tx, steps::payment_retry(job(next), delay)).await?;
     tx.commit().await?;
-    tracing::warn!(attempt, next, delay = ?delay, detail = outcome.detail(), "payment call will be retried");
+    tracing::warn!(order_id = order_id.get(), attempt, next, delay = ?delay, detail = outcome.detail(), "payment provider call will be retried");
     Ok(PaymentResult::Retrying { next, delay })
 }
 

@@ -317,6 +317,7 @@ pub async fn run(
             return payment::retry(
                 tx,
                 payments,
+                order_id,
                 attempt,
                 |next| RefundPayment {
                     refund_id,
