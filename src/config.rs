@@ -24,6 +24,7 @@ use crate::outbox::kafka::KafkaSettings;
 use crate::outbox::relay::RelaySettings;
 use crate::outbox::{OutboxSettings, SinkKind};
 use crate::payments::PaymentSettings;
+use crate::ratelimit::Limits;
 use crate::store::DatabaseSettings;
 use crate::telemetry::LogFormat;
 use crate::valkey::ValkeySettings;
@@ -161,6 +162,33 @@ pub struct CommonArgs {
     /// How long a restaurant has to confirm a placed order before it is cancelled, e.g. `10m`.
     #[arg(long, env = "COURIER_CONFIRM_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     pub confirm_timeout: Duration,
+
+    /// Whether API requests are rate-limited (per principal and route class, shared by every
+    /// API process through Valkey).
+    #[arg(
+        long,
+        env = "COURIER_RATE_LIMITS_ENABLED",
+        default_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub rate_limits_enabled: bool,
+
+    /// Limits that differ from the defaults, `class=rate/unit:burst,…` (classes: location,
+    /// location_batch, order_create, write, read, stream, unauthenticated), e.g.
+    /// `location=5/s:10,order_create=6/m:5`.
+    #[arg(long, env = "COURIER_RATE_LIMITS", default_value = "", global = true)]
+    pub rate_limits: String,
+
+    /// Operators' limits are everyone else's times this (1–1000).
+    #[arg(
+        long,
+        env = "COURIER_RATE_LIMIT_OPERATOR_FACTOR",
+        default_value_t = 10,
+        global = true
+    )]
+    pub rate_limit_operator_factor: u32,
 
     /// Payments, notifications and cron.
     #[command(flatten)]
@@ -578,6 +606,7 @@ pub struct Config {
     pub order_limits: OrderLimits,
     pub outbox: OutboxSettings,
     pub live: LiveSettings,
+    pub rate_limits: Limits,
 }
 
 impl Config {
@@ -650,8 +679,20 @@ impl Config {
                 keep_alive: args.events.sse_keep_alive,
                 ..LiveSettings::default()
             },
+            rate_limits: rate_limits(args)?,
         })
     }
+}
+
+fn rate_limits(args: &CommonArgs) -> Result<Limits, ConfigError> {
+    if !(1..=1000).contains(&args.rate_limit_operator_factor) {
+        return Err(ConfigError::Workflow(
+            "COURIER_RATE_LIMIT_OPERATOR_FACTOR must be 1 to 1000".to_owned(),
+        ));
+    }
+    Limits::new(args.rate_limits_enabled, args.rate_limit_operator_factor)
+        .with_overrides(&args.rate_limits)
+        .map_err(|e| ConfigError::Workflow(format!("COURIER_RATE_LIMITS: {e}")))
 }
 
 /// The highest order-total limit that may be configured ($10M): a sanity bound, not a policy.

@@ -11,7 +11,8 @@
 //! 2. [`jobs`] (job messages and `enqueue`), [`error`] (the API error), [`valkey`],
 //!    [`breaker`] (the circuit breaker).
 //! 3. [`store`] (pool, migrations, queries), [`location`] (positions in Valkey, nearby
-//!    search), [`cache`], [`auth`] (tokens → actors).
+//!    search), [`cache`], [`auth`] (tokens → actors), [`ratelimit`] (limits shared through
+//!    Valkey).
 //! 4. [`eta`] (routing and ETAs), [`notify`] (webhooks), [`payments`] (providers),
 //!    [`outbox`] (the relay that publishes order events to Valkey Streams and Kafka).
 //! 5. [`dispatch`]: candidates and scoring; [`live`]: the in-process fan-out of live events
@@ -43,6 +44,7 @@ pub mod location;
 pub mod notify;
 pub mod outbox;
 pub mod payments;
+pub mod ratelimit;
 pub mod seed;
 pub mod shutdown;
 pub mod startup;

@@ -25,6 +25,7 @@ use crate::location::history::{self, HistoryTask};
 use crate::location::{LocationService, sweeper};
 use crate::notify::Notifier;
 use crate::payments::Payments;
+use crate::ratelimit::RateLimiter;
 use crate::shutdown::{self, CancellationToken};
 use crate::valkey::Valkey;
 use crate::{outbox, store, workers};
@@ -42,6 +43,7 @@ impl AppState {
         let sweeper_stop = CancellationToken::new();
         let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));
         let live = Hub::new(valkey.clone(), location.clone(), config.live.clone());
+        let valkey_for_limits = valkey.clone();
         let state = Self::new(Shared {
             subjects: Subjects::new(db.clone()),
             db,
@@ -52,6 +54,7 @@ impl AppState {
             order_limits: config.order_limits,
             clock: Clock::default(),
             live,
+            limiter: RateLimiter::new(valkey_for_limits, config.rate_limits.clone()),
         });
         Ok((
             state,

@@ -14,6 +14,7 @@ pub mod offers;
 pub mod onboarding;
 pub mod orders;
 pub mod payments;
+pub mod ratelimit;
 pub mod restaurants;
 pub mod users;
 
@@ -34,6 +35,7 @@ use crate::error::ApiError;
 use crate::eta::routing::Routing;
 use crate::live::Hub;
 use crate::location::LocationService;
+use crate::ratelimit::RateLimiter;
 use crate::valkey::Valkey;
 use crate::workflows::place::OrderLimits;
 
@@ -68,6 +70,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Live events for the SSE endpoints.
     pub live: Hub,
+    /// Rate limits shared by every API process.
+    pub limiter: RateLimiter,
 }
 
 impl AppState {
@@ -99,11 +103,19 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(payments::router())
         .merge(live::router())
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::per_principal,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             Authenticator {
                 keys: state.tokens.clone(),
                 subjects: state.subjects.clone(),
             },
             auth::require_auth,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::per_ip,
         ));
     Router::new()
         .merge(health::router())

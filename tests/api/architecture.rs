@@ -72,6 +72,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("location", 3),
     ("cache", 3),
     ("auth", 3),
+    ("ratelimit", 3),
     ("eta", 4),
     ("notify", 4),
     ("payments", 4),

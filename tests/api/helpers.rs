@@ -24,6 +24,7 @@ use courier::live::LiveSettings;
 use courier::notify::{Notifier, WebhookSettings};
 use courier::outbox::OutboxSettings;
 use courier::payments::{PaymentSettings, Payments};
+use courier::ratelimit::Limits;
 use courier::shutdown::CancellationToken;
 use courier::startup::{Application, Background};
 use courier::store;
@@ -221,6 +222,8 @@ pub struct TestAppOptions {
     pub database_url: Option<String>,
     /// Order total cap and confirm timeout.
     pub order_limits: OrderLimits,
+    /// Rate limits: off unless a test is about them.
+    pub rate_limits: Limits,
 }
 
 impl Default for TestAppOptions {
@@ -230,6 +233,7 @@ impl Default for TestAppOptions {
             routing: RoutingSettings::default(),
             database_url: None,
             order_limits: OrderLimits::default(),
+            rate_limits: Limits::disabled(),
         }
     }
 }
@@ -268,6 +272,7 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         order_limits: options.order_limits,
         outbox: OutboxSettings::default(),
         live: LiveSettings::default(),
+        rate_limits: options.rate_limits.clone(),
     };
     let (state, background) = AppState::from_config(&config).expect("valid config");
     let http = HttpSettings {

@@ -19,6 +19,7 @@ mod matching;
 mod orders;
 mod payments;
 mod probes;
+mod ratelimits;
 mod restaurants;
 mod schema;
 mod simulation;

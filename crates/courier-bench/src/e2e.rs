@@ -323,11 +323,16 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
     let logs = PathBuf::from(std::env::var("COURIER_DATA_DIR").unwrap_or_else(|_| ".data".into()));
     std::fs::create_dir_all(&logs)?;
     let timers = server_timers();
+    let server_env: Vec<_> = timers
+        .iter()
+        .cloned()
+        .chain([crate::server::unlimited()])
+        .collect();
     let server = Courier::start(
         config,
         "serve",
         Some(opts.listen),
-        &timers,
+        &server_env,
         Some(&logs.join("bench-e2e-serve.log")),
     )?;
     let worker = Courier::start(

@@ -72,6 +72,10 @@ pub struct LocationBench {
     /// Where the spawned server listens.
     #[arg(long, default_value = "127.0.0.1:18080")]
     pub listen: std::net::SocketAddr,
+    /// Runs the server without rate limits (they are on, as in production, by default): run
+    /// once with and once without to see what the limiter costs.
+    #[arg(long)]
+    pub no_rate_limits: bool,
 }
 
 const CITY_CENTERS: [(f64, f64, f64); 5] = [
@@ -246,7 +250,20 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         .map(|i| point_in(&mut rng, city_of(opts.layout, i, ids.len())))
         .collect();
 
-    let server = Courier::start(config, "serve", Some(opts.listen), &[], None)?;
+    let limits = if opts.no_rate_limits {
+        vec![crate::server::unlimited()]
+    } else {
+        Vec::new()
+    };
+    println!(
+        "rate limits: {}",
+        if opts.no_rate_limits {
+            "off"
+        } else {
+            "on (the defaults)"
+        }
+    );
+    let server = Courier::start(config, "serve", Some(opts.listen), &limits, None)?;
     let base = format!("http://{}", opts.listen);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency + 8)

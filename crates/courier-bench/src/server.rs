@@ -33,6 +33,13 @@ fn courier_exe() -> anyhow::Result<PathBuf> {
 #[derive(Debug)]
 pub(crate) struct Courier(std::process::Child);
 
+/// The environment of a server whose rate limits are off: the simulated parties of the
+/// end-to-end and SSE benchmarks act for thousands of people through a few principals, far
+/// faster than any one person. The limiter's own cost is measured by the location benchmark.
+pub(crate) fn unlimited() -> (&'static str, String) {
+    ("COURIER_RATE_LIMITS_ENABLED", "false".to_owned())
+}
+
 impl Courier {
     /// Starts `courier <command>` on `config`'s database, Valkey and key prefix, listening on
     /// `listen` if given, with `env` added to its environment; its log goes to `log` if given.

@@ -290,7 +290,7 @@ pub async fn run(config: &Config, opts: &SseBench) -> anyhow::Result<()> {
         config,
         "serve",
         Some(opts.listen),
-        &[],
+        &[crate::server::unlimited()],
         Some(&logs.join("bench-sse-serve.log")),
     )?;
     let worker = Courier::start(

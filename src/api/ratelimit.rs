@@ -1,0 +1,169 @@
+//! Rate limits at the API's edge ([`crate::ratelimit`] keeps the budgets in Valkey):
+//!
+//! - [`per_principal`], inside authentication: each request counts against its principal's
+//!   budget for the route's class (`location`, `order_create`, `read`, …); operators get a
+//!   multiple of every limit.
+//! - [`per_ip`], outside authentication: a request refused for its token counts against its
+//!   client IP's `unauthenticated` budget; once that is spent the answer is 429, not 401.
+//!
+//! A limited response carries `RateLimit-Limit` (the burst), `RateLimit-Remaining` and
+//! `RateLimit-Reset` (seconds until the budget is whole again); a refusal is 429
+//! `rate_limited` with `Retry-After`. When Valkey cannot answer, reads and location reports go
+//! through unlimited (fail open) and order creation is refused with 503 (fail closed); see
+//! [`RouteClass::fails_open`].
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::AppState;
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::ratelimit::{RouteClass, Verdict};
+
+/// Whole seconds, rounded up (a client told 0 would retry at once).
+fn seconds(duration: std::time::Duration) -> u64 {
+    duration
+        .as_millis()
+        .div_ceil(1000)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+fn set_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+    let pairs = [
+        ("ratelimit-limit", u64::from(verdict.limit.burst)),
+        ("ratelimit-remaining", verdict.remaining),
+        ("ratelimit-reset", seconds(verdict.reset)),
+    ];
+    for (name, value) in pairs {
+        headers.insert(name, HeaderValue::from(value));
+    }
+}
+
+/// The 429 of a refused request.
+fn refused(class: RouteClass, verdict: &Verdict) -> Response {
+    metrics::counter!("rate_limited_total", "class" => class.as_str()).increment(1);
+    let retry = seconds(verdict.retry_after).max(1);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "too many {} requests; retry in {retry} s",
+            class.as_str().replace('_', " ")
+        ),
+    )
+    .into_response();
+    set_headers(response.headers_mut(), verdict);
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(retry));
+    response
+}
+
+/// Checks one request of `class` by `who`; `Err` is the response to send instead.
+async fn check(
+    state: &AppState,
+    class: RouteClass,
+    who: &str,
+    operator: bool,
+) -> Result<Option<Verdict>, Response> {
+    let limits = state.limiter.limits();
+    let mut limit = limits.of(class);
+    if operator {
+        limit = limit.scaled(limits.operator_factor);
+    }
+    match state.limiter.check(class, who, limit).await {
+        Ok(verdict) if verdict.allowed => Ok(Some(verdict)),
+        Ok(verdict) => Err(refused(class, &verdict)),
+        Err(error) => {
+            metrics::counter!("rate_limit_errors_total", "class" => class.as_str()).increment(1);
+            if class.fails_open() {
+                tracing::warn!(class = class.as_str(), error = %error, "rate limiter unavailable: request let through");
+                Ok(None)
+            } else {
+                let mut response = ApiError::unavailable(
+                    "rate_limiter_unavailable",
+                    "this request cannot be admitted right now; nothing was changed; retry shortly",
+                )
+                .with_internal(error)
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(1u64));
+                Err(response)
+            }
+        }
+    }
+}
+
+/// Route layer inside authentication: counts the request against its principal's budget.
+pub async fn per_principal(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (Some(principal), Some(route)) = (
+        request.extensions().get::<Principal>().copied(),
+        request.extensions().get::<MatchedPath>().cloned(),
+    ) else {
+        return next.run(request).await;
+    };
+    if !state.limiter.limits().enabled {
+        return next.run(request).await;
+    }
+    let class = RouteClass::of(request.method(), route.as_str());
+    let who = format!("{}:{}", principal.role, principal.subject);
+    match check(&state, class, &who, principal.role == Role::Operator).await {
+        Ok(verdict) => {
+            let mut response = next.run(request).await;
+            if let Some(verdict) = verdict {
+                set_headers(response.headers_mut(), &verdict);
+            }
+            response
+        }
+        Err(response) => response,
+    }
+}
+
+/// Layer outside authentication: a request refused for its token (401) counts against its
+/// client IP's `unauthenticated` budget, and is answered 429 once that is spent.
+pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let response = next.run(request).await;
+    let (true, Some(ip)) = (
+        response.status() == StatusCode::UNAUTHORIZED && state.limiter.limits().enabled,
+        ip,
+    ) else {
+        return response;
+    };
+    match check(
+        &state,
+        RouteClass::Unauthenticated,
+        &format!("ip:{ip}"),
+        false,
+    )
+    .await
+    {
+        Ok(_) => response,
+        Err(refusal) => refusal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn waits_round_up_to_whole_seconds() {
+        assert_eq!(seconds(Duration::ZERO), 0);
+        assert_eq!(seconds(Duration::from_millis(1)), 1);
+        assert_eq!(seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(seconds(Duration::from_millis(1001)), 2);
+    }
+}
