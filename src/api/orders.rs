@@ -462,16 +462,17 @@ async fn show(
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
-    before: Option<i64>,
+    cursor: Option<String>,
     limit: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
 struct ListBody {
     orders: Vec<OrderView>,
-    /// Pass as `before` to get the next page; absent on the last page.
+    /// Pass as `cursor` to get the next page; absent on the last page. Opaque: clients pass
+    /// it back as it is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_before: Option<i64>,
+    next_cursor: Option<String>,
 }
 
 /// `GET /v1/orders`: the caller's own orders (every order for operators), every state by
@@ -602,19 +603,31 @@ async fn list_page(
             format!("limit must be 1 to {MAX_LIST_LIMIT}"),
         ));
     }
+    let before_id = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+                ApiError::unprocessable(
+                    "invalid_cursor",
+                    "cursor must be a next_cursor this listing returned",
+                )
+            })
+        })
+        .transpose()?;
     let filter = ListFilter {
         statuses,
-        before_id: q.before,
+        before_id,
         limit,
     };
     let mut conn = state.db.acquire().await?;
     let orders = orders::list(&mut conn, scope, &filter).await?;
-    let next_before = (orders.len() == usize::try_from(limit).unwrap_or(usize::MAX))
-        .then(|| orders.last().map(|o| o.id.get()))
+    let next_cursor = (orders.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| orders.last().map(|o| o.id.get().to_string()))
         .flatten();
     Ok(Json(ListBody {
         orders,
-        next_before,
+        next_cursor,
     }))
 }
 

@@ -477,10 +477,10 @@ async fn listing_pages_newest_first() {
         .map(|o| o["id"].as_i64().expect("id"))
         .collect();
     assert_eq!(got, vec![ids[2], ids[1]]);
-    let next = page["next_before"].as_i64().expect("next page");
+    let next = page["next_cursor"].as_str().expect("next page");
     let rest: serde_json::Value = app
         .get_as(
-            &format!("/v1/orders?limit=2&before={next}"),
+            &format!("/v1/orders?limit=2&cursor={next}"),
             Role::Customer,
             cast.customer,
         )
@@ -489,7 +489,20 @@ async fn listing_pages_newest_first() {
         .await
         .expect("json");
     assert_eq!(rest["orders"][0]["id"], ids[0]);
-    assert!(rest.get("next_before").is_none());
+    assert!(rest.get("next_cursor").is_none());
+    for bad in ["abc", "-1", "0"] {
+        assert_error(
+            app.get_as(
+                &format!("/v1/orders?cursor={bad}"),
+                Role::Customer,
+                cast.customer,
+            )
+            .await,
+            422,
+            "invalid_cursor",
+        )
+        .await;
+    }
 }
 
 /// Ids of the orders in a listing, in its order.
@@ -548,7 +561,7 @@ async fn a_restaurant_lists_its_own_orders_newest_first_by_status() {
         )
         .await;
     let body: serde_json::Value = page.json().await.expect("json");
-    assert_eq!(body["next_before"], ids[1]);
+    assert_eq!(body["next_cursor"], ids[1].to_string());
 
     assert_error(
         app.get_as(&path, Role::Restaurant, other.restaurant).await,
