@@ -213,6 +213,24 @@ pub(crate) async fn record_attempt(
     Ok(())
 }
 
+/// The `details` of a payment event: which call, and how it ended (`failure`: code, message).
+fn call_details(
+    payments: &Payments,
+    operation: Operation,
+    attempt: u32,
+    amount_cents: i64,
+    failure: Option<(&str, &str)>,
+) -> serde_json::Value {
+    json!({
+        "operation": operation.as_str(),
+        "attempt": attempt,
+        "provider": payments.provider.name(),
+        "amount_cents": amount_cents,
+        "code": failure.map(|f| f.0),
+        "message": failure.map(|f| f.1),
+    })
+}
+
 /// Sets the payment's end status (and the failure, if any) of an operation.
 async fn end(
     conn: &mut PgConnection,
@@ -320,14 +338,14 @@ pub async fn authorize(
     )
     .await?;
     let pending = order_status == OrderStatus::PaymentPending;
-    let details = |code: Option<&str>, message: Option<&str>| {
-        json!({
-            "attempt": attempt,
-            "provider": payments.provider.name(),
-            "amount_cents": row.amount_cents,
-            "code": code,
-            "message": message,
-        })
+    let details = |failure| {
+        call_details(
+            payments,
+            Operation::Authorize,
+            attempt,
+            row.amount_cents,
+            failure,
+        )
     };
     let (status, after) = match verdict(&outcome, attempt, payments.settings.max_attempts) {
         Verdict::Succeeded(intent) => {
@@ -339,7 +357,7 @@ pub async fn authorize(
             .bind(intent)
             .execute(&mut *tx)
             .await?;
-            let effects = steps::payment_authorized(order_id, confirm_within, details(None, None));
+            let effects = steps::payment_authorized(order_id, confirm_within, details(None));
             let after = if pending {
                 let request = system_request(order_id, Action::Authorize, None, None);
                 transition::apply_in(&mut tx, &request, effects).await?.1
@@ -375,7 +393,7 @@ pub async fn authorize(
                 order_id,
                 row.customer_id,
                 reason,
-                details(Some(code), Some(message)),
+                details(Some((code, message))),
             );
             let after = if pending {
                 let request = system_request(
@@ -504,14 +522,13 @@ pub async fn capture(
         }
     };
     end(&mut tx, order_id, status, failure).await?;
-    let details = json!({
-        "operation": "capture",
-        "attempt": attempt,
-        "provider": payments.provider.name(),
-        "amount_cents": row.amount_cents,
-        "code": failure.map(|f| f.0),
-        "message": failure.map(|f| f.1),
-    });
+    let details = call_details(
+        payments,
+        Operation::Capture,
+        attempt,
+        row.amount_cents,
+        failure,
+    );
     effects::write(
         &mut tx,
         vec![steps::payment_event(
@@ -556,26 +573,21 @@ pub async fn release(
     else {
         return Ok(PaymentResult::NothingToDo);
     };
-    let details = |code: Option<&str>, message: Option<&str>| {
-        json!({
-            "attempt": attempt,
-            "provider": payments.provider.name(),
-            "amount_cents": row.amount_cents,
-            "code": code,
-            "message": message,
-        })
+    let details = |failure| {
+        call_details(
+            payments,
+            Operation::Release,
+            attempt,
+            row.amount_cents,
+            failure,
+        )
     };
     let (status, event) = match verdict(&outcome, attempt, payments.settings.max_attempts) {
         Verdict::Succeeded(_) => {
             end(&mut tx, order_id, "released", None).await?;
             (
                 "released",
-                steps::payment_event(
-                    order_id,
-                    "payment_released",
-                    Actor::System,
-                    details(None, None),
-                ),
+                steps::payment_event(order_id, "payment_released", Actor::System, details(None)),
             )
         }
         Verdict::Ended { code, message, .. } => (
@@ -584,7 +596,7 @@ pub async fn release(
                 order_id,
                 "payment_release_failed",
                 Actor::System,
-                details(Some(code), Some(message)),
+                details(Some((code, message))),
             ),
         ),
         Verdict::Retry => {
