@@ -13,7 +13,7 @@
 //! [`RouteClass::fails_open`].
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -21,6 +21,18 @@ use crate::api::AppState;
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::ratelimit::{RouteClass, Verdict};
+
+/// The class of a request by `method` to the route template `route`.
+fn class_of(method: &Method, route: &str) -> RouteClass {
+    match (method, route) {
+        (&Method::POST, "/v1/drivers/{id}/location") => RouteClass::Location,
+        (&Method::POST, "/v1/drivers/locations:batch") => RouteClass::LocationBatch,
+        (&Method::POST, "/v1/orders") => RouteClass::OrderCreate,
+        (&Method::GET, r) if r.ends_with("/stream") || r.ends_with("/events") => RouteClass::Stream,
+        (&Method::GET | &Method::HEAD, _) => RouteClass::Read,
+        _ => RouteClass::Write,
+    }
+}
 
 /// Whole seconds, rounded up (a client told 0 would retry at once).
 fn seconds(duration: std::time::Duration) -> u64 {
@@ -113,7 +125,7 @@ pub async fn per_principal(
     if !state.limiter.limits().enabled {
         return next.run(request).await;
     }
-    let class = RouteClass::of(request.method(), route.as_str());
+    let class = class_of(request.method(), route.as_str());
     let who = format!("{}:{}", principal.role, principal.subject);
     match check(&state, class, &who, principal.role == Role::Operator).await {
         Ok(verdict) => {
@@ -158,6 +170,35 @@ pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next)
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn routes_fall_in_their_classes() {
+        let cases = [
+            (
+                Method::POST,
+                "/v1/drivers/{id}/location",
+                RouteClass::Location,
+            ),
+            (
+                Method::POST,
+                "/v1/drivers/locations:batch",
+                RouteClass::LocationBatch,
+            ),
+            (Method::POST, "/v1/orders", RouteClass::OrderCreate),
+            (Method::GET, "/v1/orders", RouteClass::Read),
+            (Method::GET, "/v1/orders/{id}/events", RouteClass::Stream),
+            (
+                Method::GET,
+                "/v1/restaurants/{id}/orders/stream",
+                RouteClass::Stream,
+            ),
+            (Method::POST, "/v1/orders/{id}/confirm", RouteClass::Write),
+            (Method::PATCH, "/v1/restaurants/{id}", RouteClass::Write),
+        ];
+        for (method, route, class) in cases {
+            assert_eq!(class_of(&method, route), class, "{method} {route}");
+        }
+    }
 
     #[test]
     fn waits_round_up_to_whole_seconds() {

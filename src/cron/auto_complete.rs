@@ -17,6 +17,7 @@ use crate::cron::CronSettings;
 use crate::domain::{Action, Actor, OrderId};
 use crate::location::LocationService;
 use crate::workflows::RequestMeta;
+use crate::workflows::machine::SETTLED_PAYMENTS;
 use crate::workflows::transition::{self, TransitionError, TransitionRequest};
 
 /// The task's name.
@@ -36,12 +37,12 @@ pub async fn run(
             "SELECT o.id FROM orders o
              WHERE o.status = 'DELIVERED' AND o.delivered_at < now() - make_interval(secs => $1)
                AND EXISTS (SELECT 1 FROM payments p
-                           WHERE p.order_id = o.id
-                             AND p.status IN ('captured', 'partially_refunded', 'refunded', 'written_off'))
+                           WHERE p.order_id = o.id AND p.status = ANY($3))
              ORDER BY o.delivered_at LIMIT $2",
         )
         .bind(settings.auto_complete_after.as_secs_f64())
         .bind(settings.batch)
+        .bind(&SETTLED_PAYMENTS[..])
         .fetch_all(db)
         .await?;
         for &order_id in &due {

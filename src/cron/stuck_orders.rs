@@ -16,7 +16,7 @@ use crate::cron::CronSettings;
 use crate::dispatch::WAITING_STATES;
 use crate::domain::{OfferId, OrderId};
 use crate::jobs::Job;
-use crate::jobs::messages::{AuthorizePayment, MatchDriver};
+use crate::jobs::messages::MatchDriver;
 use crate::location::LocationService;
 use crate::workflows::{matching, offers, payment};
 
@@ -70,7 +70,7 @@ pub async fn run(
         );
     }
     metrics::counter!("orders_revived_total").increment(revived as u64);
-    let authorizations = payment::revive_authorizations(db, AuthorizePayment::QUEUE, LIMIT).await?;
+    let authorizations = payment::revive_authorizations(db, LIMIT).await?;
     let authorizations_expired =
         payment::expire_authorizations(db, location, settings.authorization_valid_for, LIMIT)
             .await?;

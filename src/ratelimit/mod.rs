@@ -149,21 +149,6 @@ impl RouteClass {
         self.into()
     }
 
-    /// The class of a request by `method` to the route template `route`.
-    pub fn of(method: &axum::http::Method, route: &str) -> Self {
-        use axum::http::Method;
-        match (method, route) {
-            (&Method::POST, "/v1/drivers/{id}/location") => RouteClass::Location,
-            (&Method::POST, "/v1/drivers/locations:batch") => RouteClass::LocationBatch,
-            (&Method::POST, "/v1/orders") => RouteClass::OrderCreate,
-            (&Method::GET, r) if r.ends_with("/stream") || r.ends_with("/events") => {
-                RouteClass::Stream
-            }
-            (&Method::GET | &Method::HEAD, _) => RouteClass::Read,
-            _ => RouteClass::Write,
-        }
-    }
-
     /// Whether a request of this class goes through when Valkey cannot answer: reads and
     /// location reports do (losing them costs more than an unlimited minute); order creation
     /// does not (an unlimited client could flood restaurants and the payment provider).
@@ -386,7 +371,6 @@ async fn run(valkey: Valkey, mut rx: mpsc::Receiver<Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::Method;
 
     #[test]
     fn limits_parse_with_or_without_a_burst() {
@@ -431,32 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn routes_fall_in_their_classes_and_only_order_creation_fails_closed() {
-        let cases = [
-            (
-                Method::POST,
-                "/v1/drivers/{id}/location",
-                RouteClass::Location,
-            ),
-            (
-                Method::POST,
-                "/v1/drivers/locations:batch",
-                RouteClass::LocationBatch,
-            ),
-            (Method::POST, "/v1/orders", RouteClass::OrderCreate),
-            (Method::GET, "/v1/orders", RouteClass::Read),
-            (Method::GET, "/v1/orders/{id}/events", RouteClass::Stream),
-            (
-                Method::GET,
-                "/v1/restaurants/{id}/orders/stream",
-                RouteClass::Stream,
-            ),
-            (Method::POST, "/v1/orders/{id}/confirm", RouteClass::Write),
-            (Method::PATCH, "/v1/restaurants/{id}", RouteClass::Write),
-        ];
-        for (method, route, class) in cases {
-            assert_eq!(RouteClass::of(&method, route), class, "{method} {route}");
-        }
+    fn only_order_creation_fails_closed() {
         let closed: Vec<RouteClass> = RouteClass::ALL
             .into_iter()
             .filter(|c| !c.fails_open())

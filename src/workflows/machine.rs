@@ -186,6 +186,16 @@ pub enum Refusal {
     },
 }
 
+/// The `payments.status` values of a settled payment: captured (refunds included), released,
+/// or a failed capture an operator has written off.
+pub const SETTLED_PAYMENTS: [&str; 5] = [
+    "captured",
+    "partially_refunded",
+    "refunded",
+    "written_off",
+    "released",
+];
+
 /// Where an order's payment stands, as far as the state machine cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaymentStanding {
@@ -195,6 +205,17 @@ pub enum PaymentStanding {
     Settled,
     /// The capture failed for good and no operator has written it off yet.
     Failed,
+}
+
+impl PaymentStanding {
+    /// Where a payment in `status` stands (no payment row: open).
+    pub fn of(status: Option<&str>) -> Self {
+        match status {
+            Some(s) if SETTLED_PAYMENTS.contains(&s) => PaymentStanding::Settled,
+            Some("capture_declined" | "capture_failed") => PaymentStanding::Failed,
+            _ => PaymentStanding::Open,
+        }
+    }
 }
 
 /// The payment condition of `action`: an order completes only once its payment is settled.
@@ -428,6 +449,10 @@ mod tests {
     #[test]
     fn only_a_settled_payment_lets_an_order_complete() {
         use PaymentStanding::*;
+        assert_eq!(PaymentStanding::of(Some("refunded")), Settled);
+        assert_eq!(PaymentStanding::of(Some("capture_failed")), Failed);
+        assert_eq!(PaymentStanding::of(Some("authorized")), Open);
+        assert_eq!(PaymentStanding::of(None), Open);
         for &action in Action::ALL {
             for payment in [Open, Settled, Failed] {
                 let refused = action == Action::AutoComplete && payment != Settled;

@@ -29,11 +29,12 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{Action, Actor, OrderId, OrderStatus};
+use crate::jobs::Job;
 use crate::jobs::messages::{AuthorizePayment, CapturePayment, ReleasePayment};
 use crate::location::LocationService;
 use crate::payments::{AuthorizeRequest, IntentRequest, Outcome, PaymentProvider, Payments};
 use crate::workflows::RequestMeta;
-use crate::workflows::effects::{self, AfterCommit, Effect, EffectError};
+use crate::workflows::effects::{self, AfterCommit, EffectError};
 use crate::workflows::steps;
 use crate::workflows::transition::{self, TransitionError, TransitionRequest};
 
@@ -357,23 +358,13 @@ pub async fn authorize(
             .bind(intent)
             .execute(&mut *tx)
             .await?;
-            let effects = steps::payment_authorized(order_id, confirm_within, details(None));
             let after = if pending {
+                let effects = steps::payment_authorized(order_id, confirm_within, details(None));
                 let request = system_request(order_id, Action::Authorize, None, None);
                 transition::apply_in(&mut tx, &request, effects).await?.1
             } else {
-                // The customer cancelled while the request was out: release the hold at once.
-                let mut effects: Vec<Effect> = effects
-                    .into_iter()
-                    .filter(|e| matches!(e, Effect::Event(_)))
-                    .collect();
-                effects.push(Effect::job(
-                    ReleasePayment {
-                        order_id,
-                        attempt: 1,
-                    },
-                    Duration::ZERO,
-                ));
+                // The customer cancelled while the request was out.
+                let effects = steps::authorized_after_cancel(order_id, details(None));
                 effects::apply(&mut tx, effects).await?
             };
             ("authorized", after)
@@ -643,13 +634,9 @@ pub(crate) async fn retry<J: Into<crate::jobs::messages::Message>>(
 }
 
 /// Enqueues the authorisation again for orders waiting on it with no `authorize_payment` job
-/// (`queue`) scheduled or running — a job killed by hand, say — at most `limit`. Returns how
+/// scheduled or running — a job killed by hand, say — at most `limit`. Returns how
 /// many.
-pub async fn revive_authorizations(
-    db: &PgPool,
-    queue: &str,
-    limit: i64,
-) -> Result<u64, PaymentError> {
+pub async fn revive_authorizations(db: &PgPool, limit: i64) -> Result<u64, PaymentError> {
     let mut tx = crate::store::begin(db).await?;
     let lost: Vec<(OrderId, i32)> = sqlx::query_as(
         "SELECT o.id, p.attempts FROM orders o JOIN payments p ON p.order_id = o.id
@@ -662,7 +649,7 @@ pub async fn revive_authorizations(
          ORDER BY o.id LIMIT $2
          FOR UPDATE OF o SKIP LOCKED",
     )
-    .bind(queue)
+    .bind(AuthorizePayment::QUEUE)
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;

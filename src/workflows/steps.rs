@@ -119,6 +119,21 @@ pub fn payment_authorized(
     ]
 }
 
+/// A hold was made for an order the customer cancelled while the request was out: it is
+/// released at once.
+pub fn authorized_after_cancel(order_id: OrderId, details: Value) -> Vec<Effect> {
+    vec![
+        payment_event(order_id, "payment_authorized", Actor::System, details),
+        Effect::job(
+            ReleasePayment {
+                order_id,
+                attempt: 1,
+            },
+            Duration::ZERO,
+        ),
+    ]
+}
+
 /// The authorisation ended without a hold (`payment_declined`, `payment_failed`): the
 /// customer is told why (the order's cancellation is its own step).
 pub fn authorization_refused(
@@ -662,6 +677,10 @@ mod tests {
         assert_eq!(
             summary(&entered(ORDER, &parties(None), OrderStatus::Placed)),
             ["notify restaurant order_placed"]
+        );
+        assert_eq!(
+            summary(&authorized_after_cancel(ORDER, json!({}))),
+            ["event payment_authorized", "job release_payment#1 0"]
         );
         let never_asked = Parties {
             placed: false,

@@ -90,17 +90,6 @@ struct Current {
     payment_status: Option<String>,
 }
 
-/// Where a payment in `status` stands (no payment row: open).
-fn standing(status: Option<&str>) -> PaymentStanding {
-    match status {
-        Some("captured" | "partially_refunded" | "refunded" | "written_off" | "released") => {
-            PaymentStanding::Settled
-        }
-        Some("capture_declined" | "capture_failed") => PaymentStanding::Failed,
-        _ => PaymentStanding::Open,
-    }
-}
-
 /// Applies `request` in one transaction with its effects, then (a driver's order that ended)
 /// writes the driver's load to `location`.
 pub async fn execute(
@@ -160,7 +149,10 @@ pub async fn apply_in(
             allowed: Vec::new(),
         }));
     }
-    machine::payment_allows(request.action, standing(current.payment_status.as_deref()))?;
+    machine::payment_allows(
+        request.action,
+        PaymentStanding::of(current.payment_status.as_deref()),
+    )?;
     if request
         .expected_version
         .is_some_and(|v| v != current.version)
