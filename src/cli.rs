@@ -77,6 +77,9 @@ pub enum Command {
     },
     /// Operators' commands: jobs, workers, cron, orders, drivers.
     Admin(crate::admin::AdminArgs),
+    /// Print the API's OpenAPI 3.1 document (what `/openapi.json` serves and
+    /// `docs/openapi.json` holds).
+    Openapi,
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
@@ -124,8 +127,13 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Openapi = cli.command {
+        print!("{}", crate::api::openapi::document_text());
+        return Ok(());
+    }
     let config = Config::from_args(&cli.common)?;
     match cli.command {
+        Command::Openapi => Ok(()),
         Command::Admin(args) => {
             let ctx = crate::admin::AdminContext::connect(&config)?;
             let output = crate::admin::execute(&ctx, &args).await?;

@@ -34,13 +34,13 @@ fn checked<'de, D: Deserializer<'de>>(
 }
 
 /// One line of text: a name, an e-mail address, an address line. No control characters.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct Line(String);
 
 /// Free text that may span lines: instructions, a description, a reason. Tabs and line breaks
 /// are allowed; other control characters are not.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct Text(String);
 

@@ -2,10 +2,12 @@
 //! offline declines the driver's pending offers), and
 //! the operators' nearby-available-drivers view. The work is in [`crate::location`].
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
@@ -27,12 +29,12 @@ const BOUNDS: SearchBounds = SearchBounds {
 };
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/drivers/{id}/location", post(report))
-        .route("/drivers/locations:batch", post(report_batch))
-        .route("/drivers/{id}/status", post(set_status))
-        .route("/drivers/nearby", get(nearby))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(report))
+        .routes(routes!(report_batch))
+        .routes(routes!(set_status))
+        .routes(routes!(nearby))
 }
 
 impl From<Invalid> for ApiError {
@@ -52,12 +54,24 @@ fn require_self(principal: &Principal, driver_id: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ReportBody {
     driver_id: i64,
     result: Ingested,
 }
 
+/// A driver reports its own position.
+#[utoipa::path(
+    post,
+    path = "/drivers/{id}/location",
+    operation_id = "report_location",
+    tag = "drivers",
+    params(("id" = i64, Path, description = "The driver's id (the token's subject)")),
+    request_body = RawUpdate,
+    responses((status = 200, description = "What happened to the report", body = ReportBody)),
+    security(("bearer" = ["driver"])),
+    extensions(("x-error-codes" = json!(["invalid_location", "invalid_field", "recorded_at_in_future", "recorded_at_too_old"]))),
+)]
 async fn report(
     State(state): State<AppState>,
     principal: Principal,
@@ -75,19 +89,35 @@ async fn report(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchBody {
+    /// Each a position report with its `driver_id`; each is checked on its own.
+    #[schema(schema_with = batch_items)]
     updates: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize)]
+/// The schema of `updates`: reports with their driver's id.
+fn batch_items() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let mut item =
+        serde_json::to_value(<RawUpdate as utoipa::PartialSchema>::schema()).unwrap_or_default();
+    item["properties"]["driver_id"] = serde_json::json!({"type": "integer", "format": "int64"});
+    if let Some(required) = item["required"].as_array_mut() {
+        required.push("driver_id".into());
+    }
+    let array = serde_json::json!({
+        "type": "array", "items": item, "minItems": 1, "maxItems": MAX_BATCH,
+    });
+    serde_json::from_value(array).unwrap_or_else(|_| utoipa::openapi::RefOr::T(Default::default()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 struct ItemError {
     code: &'static str,
     message: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ItemResult {
     index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,7 +128,7 @@ struct ItemResult {
     error: Option<ItemError>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct BatchResponse {
     accepted: usize,
     stale: usize,
@@ -159,6 +189,16 @@ fn check_item(
 
 /// Each item is validated on its own; the drivers are checked in one query and the valid
 /// reports applied in one pipelined round trip.
+#[utoipa::path(
+    post,
+    path = "/drivers/locations:batch",
+    operation_id = "report_locations",
+    tag = "drivers",
+    request_body = BatchBody,
+    responses((status = 200, description = "Each report's outcome, in order", body = BatchResponse)),
+    security(("bearer" = ["driver", "operator"])),
+    extensions(("x-error-codes" = json!(["invalid_batch"]))),
+)]
 async fn report_batch(
     State(state): State<AppState>,
     principal: Principal,
@@ -225,20 +265,20 @@ async fn report_batch(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusBody {
     status: DriverStatus,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum DriverStatus {
     Online,
     Offline,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct StatusResponse {
     driver_id: i64,
     status: DriverStatus,
@@ -246,6 +286,18 @@ struct StatusResponse {
     searchable: bool,
 }
 
+/// A driver goes online or offline (operators may set any driver's).
+#[utoipa::path(
+    post,
+    path = "/drivers/{id}/status",
+    operation_id = "set_driver_status",
+    tag = "drivers",
+    params(("id" = i64, Path, description = "The driver's id")),
+    request_body = StatusBody,
+    responses((status = 200, description = "The driver's status now", body = StatusResponse)),
+    security(("bearer" = ["driver", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "jobs_unavailable"]))),
+)]
 async fn set_status(
     State(state): State<AppState>,
     principal: Principal,
@@ -277,20 +329,34 @@ async fn set_status(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct NearbyQuery {
     lat: f64,
     lon: f64,
+    /// At most 20; 5 when absent.
     radius_km: Option<f64>,
+    /// 1 to 100; 20 when absent.
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct NearbyResponse {
     drivers: Vec<NearbyDriver>,
 }
 
+/// Available drivers near a point, nearest first.
+#[utoipa::path(
+    get,
+    path = "/drivers/nearby",
+    operation_id = "nearby_drivers",
+    tag = "drivers",
+    params(NearbyQuery),
+    responses((status = 200, description = "The drivers", body = NearbyResponse)),
+    security(("bearer" = ["operator"])),
+    extensions(("x-error-codes" = json!(["invalid_coordinates", "invalid_radius", "invalid_limit", "invalid_location"]))),
+)]
 async fn nearby(
     State(state): State<AppState>,
     principal: Principal,

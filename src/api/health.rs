@@ -7,13 +7,13 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Serialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::error::current_request_id;
@@ -23,13 +23,21 @@ use crate::telemetry::{SERVICE_NAME, VERSION, metrics_handle};
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
+/// The process is alive (touches no dependency).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "meta",
+    responses((status = 200, description = "Alive", body = inline(Object), example = json!({"status": "ok", "service": "courier", "version": "0.1.0"}))),
+)]
 async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok", "service": SERVICE_NAME, "version": VERSION }))
         .into_response()
@@ -43,6 +51,15 @@ enum Check {
     Unreachable,
 }
 
+/// Postgres and Valkey answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "meta",
+    responses((status = 200, description = "Ready", body = inline(Object), example = json!({"status": "ready", "checks": {"postgres": "ok", "valkey": "ok"}}))),
+    extensions(("x-error-codes" = json!(["not_ready"]))),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let postgres = async {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db);
@@ -93,6 +110,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
+/// Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "meta",
+    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String)),
+)]
 async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -17,13 +17,13 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
 use futures::Stream;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::ApiPath;
@@ -38,11 +38,11 @@ use crate::store::orders::{self, ListFilter, OrderView};
 use crate::store::{drivers, restaurants};
 
 /// The live routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders/{id}/events", get(order_events))
-        .route("/drivers/{id}/offers/stream", get(driver_stream))
-        .route("/restaurants/{id}/orders/stream", get(restaurant_stream))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(order_events))
+        .routes(routes!(driver_stream))
+        .routes(routes!(restaurant_stream))
 }
 
 /// Active orders a driver's or restaurant's snapshot lists at most.
@@ -204,7 +204,21 @@ impl OrderStream {
     }
 }
 
-/// `GET /v1/orders/{id}/events`.
+/// An order's life as it happens: a `snapshot`, then each event; resumes from
+/// `Last-Event-ID`; ends when the order is completed or cancelled.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}/events",
+    operation_id = "order_events",
+    tag = "live",
+    params(
+        ("id" = i64, Path, description = "The order's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received, to resume after it"),
+    ),
+    responses((status = 200, description = "Server-Sent Events (`docs/events.md`)", content_type = "text/event-stream", body = String)),
+    security(("bearer" = ["customer", "restaurant", "driver", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_last_event_id"]))),
+)]
 async fn order_events(
     State(state): State<AppState>,
     principal: Principal,
@@ -317,6 +331,16 @@ fn active_orders() -> ListFilter {
 
 /// `GET /v1/drivers/{id}/offers/stream`: the driver's offers (made, expired, declined,
 /// cancelled) and its orders' changes.
+#[utoipa::path(
+    get,
+    path = "/drivers/{id}/offers/stream",
+    operation_id = "driver_stream",
+    tag = "live",
+    params(("id" = i64, Path, description = "The driver's id")),
+    responses((status = 200, description = "Server-Sent Events (`docs/events.md`)", content_type = "text/event-stream", body = String)),
+    security(("bearer" = ["driver", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn driver_stream(
     State(state): State<AppState>,
     principal: Principal,
@@ -347,6 +371,16 @@ async fn driver_stream(
 }
 
 /// `GET /v1/restaurants/{id}/orders/stream`: the restaurant's new orders and their changes.
+#[utoipa::path(
+    get,
+    path = "/restaurants/{id}/orders/stream",
+    operation_id = "restaurant_stream",
+    tag = "live",
+    params(("id" = i64, Path, description = "The restaurant's id")),
+    responses((status = 200, description = "Server-Sent Events (`docs/events.md`)", content_type = "text/event-stream", body = String)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn restaurant_stream(
     State(state): State<AppState>,
     principal: Principal,

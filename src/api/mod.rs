@@ -1,5 +1,9 @@
 //! The HTTP API: one router per resource group, merged here into one [`Router`].
 //!
+//! Each group's router is an [`OpenApiRouter`]: a route is added with the annotation that
+//! describes it, so the served routes and the document at `/openapi.json` ([`openapi`]) come
+//! from one list, [`described_routes`].
+//!
 //! Layers, outermost first: [`middleware::observe`] (request id, access log, latency metric,
 //! request timeout, and a guarantee that every error body has our JSON shape), panic capture,
 //! and the body size limit. Everything under `/v1` additionally sits behind
@@ -12,6 +16,7 @@ pub mod live;
 pub mod middleware;
 pub mod offers;
 pub mod onboarding;
+pub mod openapi;
 pub mod orders;
 pub mod payments;
 pub mod ratelimit;
@@ -27,6 +32,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::subjects::Subjects;
 use crate::auth::{self, Authenticator, TokenKeys};
@@ -89,11 +96,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole API.
-pub fn router(state: AppState, http: &HttpSettings) -> Router {
-    // Install the metrics recorder before the first request, so no measurement is dropped.
-    crate::telemetry::metrics_handle();
-    let v1 = Router::new()
+/// The routes under `/v1`: every resource group.
+fn v1_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(users::router())
         .merge(drivers::router())
         .merge(restaurants::router())
@@ -102,6 +107,25 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
         .merge(offers::router())
         .merge(payments::router())
         .merge(live::router())
+}
+
+/// The routes outside `/v1`: probes, metrics and this API's document.
+fn public_routes() -> OpenApiRouter<AppState> {
+    health::router()
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::docs))
+}
+
+/// Every route the server serves, each with its description.
+pub(crate) fn described_routes() -> OpenApiRouter<AppState> {
+    public_routes().nest("/v1", v1_routes())
+}
+
+/// The whole API.
+pub fn router(state: AppState, http: &HttpSettings) -> Router {
+    // Install the metrics recorder before the first request, so no measurement is dropped.
+    crate::telemetry::metrics_handle();
+    let v1 = Router::from(v1_routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::per_principal,
@@ -117,8 +141,7 @@ pub fn router(state: AppState, http: &HttpSettings) -> Router {
             state.clone(),
             ratelimit::per_ip,
         ));
-    Router::new()
-        .merge(health::router())
+    Router::from(public_routes())
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,10 +1,12 @@
 //! Driver offers: a driver's pending offers ([`crate::dispatch::offers`]), and accepting or
 //! declining one ([`crate::workflows::offers`]).
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::ApiPath;
@@ -16,11 +18,11 @@ use crate::store::orders::{self as order_store, OrderView};
 use crate::workflows::offers::{self, OfferError};
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/drivers/{id}/offers", get(pending))
-        .route("/offers/{id}/accept", post(accept))
-        .route("/offers/{id}/decline", post(decline))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(pending))
+        .routes(routes!(accept))
+        .routes(routes!(decline))
 }
 
 impl From<OfferError> for ApiError {
@@ -70,11 +72,21 @@ fn require_driver(principal: &Principal) -> Result<DriverId, ApiError> {
     Ok(DriverId(principal.subject))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct PendingBody {
     offers: Vec<OfferView>,
 }
 
+/// A driver's pending offers.
+#[utoipa::path(
+    get,
+    path = "/drivers/{id}/offers",
+    operation_id = "pending_offers",
+    tag = "offers",
+    params(("id" = i64, Path, description = "The driver's id")),
+    responses((status = 200, description = "The pending offers", body = PendingBody)),
+    security(("bearer" = ["driver", "operator"])),
+)]
 async fn pending(
     State(state): State<AppState>,
     principal: Principal,
@@ -93,9 +105,10 @@ async fn pending(
     Ok(Json(PendingBody { offers }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct AnswerBody {
     offer: OfferView,
+    /// The order, after an accept.
     #[serde(skip_serializing_if = "Option::is_none")]
     order: Option<OrderView>,
 }
@@ -117,6 +130,17 @@ async fn answer_body(
     Ok(Json(AnswerBody { offer, order }))
 }
 
+/// The driver takes the offer: the order is assigned to it.
+#[utoipa::path(
+    post,
+    path = "/offers/{id}/accept",
+    operation_id = "accept_offer",
+    tag = "offers",
+    params(("id" = i64, Path, description = "The offer's id")),
+    responses((status = 200, description = "The offer, accepted, and the order", body = AnswerBody)),
+    security(("bearer" = ["driver"])),
+    extensions(("x-error-codes" = json!(["not_found", "offer_expired", "offer_already_accepted", "offer_declined", "offer_cancelled", "driver_at_capacity", "cannot_batch", "order_unavailable", "jobs_unavailable"]))),
+)]
 async fn accept(
     State(state): State<AppState>,
     principal: Principal,
@@ -135,6 +159,17 @@ async fn accept(
     answer_body(&state, offer_id, true).await
 }
 
+/// The driver turns the offer down: matching moves on.
+#[utoipa::path(
+    post,
+    path = "/offers/{id}/decline",
+    operation_id = "decline_offer",
+    tag = "offers",
+    params(("id" = i64, Path, description = "The offer's id")),
+    responses((status = 200, description = "The offer, declined", body = AnswerBody)),
+    security(("bearer" = ["driver"])),
+    extensions(("x-error-codes" = json!(["not_found", "offer_expired", "offer_already_accepted", "offer_declined", "offer_cancelled", "order_unavailable", "jobs_unavailable"]))),
+)]
 async fn decline(
     State(state): State<AppState>,
     principal: Principal,

@@ -7,11 +7,13 @@
 //! user of the `restaurant` role. Every change purges the restaurant's cache entry and every
 //! nearby-search entry in the same request, as opening and closing do.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{patch, post};
-use axum::{Json, Router};
 use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{
@@ -34,13 +36,13 @@ const DEFAULT_PREP_MINUTES: i32 = 20;
 const DEFAULT_RADIUS_M: i32 = 8_000;
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/restaurants", post(create))
-        .route("/restaurants/{id}", patch(update))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(update))
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LocationBody {
     lat: f64,
@@ -49,7 +51,7 @@ struct LocationBody {
 
 /// Body of `POST /v1/restaurants` (`name` and `location` required) and of `PATCH` (any
 /// subset; `null` clears `address`, `cuisine_type` and `owner_user_id`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProfileBody {
     name: Option<Line>,
@@ -134,6 +136,17 @@ async fn check_owner(state: &AppState, owner: Option<Option<i64>>) -> Result<(),
     Ok(())
 }
 
+/// Puts a restaurant on the marketplace (`name` and `location` required).
+#[utoipa::path(
+    post,
+    path = "/restaurants",
+    operation_id = "create_restaurant",
+    tag = "restaurants",
+    request_body = ProfileBody,
+    responses((status = 201, description = "The restaurant", body = RestaurantProfile)),
+    security(("bearer" = ["operator"])),
+    extensions(("x-error-codes" = json!(["invalid_field", "invalid_location", "invalid_owner"]))),
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -162,6 +175,19 @@ async fn create(
     Ok((StatusCode::CREATED, Json(restaurant)))
 }
 
+/// Changes a restaurant's profile: any subset of the fields; `null` clears `address`,
+/// `cuisine_type` and `owner_user_id`.
+#[utoipa::path(
+    patch,
+    path = "/restaurants/{id}",
+    operation_id = "update_restaurant",
+    tag = "restaurants",
+    params(("id" = i64, Path, description = "The restaurant's id")),
+    request_body = ProfileBody,
+    responses((status = 200, description = "The restaurant", body = RestaurantProfile)),
+    security(("bearer" = ["operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_field", "invalid_location", "invalid_owner"]))),
+)]
 async fn update(
     State(state): State<AppState>,
     principal: Principal,

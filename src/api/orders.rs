@@ -3,13 +3,15 @@
 //! executor. Also the order lists of one party, `/v1/restaurants/{id}/orders` and
 //! `/v1/drivers/{id}/orders`, which page through the same view.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, ClientMeta};
@@ -43,21 +45,21 @@ const DEFAULT_LIST_LIMIT: i64 = 20;
 const MAX_LIST_LIMIT: i64 = 100;
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders", post(create).get(list))
-        .route("/orders/{id}", get(show))
-        .route("/orders/{id}/confirm", post(confirm))
-        .route("/orders/{id}/start-preparing", post(start_preparing))
-        .route("/orders/{id}/ready", post(ready))
-        .route("/orders/{id}/pickup", post(pickup))
-        .route("/orders/{id}/deliver", post(deliver))
-        .route("/orders/{id}/cancel", post(cancel))
-        .route("/restaurants/{id}/orders", get(list_for_restaurant))
-        .route("/drivers/{id}/orders", get(list_for_driver))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show))
+        .routes(routes!(confirm))
+        .routes(routes!(start_preparing))
+        .routes(routes!(ready))
+        .routes(routes!(pickup))
+        .routes(routes!(deliver))
+        .routes(routes!(cancel))
+        .routes(routes!(list_for_restaurant))
+        .routes(routes!(list_for_driver))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     restaurant_id: i64,
@@ -67,15 +69,16 @@ struct CreateBody {
     payment_method: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OrderLine)]
 struct ItemBody {
     menu_item_id: i64,
     quantity: i64,
     special_instructions: Option<Text>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddressBody {
     lat: f64,
@@ -246,6 +249,20 @@ impl From<EffectError> for ApiError {
     }
 }
 
+/// Places an order, exactly once per `X-Idempotency-Key`: a repeat answers the first order
+/// (with `Idempotent-Replayed: true`). The order starts `PAYMENT_PENDING` while the payment is
+/// authorised, then goes to the restaurant.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    operation_id = "create_order",
+    tag = "orders",
+    params(("X-Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; the same key places the order once")),
+    request_body = CreateBody,
+    responses((status = 201, description = "The order (or the one the key placed before)", body = OrderView)),
+    security(("bearer" = ["customer"])),
+    extensions(("x-error-codes" = json!(["missing_idempotency_key", "invalid_idempotency_key", "unknown_restaurant", "empty_cart", "too_many_items", "invalid_quantity", "invalid_coordinates", "invalid_address", "invalid_field", "invalid_payment_method", "unknown_menu_item", "item_not_on_menu", "out_of_delivery_range", "total_too_large", "idempotency_key_reused", "restaurant_closed", "item_unavailable", "jobs_unavailable", "rate_limiter_unavailable"]))),
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -315,7 +332,7 @@ impl From<TransitionError> for ApiError {
 }
 
 /// Optional body of a transition: why (cancellations).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
     reason: Option<Text>,
@@ -383,7 +400,8 @@ async fn apply(
 }
 
 macro_rules! transition_handler {
-    ($name:ident, $action:expr) => {
+    ($(#[$doc:meta])* $name:ident, $action:expr) => {
+        $(#[$doc])*
         async fn $name(
             State(state): State<AppState>,
             principal: Principal,
@@ -397,15 +415,123 @@ macro_rules! transition_handler {
     };
 }
 
-transition_handler!(confirm, Action::Confirm);
-transition_handler!(start_preparing, Action::StartPreparing);
-transition_handler!(ready, Action::MarkReady);
-transition_handler!(pickup, Action::PickUp);
-transition_handler!(deliver, Action::Deliver);
-transition_handler!(cancel, Action::Cancel);
+transition_handler!(
+    /// The restaurant accepts the order.
+    #[utoipa::path(
+        post,
+        path = "/orders/{id}/confirm",
+        operation_id = "confirm_order",
+        tag = "orders",
+        params(
+            ("id" = i64, Path, description = "The order's id"),
+            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+        ),
+        request_body(content = Option<TransitionBody>, description = "Optional"),
+        responses((status = 200, description = "The order as it now is", body = OrderView)),
+        security(("bearer" = ["restaurant", "operator"])),
+        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+    )]
+    confirm,
+    Action::Confirm
+);
+transition_handler!(
+    /// The restaurant starts cooking.
+    #[utoipa::path(
+        post,
+        path = "/orders/{id}/start-preparing",
+        operation_id = "start_preparing_order",
+        tag = "orders",
+        params(
+            ("id" = i64, Path, description = "The order's id"),
+            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+        ),
+        request_body(content = Option<TransitionBody>, description = "Optional"),
+        responses((status = 200, description = "The order as it now is", body = OrderView)),
+        security(("bearer" = ["restaurant", "operator"])),
+        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+    )]
+    start_preparing,
+    Action::StartPreparing
+);
+transition_handler!(
+    /// The food is ready for pickup.
+    #[utoipa::path(
+        post,
+        path = "/orders/{id}/ready",
+        operation_id = "order_ready",
+        tag = "orders",
+        params(
+            ("id" = i64, Path, description = "The order's id"),
+            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+        ),
+        request_body(content = Option<TransitionBody>, description = "Optional"),
+        responses((status = 200, description = "The order as it now is", body = OrderView)),
+        security(("bearer" = ["restaurant", "operator"])),
+        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+    )]
+    ready,
+    Action::MarkReady
+);
+transition_handler!(
+    /// The assigned driver has the food.
+    #[utoipa::path(
+        post,
+        path = "/orders/{id}/pickup",
+        operation_id = "pick_up_order",
+        tag = "orders",
+        params(
+            ("id" = i64, Path, description = "The order's id"),
+            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+        ),
+        request_body(content = Option<TransitionBody>, description = "Optional"),
+        responses((status = 200, description = "The order as it now is", body = OrderView)),
+        security(("bearer" = ["driver", "operator"])),
+        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+    )]
+    pickup,
+    Action::PickUp
+);
+transition_handler!(
+    /// The assigned driver handed the food over.
+    #[utoipa::path(
+        post,
+        path = "/orders/{id}/deliver",
+        operation_id = "deliver_order",
+        tag = "orders",
+        params(
+            ("id" = i64, Path, description = "The order's id"),
+            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+        ),
+        request_body(content = Option<TransitionBody>, description = "Optional"),
+        responses((status = 200, description = "The order as it now is", body = OrderView)),
+        security(("bearer" = ["driver", "operator"])),
+        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+    )]
+    deliver,
+    Action::Deliver
+);
+transition_handler!(
+    /// Cancels the order (who may, and until when, depends on its state).
+    #[utoipa::path(
+        post,
+        path = "/orders/{id}/cancel",
+        operation_id = "cancel_order",
+        tag = "orders",
+        params(
+            ("id" = i64, Path, description = "The order's id"),
+            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+        ),
+        request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why"),
+        responses((status = 200, description = "The order as it now is", body = OrderView)),
+        security(("bearer" = ["customer", "restaurant", "operator"])),
+        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+    )]
+    cancel,
+    Action::Cancel
+);
 
 /// An order with its live ETA.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ShowBody {
     #[serde(flatten)]
     order: OrderView,
@@ -437,6 +563,17 @@ pub(crate) async fn visible_order(
     Ok(view)
 }
 
+/// An order with its live ETA, to its customer, its restaurant, its driver and operators.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    operation_id = "get_order",
+    tag = "orders",
+    params(("id" = i64, Path, description = "The order's id")),
+    responses((status = 200, description = "The order", body = ShowBody)),
+    security(("bearer" = ["customer", "restaurant", "driver", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn show(
     State(state): State<AppState>,
     principal: Principal,
@@ -458,15 +595,20 @@ async fn show(
     Ok(Json(ShowBody { order: view, eta }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// An order state (any case), `active` or `all`.
     status: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// 1 to 100; 20 when absent.
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderPage)]
 struct ListBody {
     orders: Vec<OrderView>,
     /// Pass as `cursor` to get the next page; absent on the last page. Opaque: clients pass
@@ -477,6 +619,16 @@ struct ListBody {
 
 /// `GET /v1/orders`: the caller's own orders (every order for operators), every state by
 /// default.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    operation_id = "list_orders",
+    tag = "orders",
+    params(ListQuery),
+    responses((status = 200, description = "A page of orders, newest first", body = ListBody)),
+    security(("bearer" = ["customer", "restaurant", "driver", "operator"])),
+    extensions(("x-error-codes" = json!(["invalid_status", "invalid_cursor", "invalid_limit"]))),
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -487,6 +639,16 @@ async fn list(
 
 /// `GET /v1/restaurants/{id}/orders`: a restaurant's incoming and past orders (that restaurant
 /// or an operator), every state by default.
+#[utoipa::path(
+    get,
+    path = "/restaurants/{id}/orders",
+    operation_id = "list_restaurant_orders",
+    tag = "orders",
+    params(("id" = i64, Path, description = "The restaurant's id"), ListQuery),
+    responses((status = 200, description = "A page of orders, newest first", body = ListBody)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_status", "invalid_cursor", "invalid_limit"]))),
+)]
 async fn list_for_restaurant(
     State(state): State<AppState>,
     principal: Principal,
@@ -515,6 +677,16 @@ async fn list_for_restaurant(
 
 /// `GET /v1/drivers/{id}/orders`: the orders assigned to a driver (that driver or an
 /// operator), only the active ones by default.
+#[utoipa::path(
+    get,
+    path = "/drivers/{id}/orders",
+    operation_id = "list_driver_orders",
+    tag = "orders",
+    params(("id" = i64, Path, description = "The driver's id"), ListQuery),
+    responses((status = 200, description = "A page of orders, newest first", body = ListBody)),
+    security(("bearer" = ["driver", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_status", "invalid_cursor", "invalid_limit"]))),
+)]
 async fn list_for_driver(
     State(state): State<AppState>,
     principal: Principal,

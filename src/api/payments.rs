@@ -3,12 +3,14 @@
 //! customer list the refunds with the payment's standing. The refund is paid back by a job:
 //! the request answers `202 Accepted` with the refund `pending`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath};
@@ -20,11 +22,11 @@ use crate::text::Text;
 use crate::workflows::refund::{self, MAX_REASON_CHARS, RefundAsk, RefundError, RefundView};
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/orders/{id}/refunds", post(create).get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create, list))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefundBody {
     /// Cents to refund; all that is left when absent.
@@ -49,7 +51,22 @@ impl From<RefundError> for ApiError {
     }
 }
 
-/// `POST /v1/orders/{id}/refunds` (operators).
+/// Refunds the order's captured payment, in full or in part, exactly once per
+/// `X-Idempotency-Key`; a job pays it back.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/refunds",
+    operation_id = "create_refund",
+    tag = "payments",
+    params(
+        ("id" = i64, Path, description = "The order's id"),
+        ("X-Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; the same key refunds once"),
+    ),
+    request_body = RefundBody,
+    responses((status = 202, description = "The refund, pending (or the one the key asked before)", body = RefundView)),
+    security(("bearer" = ["operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "missing_idempotency_key", "invalid_idempotency_key", "invalid_reason", "invalid_amount", "refund_too_large", "idempotency_key_reused", "payment_not_captured", "nothing_to_refund", "jobs_unavailable"]))),
+)]
 async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -84,7 +101,7 @@ async fn create(
     Ok(response)
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 struct PaymentView {
     status: String,
     amount_cents: i64,
@@ -92,13 +109,24 @@ struct PaymentView {
     currency: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = RefundList)]
 struct ListBody {
     payment: Option<PaymentView>,
     refunds: Vec<RefundView>,
 }
 
-/// `GET /v1/orders/{id}/refunds` (operators and the order's customer).
+/// The order's payment and its refunds.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}/refunds",
+    operation_id = "list_refunds",
+    tag = "payments",
+    params(("id" = i64, Path, description = "The order's id")),
+    responses((status = 200, description = "The payment and its refunds", body = ListBody)),
+    security(("bearer" = ["customer", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn list(
     State(state): State<AppState>,
     principal: Principal,

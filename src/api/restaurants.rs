@@ -8,12 +8,14 @@
 //! the same request. A restaurant principal (subject = restaurant id) may only touch its own
 //! restaurant; operators may touch any.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{
@@ -43,40 +45,42 @@ const MAX_CATEGORY_CHARS: usize = 50;
 const MAX_PRICE_CENTS: i64 = 1_000_000;
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/restaurants", get(nearby))
-        .route("/restaurants/{id}", get(show))
-        .route("/restaurants/{id}/open", post(open))
-        .route("/restaurants/{id}/close", post(close))
-        .route("/restaurants/{id}/menu-items", post(create_item))
-        .route(
-            "/restaurants/{id}/menu-items/{item_id}",
-            patch(update_item).delete(delete_item),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(nearby))
+        .routes(routes!(show))
+        .routes(routes!(open))
+        .routes(routes!(close))
+        .routes(routes!(create_item))
+        .routes(routes!(update_item, delete_item))
 }
 
 /// Query of `GET /v1/restaurants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct NearbyQuery {
     lat: f64,
     lon: f64,
+    /// At most 50; 5 when absent.
     radius_km: Option<f64>,
+    /// One cuisine, in any case (at most 50 characters).
     cuisine: Option<String>,
+    /// Only open (`true`) or closed (`false`) restaurants.
     open: Option<bool>,
+    /// 1 to 100; 20 when absent.
     limit: Option<usize>,
 }
 
 /// One result of the nearby search.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct NearbyResult {
     #[serde(flatten)]
     restaurant: NearbyRestaurant,
     distance_m: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct NearbyBody {
     restaurants: Vec<NearbyResult>,
 }
@@ -88,6 +92,17 @@ fn cache_header(response: &mut Response, hit: bool) {
     );
 }
 
+/// Restaurants near a point, nearest first (cached per area; `X-Cache` says hit or miss).
+#[utoipa::path(
+    get,
+    path = "/restaurants",
+    operation_id = "nearby_restaurants",
+    tag = "restaurants",
+    params(NearbyQuery),
+    responses((status = 200, description = "The restaurants", body = NearbyBody)),
+    security(("bearer" = ["customer", "restaurant", "driver", "operator"])),
+    extensions(("x-error-codes" = json!(["invalid_coordinates", "invalid_radius", "invalid_limit", "invalid_cuisine"]))),
+)]
 async fn nearby(
     State(state): State<AppState>,
     _principal: Principal,
@@ -162,6 +177,17 @@ async fn nearby(
     Ok(response)
 }
 
+/// A restaurant with its available menu.
+#[utoipa::path(
+    get,
+    path = "/restaurants/{id}",
+    operation_id = "get_restaurant",
+    tag = "restaurants",
+    params(("id" = i64, Path, description = "The restaurant's id")),
+    responses((status = 200, description = "The restaurant and its menu", body = RestaurantWithMenu)),
+    security(("bearer" = ["customer", "restaurant", "driver", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn show(
     State(state): State<AppState>,
     _principal: Principal,
@@ -193,7 +219,7 @@ fn require_owner(principal: &Principal, restaurant_id: i64) -> Result<(), ApiErr
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OpenBody {
     id: i64,
     is_open: bool,
@@ -216,6 +242,17 @@ async fn set_open(
     Ok(Json(OpenBody { id, is_open: open }))
 }
 
+/// The restaurant takes orders.
+#[utoipa::path(
+    post,
+    path = "/restaurants/{id}/open",
+    operation_id = "open_restaurant",
+    tag = "restaurants",
+    params(("id" = i64, Path, description = "The restaurant's id")),
+    responses((status = 200, description = "Open", body = OpenBody)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn open(
     State(state): State<AppState>,
     principal: Principal,
@@ -224,6 +261,17 @@ async fn open(
     set_open(&state, &principal, id, true).await
 }
 
+/// The restaurant stops taking orders.
+#[utoipa::path(
+    post,
+    path = "/restaurants/{id}/close",
+    operation_id = "close_restaurant",
+    tag = "restaurants",
+    params(("id" = i64, Path, description = "The restaurant's id")),
+    responses((status = 200, description = "Closed", body = OpenBody)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn close(
     State(state): State<AppState>,
     principal: Principal,
@@ -233,8 +281,9 @@ async fn close(
 }
 
 /// Body of `POST` (all required fields) and `PATCH` (any subset) on menu items.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = MenuItemFields)]
 struct ItemBody {
     name: Option<Line>,
     #[serde(default, deserialize_with = "double_option")]
@@ -275,6 +324,18 @@ fn validate_item(body: ItemBody) -> Result<MenuItemFields, ApiError> {
     })
 }
 
+/// Adds a menu item (`name` and `price_cents` required).
+#[utoipa::path(
+    post,
+    path = "/restaurants/{id}/menu-items",
+    operation_id = "create_menu_item",
+    tag = "restaurants",
+    params(("id" = i64, Path, description = "The restaurant's id")),
+    request_body = ItemBody,
+    responses((status = 201, description = "The item", body = MenuItem)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_field"]))),
+)]
 async fn create_item(
     State(state): State<AppState>,
     principal: Principal,
@@ -299,6 +360,21 @@ async fn create_item(
     Ok((StatusCode::CREATED, Json(item)))
 }
 
+/// Changes a menu item: any subset of the fields; `null` clears `description` and `category`.
+#[utoipa::path(
+    patch,
+    path = "/restaurants/{id}/menu-items/{item_id}",
+    operation_id = "update_menu_item",
+    tag = "restaurants",
+    params(
+        ("id" = i64, Path, description = "The restaurant's id"),
+        ("item_id" = i64, Path, description = "The item's id"),
+    ),
+    request_body = ItemBody,
+    responses((status = 200, description = "The item", body = MenuItem)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_field"]))),
+)]
 async fn update_item(
     State(state): State<AppState>,
     principal: Principal,
@@ -317,6 +393,20 @@ async fn update_item(
     Ok(Json(item))
 }
 
+/// Removes a menu item.
+#[utoipa::path(
+    delete,
+    path = "/restaurants/{id}/menu-items/{item_id}",
+    operation_id = "delete_menu_item",
+    tag = "restaurants",
+    params(
+        ("id" = i64, Path, description = "The restaurant's id"),
+        ("item_id" = i64, Path, description = "The item's id"),
+    ),
+    responses((status = 204, description = "Removed")),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn delete_item(
     State(state): State<AppState>,
     principal: Principal,

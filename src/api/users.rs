@@ -4,11 +4,13 @@
 //! the same transaction (the driver id is what a driver's token names). Any principal can ask
 //! who it is: `/v1/me` answers every id it acts as.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath};
@@ -25,15 +27,15 @@ const MAX_VEHICLE_CHARS: usize = 50;
 const MAX_DAILY_GOAL: i32 = 100;
 
 /// Routes of this group.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users", post(create_user))
-        .route("/users/{id}", get(get_user))
-        .route("/me", get(me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_user))
+        .routes(routes!(get_user))
+        .routes(routes!(me))
 }
 
 /// Body of `POST /v1/users`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     role: Role,
@@ -48,14 +50,26 @@ struct CreateUser {
 }
 
 /// Answer of `POST /v1/users`: the user, and the driver id of a driver.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct CreatedUser {
     #[serde(flatten)]
     user: User,
+    /// The driver id of a driver user.
     #[serde(skip_serializing_if = "Option::is_none")]
     driver_id: Option<i64>,
 }
 
+/// Creates a user; a driver user gets its driver profile in the same transaction.
+#[utoipa::path(
+    post,
+    path = "/users",
+    operation_id = "create_user",
+    tag = "users",
+    request_body = CreateUser,
+    responses((status = 201, description = "The user", body = CreatedUser)),
+    security(("bearer" = ["operator"])),
+    extensions(("x-error-codes" = json!(["invalid_field", "email_taken", "driver_exists"]))),
+)]
 async fn create_user(
     State(state): State<AppState>,
     principal: Principal,
@@ -74,6 +88,17 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(CreatedUser { user, driver_id })))
 }
 
+/// One user.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    operation_id = "get_user",
+    tag = "users",
+    params(("id" = i64, Path, description = "The user's id")),
+    responses((status = 200, description = "The user", body = User)),
+    security(("bearer" = ["operator"])),
+    extensions(("x-error-codes" = json!(["not_found"]))),
+)]
 async fn get_user(
     State(state): State<AppState>,
     principal: Principal,
@@ -87,7 +112,7 @@ async fn get_user(
 }
 
 /// Body of `GET /v1/me`: the token's role and subject, and every id the caller acts as.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Me {
     role: Role,
     /// The id the token names: a user id for customers and operators, a driver id for
@@ -97,6 +122,15 @@ struct Me {
     ids: Identity,
 }
 
+/// Who the caller is: its role, its token's subject and every id it acts as.
+#[utoipa::path(
+    get,
+    path = "/me",
+    operation_id = "me",
+    tag = "users",
+    responses((status = 200, description = "The caller", body = Me)),
+    security(("bearer" = ["customer", "restaurant", "driver", "operator"])),
+)]
 async fn me(State(state): State<AppState>, principal: Principal) -> Result<Json<Me>, ApiError> {
     let ids = users::identity(&state.db, principal.role, principal.subject).await?;
     Ok(Json(Me {

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::domain::{DriverId, OfferId, OrderId, RestaurantId};
 
 /// An offer as drivers and operators see it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OfferView {
     pub id: OfferId,
     pub order_id: OrderId,

@@ -20,6 +20,7 @@ use strum::{EnumString, IntoStaticStr, VariantArray};
     IntoStaticStr,
     VariantArray,
     strum::Display,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[strum(

@@ -85,7 +85,7 @@ pub struct EtaInputs {
 }
 
 /// Each part of an ETA, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Breakdown {
     pub to_restaurant_s: f64,
     pub preparation_s: f64,
@@ -94,7 +94,7 @@ pub struct Breakdown {
 }
 
 /// An estimated delivery time.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Eta {
     pub eta: DateTime<Utc>,
     pub breakdown: Breakdown,

@@ -100,7 +100,7 @@ pub const INGEST_GROUP_SIZE: &str = "location_ingest_group_size";
 pub const INGEST_GROUP_BUCKETS: [f64; 8] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
 /// What happened to one report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ingested {
     /// Stored; the driver is searchable.
@@ -112,7 +112,7 @@ pub enum Ingested {
 }
 
 /// An available driver near a point.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NearbyDriver {
     pub driver_id: i64,
     pub distance_m: f64,

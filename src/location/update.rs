@@ -16,14 +16,19 @@ pub const MAX_AGE_MS: i64 = 24 * 3600 * 1000;
 pub const VALID_RANGE: &str = "lat must be in [-85.05112878, 85.05112878] (the range of the geo index) and lon in [-180, 180]";
 
 /// A position report as clients send it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpdate {
+    /// Within ±85.05112878.
     pub lat: f64,
     pub lon: f64,
+    /// Degrees clockwise from north, [0, 360).
     pub heading: Option<f64>,
+    /// Metres per second, [0, 100].
     pub speed: Option<f64>,
+    /// Metres, [0, 10000].
     pub accuracy: Option<f64>,
+    /// When the phone took the fix; now when absent. At most a minute ahead and 24 hours old.
     pub recorded_at: Option<DateTime<Utc>>,
 }
 

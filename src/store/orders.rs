@@ -4,12 +4,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use crate::domain::{Actor, DriverId, OrderId, RestaurantId, UserId};
+use crate::domain::{Actor, DriverId, OrderId, OrderStatus, RestaurantId, UserId};
 
 /// An order as the API returns it: status, timestamps, items, totals, driver.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OrderView {
     pub id: OrderId,
+    #[schema(value_type = OrderStatus)]
     pub status: String,
     pub customer_id: UserId,
     pub restaurant_id: RestaurantId,
@@ -20,6 +21,8 @@ pub struct OrderView {
     pub delivery_fee_cents: i64,
     pub total_cents: i64,
     pub currency: String,
+    /// Where it goes: `lat`, `lon`, `line1` and, when given, `line2`, `city`, `postal_code`
+    /// and `instructions`.
     pub delivery_address: serde_json::Value,
     pub estimated_delivery_at: Option<DateTime<Utc>>,
     /// When the restaurant was asked (the payment authorised); empty before.
@@ -36,7 +39,7 @@ pub struct OrderView {
 }
 
 /// One line of an order.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OrderItemView {
     pub menu_item_id: i64,
     pub name: String,

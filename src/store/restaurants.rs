@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use crate::geo::Point;
 
 /// A restaurant near a point, as the nearby search returns it (and caches it per cell).
-#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NearbyRestaurant {
     pub id: i64,
     pub name: String,
@@ -48,7 +48,7 @@ pub async fn within(
 }
 
 /// A menu item.
-#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MenuItem {
     pub id: i64,
     pub restaurant_id: i64,
@@ -60,7 +60,7 @@ pub struct MenuItem {
 }
 
 /// A restaurant with its available menu (the cache-aside entry of the spec's step 8).
-#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RestaurantWithMenu {
     pub id: i64,
     pub name: String,
@@ -200,7 +200,7 @@ pub async fn set_open(pool: &PgPool, id: i64, open: bool) -> Result<bool, sqlx::
 }
 
 /// A restaurant's profile as operators manage it (`POST`/`PATCH /v1/restaurants`).
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RestaurantProfile {
     pub id: i64,
     pub owner_user_id: Option<i64>,

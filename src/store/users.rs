@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::auth::Role;
 
 /// A user row.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: i64,
     pub role: String,
@@ -66,7 +66,7 @@ pub async fn insert_driver(
 }
 
 /// Every id a principal acts as (see `GET /v1/me`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Identity {
     /// The person's user (a restaurant without an owner has none).
     pub user_id: Option<i64>,

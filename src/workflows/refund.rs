@@ -41,7 +41,7 @@ pub struct RefundAsk {
 }
 
 /// A refund, as operators see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RefundView {
     pub id: i64,
     pub order_id: i64,

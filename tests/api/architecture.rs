@@ -453,3 +453,28 @@ fn only_the_workflow_writes_the_orders_table() {
         "only src/workflows/ may write the orders table; also: {writers:?}"
     );
 }
+
+/// Every route is added with its description (`routes!` of handlers annotated with
+/// `#[utoipa::path]`), so the router cannot serve a route the OpenAPI document lacks: no file
+/// in the API adds one with axum's own `.route(…)`, `.route_service(…)` or `.nest_service(…)`.
+#[test]
+fn every_route_is_added_with_its_description() {
+    let api: Vec<(String, String)> = sources()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("api/"))
+        .collect();
+    assert!(api.len() > 10, "the API's files are found: {}", api.len());
+    for (name, code) in api {
+        for undescribed in [
+            ".route(",
+            ".route_service(",
+            ".nest_service(",
+            "axum::routing",
+        ] {
+            assert!(
+                !code.contains(undescribed),
+                "src/{name} adds a route with `{undescribed}`: add it with `routes!` and `#[utoipa::path]` instead"
+            );
+        }
+    }
+}

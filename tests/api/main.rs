@@ -16,6 +16,7 @@ mod isolation;
 mod jobs;
 mod locations;
 mod matching;
+mod openapi;
 mod orders;
 mod payments;
 mod probes;
