@@ -52,6 +52,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# Fuzz the API from its OpenAPI document with schemathesis, as every role, e.g.
+# `just fuzz-api 300` (seconds per role; 45 by default). See docs/fuzzing.md.
+fuzz-api *ARGS: services-up
+    ops/fuzz-api {{ARGS}}
+
 # Mint a development token, e.g. `just token operator 1`.
 token ROLE SUBJECT:
     cargo run --quiet -- --dev token issue --role {{ROLE}} --subject {{SUBJECT}}
