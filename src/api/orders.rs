@@ -399,9 +399,25 @@ async fn apply(
     Ok(Json(view))
 }
 
+/// A handler applying one action, with its description: `If-Match` and the optional
+/// `reason` body of every transition, the roles that may take it.
 macro_rules! transition_handler {
-    ($(#[$doc:meta])* $name:ident, $action:expr) => {
+    ($(#[$doc:meta])* $name:ident, $action:expr, $path:literal, $operation:literal, [$($role:literal),+]) => {
         $(#[$doc])*
+        #[utoipa::path(
+            post,
+            path = $path,
+            operation_id = $operation,
+            tag = "orders",
+            params(
+                ("id" = i64, Path, description = "The order's id"),
+                ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
+            ),
+            request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why (kept with a cancellation)"),
+            responses((status = 200, description = "The order as it now is", body = OrderView)),
+            security(("bearer" = [$($role),+])),
+            extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
+        )]
         async fn $name(
             State(state): State<AppState>,
             principal: Principal,
@@ -417,117 +433,28 @@ macro_rules! transition_handler {
 
 transition_handler!(
     /// The restaurant accepts the order.
-    #[utoipa::path(
-        post,
-        path = "/orders/{id}/confirm",
-        operation_id = "confirm_order",
-        tag = "orders",
-        params(
-            ("id" = i64, Path, description = "The order's id"),
-            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
-        ),
-        request_body(content = Option<TransitionBody>, description = "Optional"),
-        responses((status = 200, description = "The order as it now is", body = OrderView)),
-        security(("bearer" = ["restaurant", "operator"])),
-        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
-    )]
-    confirm,
-    Action::Confirm
+    confirm, Action::Confirm, "/orders/{id}/confirm", "confirm_order", ["restaurant", "operator"]
 );
 transition_handler!(
     /// The restaurant starts cooking.
-    #[utoipa::path(
-        post,
-        path = "/orders/{id}/start-preparing",
-        operation_id = "start_preparing_order",
-        tag = "orders",
-        params(
-            ("id" = i64, Path, description = "The order's id"),
-            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
-        ),
-        request_body(content = Option<TransitionBody>, description = "Optional"),
-        responses((status = 200, description = "The order as it now is", body = OrderView)),
-        security(("bearer" = ["restaurant", "operator"])),
-        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
-    )]
-    start_preparing,
-    Action::StartPreparing
+    start_preparing, Action::StartPreparing, "/orders/{id}/start-preparing", "start_preparing_order",
+    ["restaurant", "operator"]
 );
 transition_handler!(
     /// The food is ready for pickup.
-    #[utoipa::path(
-        post,
-        path = "/orders/{id}/ready",
-        operation_id = "order_ready",
-        tag = "orders",
-        params(
-            ("id" = i64, Path, description = "The order's id"),
-            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
-        ),
-        request_body(content = Option<TransitionBody>, description = "Optional"),
-        responses((status = 200, description = "The order as it now is", body = OrderView)),
-        security(("bearer" = ["restaurant", "operator"])),
-        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
-    )]
-    ready,
-    Action::MarkReady
+    ready, Action::MarkReady, "/orders/{id}/ready", "order_ready", ["restaurant", "operator"]
 );
 transition_handler!(
     /// The assigned driver has the food.
-    #[utoipa::path(
-        post,
-        path = "/orders/{id}/pickup",
-        operation_id = "pick_up_order",
-        tag = "orders",
-        params(
-            ("id" = i64, Path, description = "The order's id"),
-            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
-        ),
-        request_body(content = Option<TransitionBody>, description = "Optional"),
-        responses((status = 200, description = "The order as it now is", body = OrderView)),
-        security(("bearer" = ["driver", "operator"])),
-        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
-    )]
-    pickup,
-    Action::PickUp
+    pickup, Action::PickUp, "/orders/{id}/pickup", "pick_up_order", ["driver", "operator"]
 );
 transition_handler!(
     /// The assigned driver handed the food over.
-    #[utoipa::path(
-        post,
-        path = "/orders/{id}/deliver",
-        operation_id = "deliver_order",
-        tag = "orders",
-        params(
-            ("id" = i64, Path, description = "The order's id"),
-            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
-        ),
-        request_body(content = Option<TransitionBody>, description = "Optional"),
-        responses((status = 200, description = "The order as it now is", body = OrderView)),
-        security(("bearer" = ["driver", "operator"])),
-        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
-    )]
-    deliver,
-    Action::Deliver
+    deliver, Action::Deliver, "/orders/{id}/deliver", "deliver_order", ["driver", "operator"]
 );
 transition_handler!(
     /// Cancels the order (who may, and until when, depends on its state).
-    #[utoipa::path(
-        post,
-        path = "/orders/{id}/cancel",
-        operation_id = "cancel_order",
-        tag = "orders",
-        params(
-            ("id" = i64, Path, description = "The order's id"),
-            ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
-        ),
-        request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why"),
-        responses((status = 200, description = "The order as it now is", body = OrderView)),
-        security(("bearer" = ["customer", "restaurant", "operator"])),
-        extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
-    )]
-    cancel,
-    Action::Cancel
+    cancel, Action::Cancel, "/orders/{id}/cancel", "cancel_order", ["customer", "restaurant", "operator"]
 );
 
 /// An order with its live ETA.
