@@ -128,8 +128,13 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     if let Command::Openapi = cli.command {
-        print!("{}", crate::api::openapi::document_text());
-        return Ok(());
+        use std::io::Write as _;
+        // Written, not printed: a reader that stops early (`| head`) is not a failure.
+        let text = crate::api::openapi::document_text();
+        return match std::io::stdout().write_all(text.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.map_err(Into::into),
+        };
     }
     let config = Config::from_args(&cli.common)?;
     match cli.command {

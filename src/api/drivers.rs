@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -11,11 +12,13 @@ use utoipa_axum::routes;
 
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiPath, ApiQuery, NearbySearch, SearchBounds};
+use crate::api::ratelimit::{Charged, refused, set_headers};
 use crate::auth::{Principal, Role};
 use crate::domain::DriverId;
 use crate::error::ApiError;
 use crate::location::update::{Invalid, LocationUpdate, RawUpdate, VALID_RANGE};
-use crate::location::{Ingested, NearbyDriver, now_ms};
+use crate::location::{Admitted, Ingested, NearbyDriver, now_ms};
+use crate::ratelimit::RouteClass;
 use crate::store::drivers;
 use crate::workflows::offers;
 
@@ -60,7 +63,8 @@ struct ReportBody {
     result: Ingested,
 }
 
-/// A driver reports its own position.
+/// A driver reports its own position. The report counts against the driver's `location` rate
+/// limit in the same script call that applies it.
 #[utoipa::path(
     post,
     path = "/drivers/{id}/location",
@@ -77,16 +81,29 @@ async fn report(
     principal: Principal,
     ApiPath(id): ApiPath<i64>,
     ApiJson(raw): ApiJson<RawUpdate>,
-) -> Result<Json<ReportBody>, ApiError> {
+) -> Result<Response, ApiError> {
     require_self(&principal, id)?;
     // The driver exists: authentication checked the token's subject, which `require_self`
     // made sure is this driver.
     let update = raw.validate(id, now_ms())?;
-    let result = state.location.ingest_one(update).await?;
-    Ok(Json(ReportBody {
-        driver_id: id,
-        result,
-    }))
+    let limits = state.limiter.limits();
+    let limit = limits.enabled.then(|| limits.of(RouteClass::Location));
+    let mut response = match state.location.ingest_one(update, limit).await? {
+        Admitted::Refused(verdict) => refused(RouteClass::Location, &verdict),
+        Admitted::Applied(result, verdict) => {
+            let mut response = Json(ReportBody {
+                driver_id: id,
+                result,
+            })
+            .into_response();
+            if let Some(verdict) = verdict {
+                set_headers(response.headers_mut(), &verdict);
+            }
+            response
+        }
+    };
+    response.extensions_mut().insert(Charged);
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -6,6 +6,11 @@
 //! - [`per_ip`], outside authentication: a request refused for its token counts against its
 //!   client IP's `unauthenticated` budget; once that is spent the answer is 429, not 401.
 //!
+//! A driver's single location report is counted by the location ingest script itself (no round
+//! trip of its own): its handler marks the response [`Charged`], and [`per_principal`] counts
+//! here only the reports refused before they reached the script (a bad body, another driver's
+//! id), against the same bucket.
+//!
 //! A limited response carries `RateLimit-Limit` (the burst), `RateLimit-Remaining` and
 //! `RateLimit-Reset` (seconds until the budget is whole again); a refusal is 429
 //! `rate_limited` with `Retry-After`. When Valkey cannot answer, reads and location reports go
@@ -43,7 +48,13 @@ fn seconds(duration: std::time::Duration) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-fn set_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+/// Marks a response whose request was already counted against its limit (by the location
+/// ingest script).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Charged;
+
+/// The `RateLimit-*` headers of `verdict`.
+pub(crate) fn set_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     let pairs = [
         ("ratelimit-limit", u64::from(verdict.limit.burst)),
         ("ratelimit-remaining", verdict.remaining),
@@ -55,7 +66,7 @@ fn set_headers(headers: &mut HeaderMap, verdict: &Verdict) {
 }
 
 /// The 429 of a refused request.
-fn refused(class: RouteClass, verdict: &Verdict) -> Response {
+pub(crate) fn refused(class: RouteClass, verdict: &Verdict) -> Response {
     metrics::counter!("rate_limited_total", "class" => class.as_str()).increment(1);
     let retry = seconds(verdict.retry_after).max(1);
     let mut response = ApiError::new(
@@ -74,11 +85,12 @@ fn refused(class: RouteClass, verdict: &Verdict) -> Response {
     response
 }
 
-/// Checks one request of `class` by `who`; `Err` is the response to send instead.
+/// Checks one request of `class` against the bucket at `key`; `Err` is the response to send
+/// instead.
 async fn check(
     state: &AppState,
     class: RouteClass,
-    who: &str,
+    key: String,
     operator: bool,
 ) -> Result<Option<Verdict>, Response> {
     let limits = state.limiter.limits();
@@ -86,7 +98,7 @@ async fn check(
     if operator {
         limit = limit.scaled(limits.operator_factor);
     }
-    match state.limiter.check(class, who, limit).await {
+    match state.limiter.check(key, limit).await {
         Ok(verdict) if verdict.allowed => Ok(Some(verdict)),
         Ok(verdict) => Err(refused(class, &verdict)),
         Err(error) => {
@@ -127,16 +139,33 @@ pub async fn per_principal(
     }
     let class = class_of(request.method(), route.as_str());
     let who = format!("{}:{}", principal.role, principal.subject);
-    match check(&state, class, &who, principal.role == Role::Operator).await {
-        Ok(verdict) => {
-            let mut response = next.run(request).await;
-            if let Some(verdict) = verdict {
-                set_headers(response.headers_mut(), &verdict);
-            }
-            response
+    let operator = principal.role == Role::Operator;
+    if class == RouteClass::Location {
+        let response = next.run(request).await;
+        if response.extensions().get::<Charged>().is_some() {
+            return response;
         }
+        let key = if principal.role == Role::Driver {
+            state.location.rate_limit_key(principal.subject)
+        } else {
+            state.limiter.key(class, &who)
+        };
+        return match check(&state, class, key, operator).await {
+            Ok(verdict) => with_headers(response, verdict),
+            Err(refusal) => refusal,
+        };
+    }
+    match check(&state, class, state.limiter.key(class, &who), operator).await {
+        Ok(verdict) => with_headers(next.run(request).await, verdict),
         Err(response) => response,
     }
+}
+
+fn with_headers(mut response: Response, verdict: Option<Verdict>) -> Response {
+    if let Some(verdict) = verdict {
+        set_headers(response.headers_mut(), &verdict);
+    }
+    response
 }
 
 /// Layer outside authentication: a request refused for its token (401) counts against its
@@ -153,14 +182,10 @@ pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next)
     ) else {
         return response;
     };
-    match check(
-        &state,
-        RouteClass::Unauthenticated,
-        &format!("ip:{ip}"),
-        false,
-    )
-    .await
-    {
+    let key = state
+        .limiter
+        .key(RouteClass::Unauthenticated, &format!("ip:{ip}"));
+    match check(&state, RouteClass::Unauthenticated, key, false).await {
         Ok(_) => response,
         Err(refusal) => refusal,
     }

@@ -8,7 +8,8 @@
 //! [`INGEST_GROUP`](super::INGEST_GROUP)) goes in the next call. There is no timer: a lone
 //! report goes out at once, and groups grow only with load (about the rate times the round
 //! trip — a handful at 10K/s). The ingest script applies a group's reports in order and
-//! answers each one, so a request gets exactly the outcome it would have had alone.
+//! answers each one, so a request gets exactly the outcome it would have had alone — its rate
+//! limit included, which the script counts before applying the report.
 //!
 //! A group that Valkey refuses (its script rejects one report) is applied again report by
 //! report, so one bad report never fails the others that shared its call.
@@ -22,7 +23,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::location::update::LocationUpdate;
-use crate::location::{Core, INGEST_GROUP, INGEST_GROUP_SIZE, Ingested};
+use crate::location::{Admitted, Core, INGEST_GROUP, INGEST_GROUP_SIZE};
+use crate::ratelimit::Limit;
 
 /// Reports waiting for a script call, at most.
 const QUEUE: usize = 16_384;
@@ -31,7 +33,8 @@ const QUEUE: usize = 16_384;
 #[derive(Debug)]
 struct Pending {
     update: LocationUpdate,
-    reply: oneshot::Sender<redis::RedisResult<Ingested>>,
+    limit: Option<Limit>,
+    reply: oneshot::Sender<redis::RedisResult<Admitted>>,
 }
 
 /// The handle requests use. Cheap to clone.
@@ -48,11 +51,20 @@ impl Coalescer {
         Self { tx }
     }
 
-    /// Applies `update` with whatever other reports are waiting; its own outcome.
-    pub(super) async fn ingest(&self, update: LocationUpdate) -> redis::RedisResult<Ingested> {
+    /// Applies `update`, counted against `limit`, with whatever other reports are waiting;
+    /// its own answer.
+    pub(super) async fn ingest(
+        &self,
+        update: LocationUpdate,
+        limit: Option<Limit>,
+    ) -> redis::RedisResult<Admitted> {
         let (reply, outcome) = oneshot::channel();
         self.tx
-            .send(Pending { update, reply })
+            .send(Pending {
+                update,
+                limit,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?
@@ -68,12 +80,12 @@ fn stopped() -> redis::RedisError {
 
 async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Pending>) {
     let mut group = Vec::with_capacity(INGEST_GROUP);
-    let mut updates = Vec::with_capacity(INGEST_GROUP);
+    let mut reports = Vec::with_capacity(INGEST_GROUP);
     while rx.recv_many(&mut group, INGEST_GROUP).await > 0 {
-        updates.clear();
-        updates.extend(group.iter().map(|p| p.update));
-        metrics::histogram!(INGEST_GROUP_SIZE).record(updates.len() as f64);
-        match core.ingest(&updates).await {
+        reports.clear();
+        reports.extend(group.iter().map(|p| (p.update, p.limit)));
+        metrics::histogram!(INGEST_GROUP_SIZE).record(reports.len() as f64);
+        match core.ingest(&reports).await {
             Ok(outcomes) if outcomes.len() == group.len() => {
                 for (pending, outcome) in group.drain(..).zip(outcomes) {
                     // The request may have gone (client away, deadline): nothing to tell.
@@ -96,11 +108,12 @@ async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Pending>) {
             }
             Err(error) if group.len() > 1 && is_refusal(&error) => {
                 // Valkey refused the group's script call, which one report can cause: apply
-                // each report alone, so only the one at fault fails.
+                // each report alone, so only the one at fault fails. The refused call wrote
+                // nothing, so no report is counted twice against its limit.
                 tracing::warn!(reports = group.len(), error = %error, "an ingest group was refused; applying its reports one by one");
                 for pending in group.drain(..) {
                     let outcome = core
-                        .ingest(std::slice::from_ref(&pending.update))
+                        .ingest(&[(pending.update, pending.limit)])
                         .await
                         .and_then(|outcomes| outcomes.into_iter().next().ok_or_else(stopped));
                     let _ = pending.reply.send(outcome);

@@ -22,6 +22,9 @@
 //! - `online` — set of drivers who said they are online; `load` — hash driver → active orders;
 //!   `tracking` — hash driver → the order whose customer watches them (live tracking).
 //! - `state` — a marker that the three above were restored from Postgres.
+//! - `rl:location:driver:{id}` — the driver's rate-limit bucket for single reports
+//!   ([`crate::ratelimit::GCRA`]), counted by the ingest script itself: the busiest route costs
+//!   no round trip of its own for its limit.
 //! - `o:{id}` — "this driver was offered an order", set by matching in the offer's transaction
 //!   and kept for the offer's TTL and a little more. A driver's offer poll with no such key
 //!   (and the `state` marker present, so Valkey was not flushed since) is answered empty
@@ -74,6 +77,7 @@ use crate::geo::Point;
 use crate::location::coalesce::Coalescer;
 use crate::location::history::{HistoryRow, HistorySender};
 use crate::location::update::LocationUpdate;
+use crate::ratelimit::{GCRA, Limit, Verdict};
 use crate::valkey::Valkey;
 
 /// The spec's TTL of a driver's position: silent longer, and the driver is gone.
@@ -109,6 +113,15 @@ pub enum Ingested {
     Unavailable,
     /// Older than the driver's last report: ignored.
     Stale,
+}
+
+/// What happened to a report that counts against a rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Applied (or ignored as stale), with its limit's verdict when it had one.
+    Applied(Ingested, Option<Verdict>),
+    /// Over its limit: not applied.
+    Refused(Verdict),
 }
 
 /// An available driver near a point.
@@ -162,6 +175,7 @@ struct Keys {
     state: String,
     driver_prefix: String,
     offer_prefix: String,
+    limit_prefix: String,
     channel_prefix: String,
 }
 
@@ -178,12 +192,17 @@ impl Keys {
             state: valkey.key(&format!("{tag}state")),
             driver_prefix: valkey.key(&format!("{tag}d:")),
             offer_prefix: valkey.key(&format!("{tag}o:")),
+            limit_prefix: valkey.key(&format!("{tag}rl:location:driver:")),
             channel_prefix: valkey.key("driver:"),
         }
     }
 
     fn driver(&self, id: i64) -> String {
         format!("{}{id}", self.driver_prefix)
+    }
+
+    fn limit(&self, id: i64) -> String {
+        format!("{}{id}", self.limit_prefix)
     }
 }
 
@@ -206,7 +225,7 @@ impl LocationService {
             db,
             history,
             scripts: Scripts {
-                ingest: redis::Script::new(scripts::INGEST),
+                ingest: redis::Script::new(&format!("{GCRA}{}", scripts::INGEST)),
                 set_status: redis::Script::new(scripts::SET_STATUS),
                 set_load: redis::Script::new(scripts::SET_LOAD),
                 sweep: redis::Script::new(scripts::SWEEP),
@@ -227,13 +246,37 @@ impl LocationService {
     /// Applies validated reports in one pipelined round trip; one outcome per report, in order.
     /// Accepted reports are queued for history.
     pub async fn ingest(&self, updates: &[LocationUpdate]) -> redis::RedisResult<Vec<Ingested>> {
-        self.core.ingest(updates).await
+        let reports: Vec<(LocationUpdate, Option<Limit>)> =
+            updates.iter().map(|u| (*u, None)).collect();
+        self.core
+            .ingest(&reports)
+            .await?
+            .into_iter()
+            .map(|admitted| match admitted {
+                Admitted::Applied(outcome, _) => Ok(outcome),
+                Admitted::Refused(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "the ingest script refused a report that had no limit",
+                ))),
+            })
+            .collect()
     }
 
-    /// Applies one report, in the same script call as the other single reports arriving
-    /// meanwhile (see [`coalesce`]). Accepted, it is queued for history.
-    pub async fn ingest_one(&self, update: LocationUpdate) -> redis::RedisResult<Ingested> {
-        self.single.ingest(update).await
+    /// Applies one report, counted against `limit` (its driver's bucket) in the same script
+    /// call, with the other single reports arriving meanwhile (see [`coalesce`]). Accepted, it
+    /// is queued for history.
+    pub async fn ingest_one(
+        &self,
+        update: LocationUpdate,
+        limit: Option<Limit>,
+    ) -> redis::RedisResult<Admitted> {
+        self.single.ingest(update, limit).await
+    }
+
+    /// The bucket of a driver's single reports, for counting a report that never reached the
+    /// ingest script (refused before it) against the same budget.
+    pub fn rate_limit_key(&self, driver_id: i64) -> String {
+        self.core.keys.limit(driver_id)
     }
 
     /// `script` called on what decides whether `driver_id` is searchable: the online set, the
@@ -430,21 +473,24 @@ impl LocationService {
 }
 
 impl Core {
-    /// Applies validated reports in one pipelined round trip; one outcome per report, in order.
-    /// Accepted reports are queued for history.
-    pub async fn ingest(&self, updates: &[LocationUpdate]) -> redis::RedisResult<Vec<Ingested>> {
-        if updates.is_empty() {
+    /// Applies validated reports, each counted against its limit first, in one pipelined
+    /// round trip; one answer per report, in order. Accepted reports are queued for history.
+    pub async fn ingest(
+        &self,
+        reports: &[(LocationUpdate, Option<Limit>)],
+    ) -> redis::RedisResult<Vec<Admitted>> {
+        if reports.is_empty() {
             return Ok(Vec::new());
         }
         let keys = &self.keys;
         let now = now_ms();
         let ttl = freshness_ms();
         let build = |pipe: &mut redis::Pipeline| {
-            for group in updates.chunks(INGEST_GROUP) {
+            for group in reports.chunks(INGEST_GROUP) {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.ingest.get_hash())
-                    .arg(7 + group.len())
+                    .arg(7 + 2 * group.len())
                     .arg(&keys.seen)
                     .arg(&keys.avail)
                     .arg(&keys.online)
@@ -452,15 +498,20 @@ impl Core {
                     .arg(&keys.tracking)
                     .arg(&keys.pos)
                     .arg(&keys.state);
-                for u in group {
+                for (u, _) in group {
                     cmd.arg(keys.driver(u.driver_id));
                 }
+                for (u, _) in group {
+                    cmd.arg(keys.limit(u.driver_id));
+                }
                 cmd.arg(now).arg(ttl).arg(&keys.channel_prefix);
-                for u in group {
+                for (u, limit) in group {
                     cmd.arg(u.driver_id)
                         .arg(u.point.lat)
                         .arg(u.point.lon)
-                        .arg(u.recorded_at_ms);
+                        .arg(u.recorded_at_ms)
+                        .arg(limit.map_or(0, Limit::interval_ms))
+                        .arg(limit.map_or(0, |l| l.burst));
                 }
             }
         };
@@ -477,21 +528,24 @@ impl Core {
                 )));
             }
         }
-        let codes = groups.into_iter().flatten();
-        let outcomes: Vec<Ingested> = codes
-            .into_iter()
-            .map(|code| match code {
-                0 => Ingested::Stale,
-                1 => Ingested::Available,
-                _ => Ingested::Unavailable,
-            })
+        let answers: Vec<i64> = groups.into_iter().flatten().collect();
+        if answers.len() != reports.len() * 5 {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the ingest script answered a different number of reports",
+            )));
+        }
+        let admitted: Vec<Admitted> = reports
+            .iter()
+            .zip(answers.chunks_exact(5))
+            .map(|((_, limit), answer)| admission(*limit, answer))
             .collect();
-        for (update, outcome) in updates.iter().zip(&outcomes) {
-            if *outcome != Ingested::Stale {
+        for ((update, _), admitted) in reports.iter().zip(&admitted) {
+            if matches!(admitted, Admitted::Applied(outcome, _) if *outcome != Ingested::Stale) {
                 self.history.record(HistoryRow::from(update));
             }
         }
-        Ok(outcomes)
+        Ok(admitted)
     }
 
     /// Runs a pipeline of `EVALSHA`s of `script`; if Valkey lost its scripts (a restart), loads
@@ -564,6 +618,20 @@ impl Core {
 
 /// Returned by the ingest script for a group when the state marker is missing.
 const STATE_MISSING: i64 = -1;
+
+/// One report's answer from the ingest script: its code and its limit's verdict.
+fn admission(limit: Option<Limit>, answer: &[i64]) -> Admitted {
+    let number = |i: usize| answer.get(i).copied().unwrap_or_default();
+    let unsigned = |i: usize| u64::try_from(number(i)).unwrap_or_default();
+    let verdict =
+        limit.map(|limit| Verdict::of(limit, (number(1), unsigned(2), unsigned(3), unsigned(4))));
+    match (number(0), verdict) {
+        (3, Some(verdict)) => Admitted::Refused(verdict),
+        (0, verdict) => Admitted::Applied(Ingested::Stale, verdict),
+        (1, verdict) => Admitted::Applied(Ingested::Available, verdict),
+        (_, verdict) => Admitted::Applied(Ingested::Unavailable, verdict),
+    }
+}
 
 /// What Postgres says of the drivers: who is online, and per carrying driver its number of
 /// active orders and the order its position is published for (the oldest).

@@ -3,38 +3,56 @@
 //! Every script touches only keys of one market (they share a `{…}` hash tag), so the same
 //! scripts run unchanged on Valkey Cluster.
 
-/// Ingest a group of reports.
+/// Ingest a group of reports, each counted against its rate limit first. Runs after
+/// [`crate::ratelimit::GCRA`], whose functions it calls.
 ///
 /// KEYS: 1 seen zset, 2 available geo set, 3 online set, 4 load hash, 5 tracking hash,
-///       6 position hash, 7 state marker, then one driver hash per report.
-/// ARGV: 1 now ms, 2 hash TTL ms, 3 live-tracking channel prefix, then four values per report:
-///       driver id, lat, lon, recorded_at ms.
-/// Returns one code per report: 0 when it is older than the driver's last one (ignored), 1
-/// when accepted and the driver is searchable, 2 when accepted but not searchable (offline or
-/// fully loaded). Reports apply in order, so a driver twice in one group ends at its newest.
+///       6 position hash, 7 state marker, then one driver hash per report, then one rate-limit
+///       bucket per report.
+/// ARGV: 1 now ms, 2 hash TTL ms, 3 live-tracking channel prefix, then six values per report:
+///       driver id, lat, lon, recorded_at ms, the limit's emission interval ms (0: no limit) and
+///       burst.
+/// Returns five numbers per report: a code — 0 when it is older than the driver's last one
+/// (ignored), 1 when accepted and the driver is searchable, 2 when accepted but not searchable
+/// (offline or fully loaded), 3 when over its limit (not applied) — then the limit's verdict
+/// (`gcra`'s four numbers; `-1, 0, 0, 0` without a limit). Reports apply in order, so a driver
+/// twice in one group ends at its newest.
 ///
-/// Writes nothing and returns `{-1}` when the state marker is missing: Valkey lost the online
-/// set and the loads (a restart, a flush), which must be restored from Postgres first.
+/// Writes nothing (its buckets included) and returns `{-1}` when the state marker is missing:
+/// Valkey lost the online set and the loads (a restart, a flush), which must be restored from
+/// Postgres first, and the group is then sent again.
 /// Refuses the whole group with an error, before writing anything, when a position is outside
 /// the geo index's range: the caller validates positions, so this only guards against a bug,
 /// and a half-applied group (position hash written, `GEOADD` refused) can never happen.
-/// Per accepted report only the driver's own hash is touched (2 calls); everything shared —
-/// including the last `recorded_at` of each driver, read from the position hash for the
-/// out-of-order check — is read and written once per group.
+/// Per accepted report only the driver's own hash is touched (2 calls) besides its bucket;
+/// everything shared — including the last `recorded_at` of each driver, read from the position
+/// hash for the out-of-order check — is read and written once per group.
 pub const INGEST: &str = r#"
 if redis.call('EXISTS', KEYS[7]) == 0 then
   return {-1}
 end
-local n = #KEYS - 7
+local n = (#KEYS - 7) / 2
 local now, ttl, prefix = ARGV[1], ARGV[2], ARGV[3]
 local ids = {}
 for i = 1, n do
-  local base = 4 + (i - 1) * 4
+  local base = 4 + (i - 1) * 6
   local lat, lon = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   if not lat or not lon or lat < -85.05112878 or lat > 85.05112878 or lon < -180 or lon > 180 then
     return redis.error_reply('position out of range in report ' .. i)
   end
   ids[i] = ARGV[base]
+end
+local verdicts = {}
+local clock = nil
+for i = 1, n do
+  local base = 4 + (i - 1) * 6
+  local interval = tonumber(ARGV[base + 4])
+  if interval > 0 then
+    clock = clock or valkey_now()
+    verdicts[i] = gcra(KEYS[7 + n + i], clock, interval, tonumber(ARGV[base + 5]))
+  else
+    verdicts[i] = {-1, 0, 0, 0}
+  end
 end
 local online = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
 local loads = redis.call('HMGET', KEYS[4], unpack(ids))
@@ -43,7 +61,7 @@ local previous = redis.call('HMGET', KEYS[6], unpack(ids))
 local latest = {}
 local result, seen, geo, gone, pos = {}, {}, {}, {}, {}
 for i = 1, n do
-  local base = 4 + (i - 1) * 4
+  local base = 4 + (i - 1) * 6
   local id, lat, lon, recorded = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local key = KEYS[7 + i]
   local last = latest[id]
@@ -51,7 +69,9 @@ for i = 1, n do
     last = tonumber(string.match(previous[i], '^[^,]+'))
   end
   local at = tonumber(recorded)
-  if last and last > at then
+  if verdicts[i][1] == 0 then
+    result[i] = 3
+  elseif last and last > at then
     result[i] = 0
   else
     latest[id] = at
@@ -87,7 +107,16 @@ end
 if #geo > 0 then
   redis.call('GEOADD', KEYS[2], unpack(geo))
 end
-return result
+local out = {}
+for i = 1, n do
+  local v = verdicts[i]
+  out[#out + 1] = result[i]
+  out[#out + 1] = v[1]
+  out[#out + 1] = v[2]
+  out[#out + 1] = v[3]
+  out[#out + 1] = v[4]
+end
+return out
 "#;
 
 /// Set a driver online or offline.

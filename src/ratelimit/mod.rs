@@ -10,7 +10,9 @@
 //! Checks go to Valkey in groups, like location reports ([`crate::location`]): one task sends
 //! every check waiting while the previous call is in flight, in one script call that answers
 //! each. A lone check goes out at once; at 10K requests/s a group holds a handful. One round
-//! trip per check at most, far fewer under load.
+//! trip per check at most, far fewer under load. A driver's location report, the busiest
+//! route, costs no round trip of its own: the location ingest script runs the same algorithm
+//! ([`GCRA`]) on the report's bucket before it applies the report.
 //!
 //! What a route class's limit is, and what happens when Valkey cannot answer (fail open or
 //! closed), is [`Limits`]; the HTTP side (`429`, `Retry-After`, `RateLimit-*`) is
@@ -29,26 +31,35 @@ const QUEUE: usize = 16_384;
 /// Checks per script call, at most.
 const GROUP: usize = 256;
 
-/// The GCRA over a group of keys. `KEYS[i]` is a bucket; `ARGV[2i-1]`, `ARGV[2i]` its
-/// emission interval (ms) and burst. Answers, per key: allowed (1/0), remaining, retry after
-/// (ms), full again after (ms).
-const SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
+/// The GCRA as Lua functions, for every script that checks a limit (this module's and the
+/// location ingest): `valkey_now()` is Valkey's clock in ms; `gcra(key, now, interval, burst)`
+/// counts one request against the bucket at `key` (emission interval in ms) and answers
+/// allowed (1/0), remaining, retry after (ms), full again after (ms).
+pub const GCRA: &str = r"
+local function valkey_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function gcra(key, now, interval, burst)
   local tat = tonumber(redis.call('GET', key)) or now
   if tat < now then tat = now end
   local next_tat = tat + interval
   local allow_at = next_tat - interval * burst
   if now < allow_at then
-    out[i] = {0, 0, allow_at - now, tat - now}
-  else
-    redis.call('SET', key, next_tat, 'PX', next_tat - now)
-    out[i] = {1, math.floor((now - allow_at) / interval), 0, next_tat - now}
+    return {0, 0, allow_at - now, tat - now}
   end
+  redis.call('SET', key, next_tat, 'PX', next_tat - now)
+  return {1, math.floor((now - allow_at) / interval), 0, next_tat - now}
+end
+";
+
+/// The checks of a group (after [`GCRA`]). `KEYS[i]` is a bucket; `ARGV[2i-1]`, `ARGV[2i]` its
+/// emission interval (ms) and burst. Answers [`gcra`'s four numbers](GCRA) per key.
+const CHECKS: &str = r"
+local now = valkey_now()
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = gcra(key, now, tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]))
 end
 return out
 ";
@@ -68,6 +79,11 @@ impl Limit {
         let interval = unit.checked_div(per)?;
         (per > 0 && burst > 0 && interval >= Duration::from_millis(1))
             .then_some(Self { burst, interval })
+    }
+
+    /// The emission interval in whole milliseconds, as the scripts take it.
+    pub fn interval_ms(self) -> u64 {
+        u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The same limit `factor` times as generous (operators).
@@ -262,6 +278,22 @@ pub struct Verdict {
     pub reset: Duration,
 }
 
+impl Verdict {
+    /// The verdict of `limit` from [`GCRA`]'s four numbers.
+    pub fn of(
+        limit: Limit,
+        (allowed, remaining, retry_ms, reset_ms): (i64, u64, u64, u64),
+    ) -> Self {
+        Self {
+            allowed: allowed == 1,
+            limit,
+            remaining,
+            retry_after: Duration::from_millis(retry_ms),
+            reset: Duration::from_millis(reset_ms),
+        }
+    }
+}
+
 struct Pending {
     key: String,
     limit: Limit,
@@ -297,14 +329,14 @@ impl RateLimiter {
         &self.limits
     }
 
-    /// Counts one request of `class` by `who` (`driver:42`, `ip:10.0.0.1`) against `limit`.
-    pub async fn check(
-        &self,
-        class: RouteClass,
-        who: &str,
-        limit: Limit,
-    ) -> redis::RedisResult<Verdict> {
-        let key = self.valkey.key(&format!("rl:{}:{who}", class.as_str()));
+    /// The bucket of `class` for `who` (`driver:42`, `ip:10.0.0.1`).
+    pub fn key(&self, class: RouteClass, who: &str) -> String {
+        self.valkey.key(&format!("rl:{}:{who}", class.as_str()))
+    }
+
+    /// Counts one request against `limit` in the bucket at `key` ([`RateLimiter::key`], or
+    /// another script's bucket of the same algorithm).
+    pub async fn check(&self, key: String, limit: Limit) -> redis::RedisResult<Verdict> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Pending { key, limit, reply })
@@ -320,14 +352,14 @@ fn stopped() -> redis::RedisError {
 
 /// Sends every waiting check in one script call per round trip until every handle is gone.
 async fn run(valkey: Valkey, mut rx: mpsc::Receiver<Pending>) {
-    let script = redis::Script::new(SCRIPT);
+    let script = redis::Script::new(&format!("{GCRA}{CHECKS}"));
     let mut group: Vec<Pending> = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut group, GROUP).await > 0 {
         let mut invocation = script.prepare_invoke();
         for pending in &group {
             invocation
                 .key(&pending.key)
-                .arg(u64::try_from(pending.limit.interval.as_millis()).unwrap_or(u64::MAX))
+                .arg(pending.limit.interval_ms())
                 .arg(pending.limit.burst);
         }
         let mut conn = valkey.connection();
@@ -335,16 +367,8 @@ async fn run(valkey: Valkey, mut rx: mpsc::Receiver<Pending>) {
             invocation.invoke_async(&mut conn).await;
         match answers {
             Ok(answers) if answers.len() == group.len() => {
-                for (pending, (allowed, remaining, retry_ms, reset_ms)) in
-                    group.drain(..).zip(answers)
-                {
-                    let _ = pending.reply.send(Ok(Verdict {
-                        allowed: allowed == 1,
-                        limit: pending.limit,
-                        remaining,
-                        retry_after: Duration::from_millis(retry_ms),
-                        reset: Duration::from_millis(reset_ms),
-                    }));
+                for (pending, answer) in group.drain(..).zip(answers) {
+                    let _ = pending.reply.send(Ok(Verdict::of(pending.limit, answer)));
                 }
             }
             Ok(_) => {

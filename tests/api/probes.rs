@@ -7,7 +7,8 @@ use courier::auth::Role;
 use courier::domain::{DriverId, OrderId};
 use courier::geo::Point;
 use courier::location::update::LocationUpdate;
-use courier::location::{Ingested, now_ms};
+use courier::location::{Admitted, Ingested, now_ms};
+use courier::ratelimit::Limit;
 use courier::workflows::matching::{self, RoundOutcome};
 use futures::future::join_all;
 use serde_json::json;
@@ -100,13 +101,21 @@ async fn a_report_valkey_refuses_fails_alone_in_its_coalesced_group() {
     let good = drivers[1..]
         .iter()
         .map(|&d| LocationUpdate::position(d, TestApp::north_of_restaurant(200.0), now));
+    // Each honest report may pass its limit once a minute: the group the polar report spoiled
+    // must not have counted them, or their second try, alone, would be refused.
+    let once = Limit::new(1, Duration::from_secs(60), 1).expect("a limit");
     let (bad, good) = tokio::join!(
-        location.ingest_one(bad),
-        join_all(good.map(|u| location.ingest_one(u)))
+        location.ingest_one(bad, Some(once)),
+        join_all(good.map(|u| location.ingest_one(u, Some(once))))
     );
     assert!(bad.is_err(), "the polar report must fail: {bad:?}");
     for outcome in good {
-        assert_eq!(outcome.expect("an honest report"), Ingested::Available);
+        match outcome.expect("an honest report") {
+            Admitted::Applied(Ingested::Available, Some(verdict)) => {
+                assert!(verdict.allowed && verdict.remaining == 0, "{verdict:?}");
+            }
+            other => panic!("an honest report, applied within its limit: {other:?}"),
+        }
     }
     assert_eq!(location.last_fix(drivers[0]).await.expect("valkey"), None);
 }

@@ -1,5 +1,6 @@
 //! Rate limits: one budget shared by two server processes (this test's and a `courier serve`
 //! child on the same Valkey), `Retry-After` and `RateLimit-*` headers, operators' multiple,
+//! a driver's location reports counted by the ingest script (and refused ones before it),
 //! per-IP limits for bad tokens, and the behaviour with Valkey gone (reads open, order
 //! creation closed).
 
@@ -11,8 +12,8 @@ use courier::ratelimit::Limits;
 use serde_json::Value;
 
 use crate::helpers::{
-    TEST_SECRET, TestApp, TestAppOptions, cast, database_url, dead_port, eventually, order_body,
-    spawn_app_with,
+    TEST_SECRET, TestApp, TestAppOptions, cast, database_url, dead_port, eventually, insert_driver,
+    order_body, spawn_app_with,
 };
 
 /// `courier serve` on `app`'s database and Valkey key prefix, with `limits`.
@@ -134,6 +135,72 @@ async fn two_server_processes_share_one_budget_and_both_refuse_with_retry_after(
             .expect("health");
         assert_eq!(health.status().as_u16(), 200);
     }
+}
+
+#[tokio::test]
+async fn a_drivers_location_reports_share_one_budget_in_both_processes() {
+    let overrides = "location=1/m:3";
+    let app = spawn_app_with(TestAppOptions {
+        rate_limits: limits(overrides),
+        ..TestAppOptions::default()
+    })
+    .await;
+    let driver = insert_driver(&app.db).await;
+    let other_driver = insert_driver(&app.db).await;
+    let other = ServerProcess::start(&app, overrides).await;
+    let report = |base: &str, driver: i64, lat: f64| {
+        let app = &app;
+        let url = format!("{base}/v1/drivers/{driver}/location");
+        async move {
+            app.client
+                .post(url)
+                .bearer_auth(app.token(Role::Driver, driver))
+                .json(&serde_json::json!({"lat": lat, "lon": -74.0}))
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    // Two reports through the ingest script (one per process), each saying what is left.
+    let first = report(&app.address, driver, 40.70).await;
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(header(&first, "ratelimit-limit"), Some(3));
+    assert_eq!(header(&first, "ratelimit-remaining"), Some(2));
+    let second = report(&other.address, driver, 40.71).await;
+    assert_eq!(second.status().as_u16(), 200);
+    assert_eq!(header(&second, "ratelimit-remaining"), Some(1));
+    // A report refused before the script (a position off the index) counts all the same.
+    let invalid = report(&app.address, driver, 89.0).await;
+    assert_eq!(invalid.status().as_u16(), 422);
+    assert_eq!(header(&invalid, "ratelimit-remaining"), Some(0));
+    // The budget is spent: both processes refuse, and the refused report is not applied.
+    for base in [app.address.as_str(), other.address.as_str()] {
+        let refused = report(base, driver, 40.72).await;
+        assert_eq!(refused.status().as_u16(), 429, "{base}");
+        let retry = header(&refused, "retry-after").expect("Retry-After");
+        assert!((1..=60).contains(&retry), "one a minute: {retry}");
+        let body: Value = refused.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    let (at, _) = app
+        .state
+        .location
+        .last_fix(driver)
+        .await
+        .expect("valkey")
+        .expect("a position");
+    assert!(
+        (at.lat - 40.71).abs() < 1e-9,
+        "the last allowed report stands: {at:?}"
+    );
+    // Another driver has a budget of its own.
+    assert_eq!(
+        report(&other.address, other_driver, 40.7)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
 }
 
 #[tokio::test]
