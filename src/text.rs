@@ -36,12 +36,14 @@ fn checked<'de, D: Deserializer<'de>>(
 /// One line of text: a name, an e-mail address, an address line. No control characters.
 #[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
 pub struct Line(String);
 
 /// Free text that may span lines: instructions, a description, a reason. Tabs and line breaks
 /// are allowed; other control characters are not.
 #[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$")]
 pub struct Text(String);
 
 macro_rules! text_type {

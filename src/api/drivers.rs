@@ -350,11 +350,15 @@ async fn set_status(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct NearbyQuery {
+    #[param(minimum = -85.05112878, maximum = 85.05112878)]
     lat: f64,
+    #[param(minimum = -180, maximum = 180)]
     lon: f64,
     /// At most 20; 5 when absent.
+    #[param(exclusive_minimum = 0, maximum = 20)]
     radius_km: Option<f64>,
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 

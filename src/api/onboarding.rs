@@ -60,7 +60,9 @@ struct ProfileBody {
     location: Option<LocationBody>,
     #[serde(default, deserialize_with = "double_option")]
     cuisine_type: Option<Option<Line>>,
+    #[schema(minimum = 1, maximum = 240)]
     prep_time_minutes: Option<i32>,
+    #[schema(minimum = 100, maximum = 50_000)]
     delivery_radius_m: Option<i32>,
     #[serde(default, deserialize_with = "double_option")]
     owner_user_id: Option<Option<i64>>,

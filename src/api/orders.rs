@@ -63,9 +63,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     restaurant_id: i64,
+    /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
     items: Vec<ItemBody>,
     delivery_address: AddressBody,
     /// The payment provider's token of the customer's payment method (`pm_…`).
+    #[schema(pattern = "^pm_[A-Za-z0-9_]+$", max_length = 255)]
     payment_method: String,
 }
 
@@ -74,6 +77,7 @@ struct CreateBody {
 #[schema(as = OrderLine)]
 struct ItemBody {
     menu_item_id: i64,
+    #[schema(minimum = 1, maximum = 50)]
     quantity: i64,
     special_instructions: Option<Text>,
 }
@@ -81,7 +85,9 @@ struct ItemBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddressBody {
+    #[schema(minimum = -90, maximum = 90)]
     lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     lon: f64,
     line1: Line,
     line2: Option<Line>,
@@ -531,6 +537,7 @@ struct ListQuery {
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 

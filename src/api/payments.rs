@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct RefundBody {
     /// Cents to refund; all that is left when absent.
+    #[schema(minimum = 1)]
     amount_cents: Option<i64>,
     reason: Text,
 }

@@ -60,15 +60,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct NearbyQuery {
+    #[param(minimum = -90, maximum = 90)]
     lat: f64,
+    #[param(minimum = -180, maximum = 180)]
     lon: f64,
     /// At most 50; 5 when absent.
+    #[param(exclusive_minimum = 0, maximum = 50)]
     radius_km: Option<f64>,
     /// One cuisine, in any case (at most 50 characters).
+    #[param(max_length = 50)]
     cuisine: Option<String>,
     /// Only open (`true`) or closed (`false`) restaurants.
     open: Option<bool>,
     /// 1 to 100; 20 when absent.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 
@@ -288,6 +293,7 @@ struct ItemBody {
     name: Option<Line>,
     #[serde(default, deserialize_with = "double_option")]
     description: Option<Option<Text>>,
+    #[schema(minimum = 0, maximum = 1_000_000)]
     price_cents: Option<i64>,
     #[serde(default, deserialize_with = "double_option")]
     category: Option<Option<Line>>,

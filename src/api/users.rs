@@ -46,6 +46,7 @@ struct CreateUser {
     vehicle_type: Option<Line>,
     /// Drivers only: deliveries a day the driver aims for (matching's fairness factor);
     /// 10 when absent.
+    #[schema(minimum = 0, maximum = 100)]
     daily_delivery_goal: Option<i32>,
 }
 

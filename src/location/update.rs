@@ -20,13 +20,18 @@ pub const VALID_RANGE: &str = "lat must be in [-85.05112878, 85.05112878] (the r
 #[serde(deny_unknown_fields)]
 pub struct RawUpdate {
     /// Within ±85.05112878.
+    #[schema(minimum = -85.05112878, maximum = 85.05112878)]
     pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     pub lon: f64,
     /// Degrees clockwise from north, [0, 360).
+    #[schema(minimum = 0, exclusive_maximum = 360)]
     pub heading: Option<f64>,
     /// Metres per second, [0, 100].
+    #[schema(minimum = 0, maximum = 100)]
     pub speed: Option<f64>,
     /// Metres, [0, 10000].
+    #[schema(minimum = 0, maximum = 10000)]
     pub accuracy: Option<f64>,
     /// When the phone took the fix; now when absent. At most a minute ahead and 24 hours old.
     pub recorded_at: Option<DateTime<Utc>>,
