@@ -439,28 +439,28 @@ macro_rules! transition_handler {
 
 transition_handler!(
     /// The restaurant accepts the order.
-    confirm, Action::Confirm, "/orders/{id}/confirm", "confirm_order", ["restaurant", "operator"]
+    confirm, Action::Confirm, "/orders/{id}/confirm", "confirm_order", ["restaurant"]
 );
 transition_handler!(
     /// The restaurant starts cooking.
     start_preparing, Action::StartPreparing, "/orders/{id}/start-preparing", "start_preparing_order",
-    ["restaurant", "operator"]
+    ["restaurant"]
 );
 transition_handler!(
     /// The food is ready for pickup.
-    ready, Action::MarkReady, "/orders/{id}/ready", "order_ready", ["restaurant", "operator"]
+    ready, Action::MarkReady, "/orders/{id}/ready", "order_ready", ["restaurant"]
 );
 transition_handler!(
     /// The assigned driver has the food.
-    pickup, Action::PickUp, "/orders/{id}/pickup", "pick_up_order", ["driver", "operator"]
+    pickup, Action::PickUp, "/orders/{id}/pickup", "pick_up_order", ["driver"]
 );
 transition_handler!(
     /// The assigned driver handed the food over.
-    deliver, Action::Deliver, "/orders/{id}/deliver", "deliver_order", ["driver", "operator"]
+    deliver, Action::Deliver, "/orders/{id}/deliver", "deliver_order", ["driver"]
 );
 transition_handler!(
     /// Cancels the order (who may, and until when, depends on its state).
-    cancel, Action::Cancel, "/orders/{id}/cancel", "cancel_order", ["customer", "restaurant", "operator"]
+    cancel, Action::Cancel, "/orders/{id}/cancel", "cancel_order", ["customer", "operator"]
 );
 
 /// An order with its live ETA.

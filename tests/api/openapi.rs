@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use courier::api::openapi;
+use courier::auth::Role;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{cast, insert_driver, insert_user, spawn_app};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
@@ -162,4 +163,66 @@ async fn the_docs_page_shows_the_document() {
     );
     let page = response.text().await.expect("a page");
     assert!(page.contains("courier API") && page.contains("/v1/orders/{id}/refunds"));
+}
+
+/// A role the document does not list for an operation is refused it: with real ids (an order
+/// placed by the cast's customer, its restaurant and menu item, a driver, a user), no request
+/// of an unlisted role succeeds.
+#[tokio::test]
+async fn no_role_the_document_leaves_out_can_call_an_operation() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let order = app.placed_order(&cast).await;
+    let driver = insert_driver(&app.db).await;
+    let operator = insert_user(&app.db, "operator").await;
+    let subjects = [
+        ("customer", Role::Customer, cast.customer),
+        ("restaurant", Role::Restaurant, cast.restaurant),
+        ("driver", Role::Driver, driver),
+        ("operator", Role::Operator, operator),
+    ];
+    let document = openapi::document();
+    let mut checked = 0;
+    for (method, path) in operations(document) {
+        let Some(roles) =
+            document["paths"][&path][&method]["security"][0][openapi::BEARER].as_array()
+        else {
+            continue;
+        };
+        let url = path.replace("{item_id}", &cast.burger.to_string()).replace(
+            "{id}",
+            &match path.split('/').nth(2) {
+                Some("orders") => order,
+                Some("restaurants") => cast.restaurant,
+                Some("drivers") => driver,
+                Some("users") => cast.customer,
+                _ => 1,
+            }
+            .to_string(),
+        );
+        for (name, role, subject) in subjects {
+            if roles.iter().any(|r| r == name) {
+                continue;
+            }
+            let response = app
+                .client
+                .request(
+                    method.to_uppercase().parse().expect("a method"),
+                    format!("{}{url}", app.address),
+                )
+                .bearer_auth(app.token(role, subject))
+                .header("x-idempotency-key", format!("roles-{checked}"))
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            assert!(
+                status.is_client_error(),
+                "{name} may call {method} {path}, which does not list it: {status}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} refusals checked");
 }
