@@ -490,7 +490,7 @@ impl Core {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.ingest.get_hash())
-                    .arg(7 + 2 * group.len())
+                    .arg(7 + group.len() + group.iter().filter(|(_, l)| l.is_some()).count())
                     .arg(&keys.seen)
                     .arg(&keys.avail)
                     .arg(&keys.online)
@@ -501,7 +501,7 @@ impl Core {
                 for (u, _) in group {
                     cmd.arg(keys.driver(u.driver_id));
                 }
-                for (u, _) in group {
+                for (u, _) in group.iter().filter(|(_, limit)| limit.is_some()) {
                     cmd.arg(keys.limit(u.driver_id));
                 }
                 cmd.arg(now).arg(ttl).arg(&keys.channel_prefix);

@@ -8,7 +8,7 @@
 ///
 /// KEYS: 1 seen zset, 2 available geo set, 3 online set, 4 load hash, 5 tracking hash,
 ///       6 position hash, 7 state marker, then one driver hash per report, then one rate-limit
-///       bucket per report.
+///       bucket per report that has a limit, in order (a batch without limits sends none).
 /// ARGV: 1 now ms, 2 hash TTL ms, 3 live-tracking channel prefix, then six values per report:
 ///       driver id, lat, lon, recorded_at ms, the limit's emission interval ms (0: no limit) and
 ///       burst.
@@ -31,7 +31,7 @@ pub const INGEST: &str = r#"
 if redis.call('EXISTS', KEYS[7]) == 0 then
   return {-1}
 end
-local n = (#KEYS - 7) / 2
+local n = (#ARGV - 3) / 6
 local now, ttl, prefix = ARGV[1], ARGV[2], ARGV[3]
 local ids = {}
 for i = 1, n do
@@ -44,12 +44,14 @@ for i = 1, n do
 end
 local verdicts = {}
 local clock = nil
+local bucket = 7 + n
 for i = 1, n do
   local base = 4 + (i - 1) * 6
   local interval = tonumber(ARGV[base + 4])
   if interval > 0 then
     clock = clock or valkey_now()
-    verdicts[i] = gcra(KEYS[7 + n + i], clock, interval, tonumber(ARGV[base + 5]))
+    bucket = bucket + 1
+    verdicts[i] = gcra(KEYS[bucket], clock, interval, tonumber(ARGV[base + 5]))
   else
     verdicts[i] = {-1, 0, 0, 0}
   end
