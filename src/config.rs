@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use chrono_tz::Tz;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::HttpSettings;
 use crate::auth::{JwtSecret, MIN_JWT_SECRET_BYTES};
@@ -63,6 +63,11 @@ pub struct CommonArgs {
         global = true
     )]
     pub valkey_url: String,
+
+    /// Seed nodes of a Valkey Cluster, comma-separated URLs (`redis://host:port,…`). When set,
+    /// courier runs on the cluster and `VALKEY_URL` is not used.
+    #[arg(long, env = "VALKEY_CLUSTER_NODES", global = true)]
+    pub valkey_cluster_nodes: Option<String>,
 
     /// Prefix of every Valkey key this process writes, so tenants and tests never collide.
     #[arg(
@@ -551,6 +556,8 @@ pub struct LifecycleArgs {
 pub enum ConfigError {
     #[error("DATABASE_URL is not a valid postgres URL: {0}")]
     DatabaseUrl(String),
+    #[error("VALKEY_CLUSTER_NODES holds an entry that is not a redis/valkey URL: {0}")]
+    ValkeyClusterNode(String),
     #[error("VALKEY_URL is not a valid redis/valkey URL: {0}")]
     ValkeyUrl(String),
     #[error(
@@ -620,6 +627,7 @@ impl Config {
             .ok()
             .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "valkey" | "valkeys"))
             .ok_or_else(|| ConfigError::ValkeyUrl(redact_url(&args.valkey_url)))?;
+        let cluster_nodes = cluster_nodes(args.valkey_cluster_nodes.as_deref())?;
         if !(1..=1000).contains(&args.db_max_connections) {
             return Err(ConfigError::DbMaxConnections);
         }
@@ -661,6 +669,7 @@ impl Config {
             },
             valkey: ValkeySettings {
                 url: args.valkey_url.clone().into(),
+                cluster_nodes,
                 key_prefix: args.key_prefix.clone(),
             },
             jwt_secret,
@@ -682,6 +691,22 @@ impl Config {
             rate_limits: rate_limits(args)?,
         })
     }
+}
+
+/// The cluster's seed nodes: each a `redis://` or `rediss://` URL; none when unset or blank.
+fn cluster_nodes(raw: Option<&str>) -> Result<Vec<SecretString>, ConfigError> {
+    raw.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
+        .map(|node| {
+            url::Url::parse(node)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss" | "valkey" | "valkeys"))
+                .map(|_| SecretString::from(node.to_owned()))
+                .ok_or_else(|| ConfigError::ValkeyClusterNode(redact_url(node)))
+        })
+        .collect()
 }
 
 fn rate_limits(args: &CommonArgs) -> Result<Limits, ConfigError> {

@@ -225,23 +225,29 @@ impl Routing {
         }
     }
 
+    /// Caches `entries`: one pipeline per shard (on a cluster, a pipeline's keys share a slot).
     async fn store(&self, entries: &[(String, Route)]) {
-        if entries.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
+        let mut pipes: std::collections::HashMap<u16, redis::Pipeline> =
+            std::collections::HashMap::new();
         for (key, route) in entries {
             let value = CachedRoute {
                 duration_s: route.duration.as_secs_f64(),
                 distance_m: route.distance_m,
             };
             if let Ok(raw) = serde_json::to_string(&value) {
-                pipe.set_ex(key, raw, self.cache_ttl.as_secs().max(1))
+                pipes
+                    .entry(self.valkey.shard_of(key))
+                    .or_insert_with(redis::pipe)
+                    .set_ex(key, raw, self.cache_ttl.as_secs().max(1))
                     .ignore();
             }
         }
-        let mut conn = self.valkey.connection();
-        if let Err(error) = pipe.query_async::<()>(&mut conn).await {
+        let stored = futures::future::join_all(pipes.into_values().map(|pipe| async move {
+            let mut conn = self.valkey.connection();
+            pipe.query_async::<()>(&mut conn).await
+        }))
+        .await;
+        if let Some(error) = stored.into_iter().find_map(Result::err) {
             metrics::counter!("cache_errors_total", "op" => "put").increment(1);
             tracing::warn!(error = %error, "could not cache routes");
         }

@@ -69,7 +69,7 @@ pub mod update;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::valkey::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -239,7 +239,7 @@ impl LocationService {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         self.core.valkey.connection()
     }
 

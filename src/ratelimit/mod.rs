@@ -18,6 +18,7 @@
 //! closed), is [`Limits`]; the HTTP side (`429`, `Retry-After`, `RateLimit-*`) is
 //! `crate::api::ratelimit`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,6 +31,8 @@ use crate::valkey::Valkey;
 const QUEUE: usize = 16_384;
 /// Checks per script call, at most.
 const GROUP: usize = 256;
+/// Hash tags the buckets are spread over (see [`RateLimiter::key`]).
+const KEY_SHARDS: u16 = 16;
 
 /// The GCRA as Lua functions, for every script that checks a limit (this module's and the
 /// location ingest): `valkey_now()` is Valkey's clock in ms; `gcra(key, now, interval, burst)`
@@ -329,9 +332,13 @@ impl RateLimiter {
         &self.limits
     }
 
-    /// The bucket of `class` for `who` (`driver:42`, `ip:10.0.0.1`).
+    /// The bucket of `class` for `who` (`driver:42`, `ip:10.0.0.1`). Its hash tag is one of
+    /// [`KEY_SHARDS`], chosen by `who`: on a cluster the buckets spread over the nodes, and
+    /// checks waiting together need one script call per shard, not one per bucket.
     pub fn key(&self, class: RouteClass, who: &str) -> String {
-        self.valkey.key(&format!("rl:{}:{who}", class.as_str()))
+        let shard = crate::valkey::slot(who) % KEY_SHARDS;
+        self.valkey
+            .key(&format!("rl:{{rl{shard}}}:{}:{who}", class.as_str()))
     }
 
     /// Counts one request against `limit` in the bucket at `key` ([`RateLimiter::key`], or
@@ -350,43 +357,62 @@ fn stopped() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "the rate limiter stopped"))
 }
 
-/// Sends every waiting check in one script call per round trip until every handle is gone.
+/// Sends every waiting check, in one script call per round trip and shard (a script's keys
+/// must share a slot on a cluster; on one node every key is of shard 0), until every handle is
+/// gone.
 async fn run(valkey: Valkey, mut rx: mpsc::Receiver<Pending>) {
     let script = redis::Script::new(&format!("{GCRA}{CHECKS}"));
     let mut group: Vec<Pending> = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut group, GROUP).await > 0 {
-        let mut invocation = script.prepare_invoke();
-        for pending in &group {
-            invocation
-                .key(&pending.key)
-                .arg(pending.limit.interval_ms())
-                .arg(pending.limit.burst);
+        let mut shards: HashMap<u16, Vec<Pending>> = HashMap::new();
+        for pending in group.drain(..) {
+            shards
+                .entry(valkey.shard_of(&pending.key))
+                .or_default()
+                .push(pending);
         }
-        let mut conn = valkey.connection();
-        let answers: redis::RedisResult<Vec<(i64, u64, u64, u64)>> =
-            invocation.invoke_async(&mut conn).await;
-        match answers {
-            Ok(answers) if answers.len() == group.len() => {
-                for (pending, answer) in group.drain(..).zip(answers) {
-                    let _ = pending.reply.send(Ok(Verdict::of(pending.limit, answer)));
-                }
+        futures::future::join_all(
+            shards
+                .into_values()
+                .map(|checks| check_shard(&valkey, &script, checks)),
+        )
+        .await;
+    }
+}
+
+/// Runs the checks of one shard in one script call and answers each.
+async fn check_shard(valkey: &Valkey, script: &redis::Script, checks: Vec<Pending>) {
+    let mut invocation = script.prepare_invoke();
+    for pending in &checks {
+        invocation
+            .key(&pending.key)
+            .arg(pending.limit.interval_ms())
+            .arg(pending.limit.burst);
+    }
+    let mut conn = valkey.connection();
+    let answers: redis::RedisResult<Vec<(i64, u64, u64, u64)>> =
+        invocation.invoke_async(&mut conn).await;
+    match answers {
+        Ok(answers) if answers.len() == checks.len() => {
+            for (pending, answer) in checks.into_iter().zip(answers) {
+                let _ = pending.reply.send(Ok(Verdict::of(pending.limit, answer)));
             }
-            Ok(_) => {
-                for pending in group.drain(..) {
-                    let _ = pending.reply.send(Err(redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "the rate-limit script answered a different number of checks",
-                    ))));
-                }
+        }
+        Ok(_) => {
+            for pending in checks {
+                let _ = pending.reply.send(Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "the rate-limit script answered a different number of checks",
+                ))));
             }
-            Err(error) => {
-                for pending in group.drain(..) {
-                    let _ = pending.reply.send(Err(redis::RedisError::from((
-                        error.kind(),
-                        "rate-limit check failed",
-                        error.to_string(),
-                    ))));
-                }
+        }
+        Err(error) => {
+            for pending in checks {
+                let _ = pending.reply.send(Err(redis::RedisError::from((
+                    error.kind(),
+                    "rate-limit check failed",
+                    error.to_string(),
+                ))));
             }
         }
     }

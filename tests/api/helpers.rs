@@ -216,6 +216,8 @@ impl Drop for TestApp {
 #[derive(Debug, Clone)]
 pub struct TestAppOptions {
     pub valkey_url: String,
+    /// Seed nodes of a Valkey Cluster to run on instead of `valkey_url` (none by default).
+    pub valkey_cluster_nodes: Vec<String>,
     /// Routing (OSRM URL, market time zone); the estimator in UTC by default.
     pub routing: RoutingSettings,
     /// Overrides the database URL (e.g. a dead port) instead of a fresh database.
@@ -230,6 +232,7 @@ impl Default for TestAppOptions {
     fn default() -> Self {
         Self {
             valkey_url: valkey_url(),
+            valkey_cluster_nodes: Vec::new(),
             routing: RoutingSettings::default(),
             database_url: None,
             order_limits: OrderLimits::default(),
@@ -260,6 +263,11 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
         },
         valkey: ValkeySettings {
             url: options.valkey_url.into(),
+            cluster_nodes: options
+                .valkey_cluster_nodes
+                .iter()
+                .map(|n| n.clone().into())
+                .collect(),
             key_prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
         },
         jwt_secret: JwtSecret::from_bytes(TEST_SECRET.to_vec()).expect("long enough"),

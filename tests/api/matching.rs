@@ -751,6 +751,7 @@ async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
     // A location service whose Valkey is down.
     let dead = Valkey::new(&ValkeySettings {
         url: format!("redis://127.0.0.1:{}", dead_port()).into(),
+        cluster_nodes: Vec::new(),
         key_prefix: "dead:".to_owned(),
     })
     .expect("valid url");

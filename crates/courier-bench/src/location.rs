@@ -146,7 +146,7 @@ struct ReportAnswer {
 }
 
 /// `EVALSHA` calls and microseconds spent in them so far, from `INFO commandstats`.
-async fn evalsha_stats(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<(u64, u64)> {
+async fn evalsha_stats(conn: &mut courier::valkey::Connection) -> anyhow::Result<(u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)

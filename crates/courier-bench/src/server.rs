@@ -150,7 +150,7 @@ pub(crate) async fn clear_location_keys(valkey: &Valkey) -> anyhow::Result<()> {
 }
 
 /// Valkey's process id (`INFO server`), for the CPU report; `None` if it does not say.
-pub(crate) async fn valkey_pid(conn: &mut redis::aio::ConnectionManager) -> Option<u32> {
+pub(crate) async fn valkey_pid(conn: &mut courier::valkey::Connection) -> Option<u32> {
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(conn)
