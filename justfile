@@ -22,6 +22,11 @@ services-up:
 services-down:
     ops/services-down
 
+# A local Valkey Cluster (3 primaries, 3 replicas) for development: `just valkey-cluster up`
+# prints the value for VALKEY_CLUSTER_NODES; also `status`, `kill-primary`, `down`.
+valkey-cluster *ARGS:
+    ops/valkey-cluster {{ARGS}}
+
 # Apply migrations (courier's and apalis's) to DATABASE_URL.
 migrate: services-up
     cargo run --quiet -- migrate
@@ -38,9 +43,11 @@ sim *ARGS:
 dev: services-up
     cargo run -- --dev run --migrate-on-start
 
-# Run every test (unit and integration) against real Postgres and Valkey.
+# Run every test (unit and integration) against real Postgres, Valkey (one node, and a local
+# 3-primary cluster: ops/valkey-cluster) and Kafka.
 test *ARGS: services-up
     ops/drop-test-databases
+    COURIER_TEST_VALKEY_CLUSTER_NODES="${COURIER_TEST_VALKEY_CLUSTER_NODES:-$(ops/valkey-cluster up)}" \
     COURIER_TEST_DATABASE_URL="${COURIER_TEST_DATABASE_URL:-$DATABASE_URL}" \
     COURIER_TEST_VALKEY_URL="${COURIER_TEST_VALKEY_URL:-$VALKEY_URL}" \
     COURIER_TEST_KAFKA_BROKERS="${COURIER_TEST_KAFKA_BROKERS:-$KAFKA_BROKERS}" \

@@ -74,6 +74,11 @@ pub enum Command {
         /// Number of customers.
         #[arg(long, default_value_t = 1000)]
         customers: usize,
+        /// Cities, each its own market (1 to 5): more than one creates the markets `nyc`,
+        /// `chicago`, `houston`, `phoenix` and `seattle` (in that order) and spreads the
+        /// restaurants over them; the centre is then not used.
+        #[arg(long, default_value_t = 1)]
+        markets: usize,
     },
     /// Operators' commands: jobs, workers, cron, orders, drivers.
     Admin(crate::admin::AdminArgs),
@@ -199,7 +204,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             restaurants,
             drivers,
             customers,
+            markets,
         } => {
+            if !(1..=crate::seed::CITIES.len()).contains(&markets) {
+                anyhow::bail!("--markets must be 1 to {}", crate::seed::CITIES.len());
+            }
             if crate::geo::Point::new(center_lat, center_lon).is_none()
                 || !(0.1..=500.0).contains(&size_km)
             {
@@ -219,6 +228,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 restaurants,
                 drivers,
                 customers,
+                markets,
             };
             let seeded = crate::seed::seed(&pool, &plan).await?;
             println!(

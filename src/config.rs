@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use chrono_tz::Tz;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::HttpSettings;
@@ -149,11 +148,6 @@ pub struct CommonArgs {
         global = true
     )]
     pub routing_speed_kmh: f64,
-
-    /// The market's IANA time zone (traffic multipliers follow its local hour), e.g.
-    /// `America/New_York`.
-    #[arg(long, env = "COURIER_MARKET_TZ", default_value = "UTC", global = true)]
-    pub market_tz: String,
 
     /// Largest order total a customer may place, in cents (items and delivery fee).
     #[arg(
@@ -592,8 +586,6 @@ pub enum ConfigError {
     RoutingTimeout,
     #[error("COURIER_ROUTING_SPEED_KMH must be between 1 and 200")]
     RoutingSpeed,
-    #[error("COURIER_MARKET_TZ is not an IANA time zone: {0}")]
-    MarketTz(String),
     #[error("{0}")]
     Workflow(String),
 }
@@ -859,15 +851,10 @@ fn routing_settings(args: &CommonArgs) -> Result<RoutingSettings, ConfigError> {
         return Err(ConfigError::RoutingTimeout);
     }
     let estimator = Estimator::new(args.routing_speed_kmh).ok_or(ConfigError::RoutingSpeed)?;
-    let market: Tz = args
-        .market_tz
-        .parse()
-        .map_err(|_| ConfigError::MarketTz(args.market_tz.clone()))?;
     Ok(RoutingSettings {
         osrm_url,
         timeout: args.routing_timeout,
         estimator,
-        market,
         ..RoutingSettings::default()
     })
 }

@@ -190,6 +190,9 @@ fn constraint_error(constraint: &str) -> Option<ApiError> {
             "driver_exists",
             "this user is already registered as a driver",
         ),
+        "markets_slug_key" => {
+            ApiError::conflict("market_exists", "a market with this slug already exists")
+        }
         _ => return None,
     };
     Some(error)

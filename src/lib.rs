@@ -41,6 +41,7 @@ pub mod geo;
 pub mod jobs;
 pub mod live;
 pub mod location;
+pub mod market;
 pub mod notify;
 pub mod outbox;
 pub mod payments;

@@ -38,7 +38,7 @@ impl AppState {
         let valkey = Valkey::new(&config.valkey).context("invalid VALKEY_URL")?;
         let (history_sender, history) = history::spawn(db.clone());
         let location = LocationService::new(valkey.clone(), db.clone(), history_sender);
-        let routing = Routing::new(&config.routing, valkey.clone())
+        let routing = Routing::new(&config.routing, valkey.clone(), location.markets().clone())
             .context("cannot build the routing client")?;
         let sweeper_stop = CancellationToken::new();
         let sweeper = tokio::spawn(sweeper::run(location.clone(), sweeper_stop.clone()));

@@ -62,7 +62,7 @@ const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 400;
 enum Backend {
     Node(redis::Client),
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         nodes: Vec<SecretString>,
     },
 }
@@ -164,7 +164,7 @@ impl Valkey {
                 client.get_pending_async_connection_with_config(cluster_config(RESPONSE_TIMEOUT));
             (
                 Backend::Cluster {
-                    client,
+                    client: Box::new(client),
                     nodes: settings.cluster_nodes.clone(),
                 },
                 Connection::Cluster(connection),

@@ -47,6 +47,13 @@ impl From<Invalid> for ApiError {
 }
 
 /// A driver acts only for itself.
+const OUTSIDE_MARKETS: &str = "the position is outside every market courier serves";
+
+/// A report whose position no active market contains.
+fn outside_markets() -> ApiError {
+    ApiError::unprocessable("outside_markets", OUTSIDE_MARKETS)
+}
+
 fn require_self(principal: &Principal, driver_id: i64) -> Result<(), ApiError> {
     principal.require_role(&[Role::Driver])?;
     if principal.subject != driver_id {
@@ -74,7 +81,7 @@ struct ReportBody {
     request_body = RawUpdate,
     responses((status = 200, description = "What happened to the report", body = ReportBody)),
     security(("bearer" = ["driver"])),
-    extensions(("x-error-codes" = json!(["invalid_location", "invalid_field", "recorded_at_in_future", "recorded_at_too_old"]))),
+    extensions(("x-error-codes" = json!(["invalid_location", "outside_markets", "invalid_field", "recorded_at_in_future", "recorded_at_too_old"]))),
 )]
 async fn report(
     State(state): State<AppState>,
@@ -90,6 +97,8 @@ async fn report(
     let limit = limits.enabled.then(|| limits.of(RouteClass::Location));
     let mut response = match state.location.ingest_one(update, limit).await? {
         Admitted::Refused(verdict) => refused(RouteClass::Location, &verdict),
+        // Not counted by the script: the rate-limit layer counts it, as any refusal.
+        Admitted::Outside => return Err(outside_markets()),
         Admitted::Applied(result, verdict) => {
             let mut response = Json(ReportBody {
                 driver_id: id,
@@ -261,11 +270,19 @@ async fn report_batch(
     }
     let outcomes = state.location.ingest(&valid).await?;
     for ((index, update), outcome) in valid_index.into_iter().zip(&valid).zip(outcomes) {
-        results[index] = Some(ItemResult {
-            index,
-            driver_id: Some(update.driver_id),
-            result: Some(outcome),
-            error: None,
+        results[index] = Some(match outcome {
+            Some(outcome) => ItemResult {
+                index,
+                driver_id: Some(update.driver_id),
+                result: Some(outcome),
+                error: None,
+            },
+            None => item_error(
+                index,
+                Some(update.driver_id),
+                "outside_markets",
+                OUTSIDE_MARKETS.to_owned(),
+            ),
         });
     }
     let results: Vec<ItemResult> = results.into_iter().flatten().collect();

@@ -13,6 +13,7 @@ pub mod drivers;
 pub mod extract;
 pub mod health;
 pub mod live;
+pub mod markets;
 pub mod middleware;
 pub mod offers;
 pub mod onboarding;
@@ -103,6 +104,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .merge(drivers::router())
         .merge(restaurants::router())
         .merge(onboarding::router())
+        .merge(markets::router())
         .merge(orders::router())
         .merge(offers::router())
         .merge(payments::router())

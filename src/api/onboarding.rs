@@ -122,6 +122,18 @@ fn validate(body: ProfileBody) -> Result<RestaurantChanges, ApiError> {
         prep_time_minutes: body.prep_time_minutes,
         delivery_radius_m: body.delivery_radius_m,
         owner_user_id: body.owner_user_id,
+        market_id: None,
+    })
+}
+
+/// The market `location` is in (see [`crate::market`]).
+async fn market_of(state: &AppState, location: Point) -> Result<i64, ApiError> {
+    let markets = state.location.markets().snapshot().await?;
+    markets.containing(location).map(|m| m.id).ok_or_else(|| {
+        ApiError::unprocessable(
+            "outside_markets",
+            "the location is outside every market courier serves",
+        )
     })
 }
 
@@ -147,7 +159,7 @@ async fn check_owner(state: &AppState, owner: Option<Option<i64>>) -> Result<(),
     request_body = ProfileBody,
     responses((status = 201, description = "The restaurant", body = RestaurantProfile)),
     security(("bearer" = ["operator"])),
-    extensions(("x-error-codes" = json!(["invalid_field", "invalid_location", "invalid_owner"]))),
+    extensions(("x-error-codes" = json!(["invalid_field", "invalid_location", "outside_markets", "invalid_owner"]))),
 )]
 async fn create(
     State(state): State<AppState>,
@@ -161,6 +173,7 @@ async fn create(
         return Err(invalid_field("name and location are required"));
     };
     check_owner(&state, fields.owner_user_id).await?;
+    let market_id = market_of(&state, location).await?;
     let new = NewRestaurant {
         name,
         address: fields.address.flatten(),
@@ -170,6 +183,7 @@ async fn create(
         delivery_radius_m: fields.delivery_radius_m.unwrap_or(DEFAULT_RADIUS_M),
         is_open,
         owner_user_id: fields.owner_user_id.flatten(),
+        market_id,
     };
     let restaurant = restaurants::insert(&state.db, &new).await?;
     cache::purge_restaurant(&state.valkey, restaurant.id, true).await;
@@ -188,7 +202,7 @@ async fn create(
     request_body = ProfileBody,
     responses((status = 200, description = "The restaurant", body = RestaurantProfile)),
     security(("bearer" = ["operator"])),
-    extensions(("x-error-codes" = json!(["not_found", "invalid_field", "invalid_location", "invalid_owner"]))),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_field", "invalid_location", "outside_markets", "invalid_owner"]))),
 )]
 async fn update(
     State(state): State<AppState>,
@@ -202,8 +216,11 @@ async fn update(
             "is_open is changed with POST /v1/restaurants/{id}/open or /close",
         ));
     }
-    let changes = validate(body)?;
+    let mut changes = validate(body)?;
     check_owner(&state, changes.owner_user_id).await?;
+    if let Some(location) = changes.location {
+        changes.market_id = Some(market_of(&state, location).await?);
+    }
     let restaurant = restaurants::update(&state.db, id, &changes)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("restaurant {id} does not exist")))?;

@@ -128,6 +128,11 @@ pub const CATALOGUE: &[ErrorCode] = &[
         422,
         "a location outside the indexable range (lat within ±85.05112878)",
     ),
+    code(
+        "outside_markets",
+        422,
+        "the position is outside every active market",
+    ),
     code("invalid_radius", 422, "radius_km out of its bounds"),
     code("invalid_limit", 422, "limit out of its bounds"),
     code(
@@ -163,6 +168,12 @@ pub const CATALOGUE: &[ErrorCode] = &[
     ),
     code("email_taken", 409, "a user with this email exists"),
     code("driver_exists", 409, "the user is already a driver"),
+    code("market_exists", 409, "a market with this slug exists"),
+    code(
+        "invalid_market",
+        422,
+        "a market field is out of its bounds (slug, name, time zone, centre, radius)",
+    ),
     // Orders.
     code("unknown_restaurant", 422, "the restaurant does not exist"),
     code("empty_cart", 422, "an order needs at least one item"),

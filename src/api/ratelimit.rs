@@ -145,11 +145,19 @@ pub async fn per_principal(
         if response.extensions().get::<Charged>().is_some() {
             return response;
         }
-        let key = if principal.role == Role::Driver {
-            state.location.rate_limit_key(principal.subject)
+        // A driver's reports are counted in its market's bucket, which the ingest script
+        // shares; a driver in no market yet (or when that cannot be read) in the limiter's.
+        let market_bucket = if principal.role == Role::Driver {
+            state
+                .location
+                .rate_limit_key(principal.subject)
+                .await
+                .ok()
+                .flatten()
         } else {
-            state.limiter.key(class, &who)
+            None
         };
+        let key = market_bucket.unwrap_or_else(|| state.limiter.key(class, &who));
         return match check(&state, class, key, operator).await {
             Ok(verdict) => with_headers(response, verdict),
             Err(refusal) => refusal,

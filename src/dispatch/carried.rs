@@ -14,12 +14,12 @@ use crate::geo::Point;
 use crate::location::ACTIVE_STATES;
 
 /// The conditions a batching decision for a driver at `driver` is made under at `now`: the
-/// routing's estimator and the traffic of that hour.
+/// routing's estimator and the traffic of that hour in the driver's market.
 pub fn conditions(routing: &Routing, driver: Point, now: DateTime<Utc>) -> Conditions<'_> {
     Conditions {
         driver,
         estimator: routing.estimator(),
-        traffic: routing.traffic(now),
+        traffic: routing.traffic(driver, now),
     }
 }
 

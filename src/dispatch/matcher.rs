@@ -40,6 +40,14 @@ impl OrderRow {
         !self.has_driver && WAITING_STATES.contains(&self.status.as_str())
     }
 
+    /// Where the order is picked up.
+    pub fn restaurant(&self) -> Point {
+        Point {
+            lat: self.r_lat,
+            lon: self.r_lon,
+        }
+    }
+
     fn facts(&self) -> OrderFacts {
         let prep_remaining = if self.status == "READY_FOR_PICKUP" {
             Duration::ZERO
@@ -49,10 +57,7 @@ impl OrderRow {
             Duration::from_secs_f64((total - elapsed).max(0.0))
         };
         OrderFacts {
-            restaurant: Point {
-                lat: self.r_lat,
-                lon: self.r_lon,
-            },
+            restaurant: self.restaurant(),
             prep_remaining,
         }
     }

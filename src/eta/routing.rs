@@ -25,6 +25,7 @@ use crate::eta::estimator::Estimator;
 use crate::eta::osrm::{OsrmClient, RoutingError};
 use crate::eta::{Route, traffic_at};
 use crate::geo::Point;
+use crate::store::markets::Markets;
 use crate::valkey::Valkey;
 
 /// How long a provider's route is cached (the spec's 5 minutes).
@@ -91,8 +92,6 @@ pub struct RoutingSettings {
     pub timeout: Duration,
     /// The estimator's average speed.
     pub estimator: Estimator,
-    /// The market's time zone (traffic multipliers follow its clock).
-    pub market: Tz,
     /// How long provider routes are cached.
     pub cache_ttl: Duration,
 }
@@ -103,7 +102,6 @@ impl Default for RoutingSettings {
             osrm_url: None,
             timeout: Duration::from_secs(2),
             estimator: Estimator::default(),
-            market: Tz::UTC,
             cache_ttl: ROUTE_CACHE_TTL,
         }
     }
@@ -129,7 +127,7 @@ struct CachedRoute {
 pub struct Routing {
     osrm: Option<OsrmClient>,
     estimator: Estimator,
-    market: Tz,
+    markets: Markets,
     cache_ttl: Duration,
     valkey: Valkey,
     breaker: Arc<CircuitBreaker>,
@@ -145,8 +143,13 @@ pub fn snap(p: Point) -> Point {
 }
 
 impl Routing {
-    /// A routing service; fails only on an unusable HTTP client configuration.
-    pub fn new(settings: &RoutingSettings, valkey: Valkey) -> reqwest::Result<Self> {
+    /// A routing service whose traffic follows the clocks of `markets`; fails only on an
+    /// unusable HTTP client configuration.
+    pub fn new(
+        settings: &RoutingSettings,
+        valkey: Valkey,
+        markets: Markets,
+    ) -> reqwest::Result<Self> {
         let osrm = settings
             .osrm_url
             .as_deref()
@@ -155,7 +158,7 @@ impl Routing {
         Ok(Self {
             osrm,
             estimator: settings.estimator,
-            market: settings.market,
+            markets,
             cache_ttl: settings.cache_ttl,
             valkey,
             breaker: Arc::new(CircuitBreaker::new("routing", BreakerSettings::default())),
@@ -167,9 +170,15 @@ impl Routing {
         &self.estimator
     }
 
-    /// The traffic multiplier at `now` in the market.
-    pub fn traffic(&self, now: DateTime<Utc>) -> f64 {
-        traffic_at(now, self.market)
+    /// The traffic multiplier at `now` at `at`: by the local hour of the market `at` is in
+    /// (this process's latest copy of the markets), or of UTC outside every market.
+    pub fn traffic(&self, at: Point, now: DateTime<Utc>) -> f64 {
+        let zone = self
+            .markets
+            .latest()
+            .and_then(|markets| markets.containing(at).map(|m| m.time_zone))
+            .unwrap_or(Tz::UTC);
+        traffic_at(now, zone)
     }
 
     fn key(&self, from: Point, to: Point) -> String {
@@ -255,7 +264,7 @@ impl Routing {
 
     /// The leg from `from` to `to` at `now`. Never fails (see the module docs).
     pub async fn route(&self, from: Point, to: Point, now: DateTime<Utc>) -> Leg {
-        let traffic = self.traffic(now);
+        let traffic = self.traffic(from, now);
         let Some(osrm) = &self.osrm else {
             return self.leg(self.estimator.route(from, to), true, traffic);
         };
@@ -285,7 +294,7 @@ impl Routing {
     /// The legs from each of `sources` to `to` at `now`: cached ones from the cache, the rest
     /// in one table request. Never fails.
     pub async fn routes_to(&self, sources: &[Point], to: Point, now: DateTime<Utc>) -> Vec<Leg> {
-        let traffic = self.traffic(now);
+        let traffic = self.traffic(to, now);
         let estimate = |from: Point| self.leg(self.estimator.route(from, to), true, traffic);
         let Some(osrm) = &self.osrm else {
             return sources.iter().map(|&s| estimate(s)).collect();

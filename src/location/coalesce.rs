@@ -11,8 +11,10 @@
 //! answers each one, so a request gets exactly the outcome it would have had alone — its rate
 //! limit included, which the script counts before applying the report.
 //!
-//! A group that Valkey refuses (its script rejects one report) is applied again report by
-//! report, so one bad report never fails the others that shared its call.
+//! A group's reports go to their markets' keys, one call per market, the markets in parallel
+//! ([`Core::ingest`]); a market whose call Valkey refuses (its script rejects one report) is
+//! applied again report by report, so one bad report never fails the others that shared its
+//! call, and a market Valkey cannot reach fails only its own reports.
 //!
 //! The queue is bounded (16,384 reports): when Valkey stalls, requests wait for room (and time out
 //! through the request deadline) instead of growing memory. The task ends when the last
@@ -85,55 +87,10 @@ async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Pending>) {
         reports.clear();
         reports.extend(group.iter().map(|p| (p.update, p.limit)));
         metrics::histogram!(INGEST_GROUP_SIZE).record(reports.len() as f64);
-        match core.ingest(&reports).await {
-            Ok(outcomes) if outcomes.len() == group.len() => {
-                for (pending, outcome) in group.drain(..).zip(outcomes) {
-                    // The request may have gone (client away, deadline): nothing to tell.
-                    let _ = pending.reply.send(Ok(outcome));
-                }
-            }
-            Ok(outcomes) => {
-                tracing::error!(
-                    reports = group.len(),
-                    outcomes = outcomes.len(),
-                    "the ingest script answered a group with the wrong number of outcomes"
-                );
-                let error = redis::RedisError::from((
-                    redis::ErrorKind::Parse,
-                    "ingest answered the wrong number of outcomes",
-                ));
-                for pending in group.drain(..) {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
-            }
-            Err(error) if group.len() > 1 && is_refusal(&error) => {
-                // Valkey refused the group's script call, which one report can cause: apply
-                // each report alone, so only the one at fault fails. The refused call wrote
-                // nothing, so no report is counted twice against its limit.
-                tracing::warn!(reports = group.len(), error = %error, "an ingest group was refused; applying its reports one by one");
-                for pending in group.drain(..) {
-                    let outcome = core
-                        .ingest(&[(pending.update, pending.limit)])
-                        .await
-                        .and_then(|outcomes| outcomes.into_iter().next().ok_or_else(stopped));
-                    let _ = pending.reply.send(outcome);
-                }
-            }
-            Err(error) => {
-                for pending in group.drain(..) {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
-            }
+        let outcomes = core.ingest(&reports).await;
+        for (pending, outcome) in group.drain(..).zip(outcomes) {
+            // The request may have gone (client away, deadline): nothing to tell.
+            let _ = pending.reply.send(outcome);
         }
     }
-}
-
-/// Whether Valkey answered with an error of its own (the script refused its input) rather
-/// than being unreachable: only then can the reports of a group fare differently alone.
-fn is_refusal(error: &redis::RedisError) -> bool {
-    matches!(
-        error.kind(),
-        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
-            | redis::ErrorKind::Extension
-    )
 }

@@ -1,7 +1,8 @@
 //! The Lua scripts that make each location operation one atomic round trip to Valkey.
 //!
 //! Every script touches only keys of one market (they share a `{…}` hash tag), so the same
-//! scripts run unchanged on Valkey Cluster.
+//! scripts run unchanged on Valkey Cluster. Drivers moving between markets are two scripts,
+//! one per market: [`LEAVE`] in the old one, then [`ARRIVE`] in the new.
 
 /// Ingest a group of reports, each counted against its rate limit first. Runs after
 /// [`crate::ratelimit::GCRA`], whose functions it calls.
@@ -14,7 +15,9 @@
 ///       burst.
 /// Returns five numbers per report: a code — 0 when it is older than the driver's last one
 /// (ignored), 1 when accepted and the driver is searchable, 2 when accepted but not searchable
-/// (offline or fully loaded), 3 when over its limit (not applied) — then the limit's verdict
+/// (offline or fully loaded), 3 when over its limit (not applied), 4 when accepted but not
+/// searchable for a driver this market has no position of and does not list online (it may
+/// have come from another market: the caller settles it) — then the limit's verdict
 /// (`gcra`'s four numbers; `-1, 0, 0, 0` without a limit). Reports apply in order, so a driver
 /// twice in one group ends at its newest.
 ///
@@ -90,7 +93,11 @@ for i = 1, n do
       result[i] = 1
     else
       gone[#gone + 1] = id
-      result[i] = 2
+      if not last and online[i] ~= 1 then
+        result[i] = 4
+      else
+        result[i] = 2
+      end
     end
     if tracking[i] then
       redis.call('PUBLISH', prefix .. id .. ':location',
@@ -227,6 +234,63 @@ for r = 5, #ARGV do
   if n >= want then
     return out
   end
+end
+return out
+";
+
+/// Forget drivers that moved to another market: they leave every structure of this one.
+///
+/// KEYS: 1 available geo set, 2 seen zset, 3 position hash, 4 online set, 5 load hash,
+///       6 tracking hash, then one driver hash per driver. ARGV: the driver ids.
+pub const LEAVE: &str = r"
+redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('ZREM', KEYS[2], unpack(ARGV))
+redis.call('HDEL', KEYS[3], unpack(ARGV))
+redis.call('SREM', KEYS[4], unpack(ARGV))
+redis.call('HDEL', KEYS[5], unpack(ARGV))
+redis.call('HDEL', KEYS[6], unpack(ARGV))
+redis.call('DEL', unpack(KEYS, 7))
+return #ARGV
+";
+
+/// Write the state of drivers that arrived in this market, as Postgres has it: online or
+/// not, active orders and tracked order; each is searchable at once if online, below
+/// capacity and with a fresh position here.
+///
+/// KEYS: 1 online set, 2 available geo set, 3 load hash, 4 tracking hash, then one driver hash
+///       per driver.
+/// ARGV: 1 freshness cutoff ms, then four values per driver: id, '1' online / '0' offline,
+///       active orders, tracked order id ('' for none).
+/// Returns per driver 1 when it is now searchable, else 0.
+pub const ARRIVE: &str = r"
+local cutoff = tonumber(ARGV[1])
+local out = {}
+for i = 1, (#ARGV - 1) / 4 do
+  local b = 2 + (i - 1) * 4
+  local id, online, load, tracked = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
+  if tracked == '' then
+    redis.call('HDEL', KEYS[4], id)
+  else
+    redis.call('HSET', KEYS[4], id, tracked)
+  end
+  redis.call('HSET', KEYS[3], id, load)
+  local searchable = 0
+  if online == '1' then
+    redis.call('SADD', KEYS[1], id)
+    if load < 2 then
+      local position = redis.call('HMGET', KEYS[4 + i], 'lat', 'lon', 'updated_at')
+      if position[1] and tonumber(position[3]) >= cutoff then
+        redis.call('GEOADD', KEYS[2], position[2], position[1], id)
+        searchable = 1
+      end
+    end
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+  if searchable == 0 then
+    redis.call('ZREM', KEYS[2], id)
+  end
+  out[i] = searchable
 end
 return out
 ";

@@ -1,7 +1,7 @@
 //! The expiry sweeper: every [`SWEEP_EVERY`], the driver state Valkey copies from Postgres is
 //! restored if Valkey lost it ([`LocationService::ensure_state`]), drivers silent for longer than the freshness
-//! window leave the searchable set, and the `drivers_active` gauge (the spec's metric) is set
-//! to the number of drivers seen within it. The sweep is one idempotent script per batch, so
+//! window leave the searchable set, and the `drivers_active` gauge (the spec's metric,
+//! labelled by market) is set to the number of drivers seen within it — each market in turn. The sweep is one idempotent script per batch, so
 //! every server process may run it at once without harm.
 
 use std::time::Duration;
@@ -33,9 +33,13 @@ pub async fn run(service: LocationService, token: CancellationToken) {
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error, "driver sweep failed"),
         }
-        match service.active_count().await {
-            // Counts are far below 2^53, so the gauge's f64 is exact.
-            Ok(active) => metrics::gauge!("drivers_active").set(active as f64),
+        match service.active_counts().await {
+            Ok(counts) => {
+                for (market, active) in counts {
+                    // Counts are far below 2^53, so the gauge's f64 is exact.
+                    metrics::gauge!("drivers_active", "market" => market).set(active as f64);
+                }
+            }
             Err(error) => tracing::warn!(error = %error, "counting active drivers failed"),
         }
     }

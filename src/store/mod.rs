@@ -6,6 +6,7 @@
 //! sure today's and tomorrow's `driver_locations` partitions exist. Running it twice is a no-op.
 
 pub mod drivers;
+pub mod markets;
 pub mod orders;
 pub mod restaurants;
 pub mod users;

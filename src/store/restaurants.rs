@@ -213,11 +213,13 @@ pub struct RestaurantProfile {
     pub is_open: bool,
     pub lat: f64,
     pub lon: f64,
+    /// The market its location is in.
+    pub market_id: i64,
 }
 
 const PROFILE_COLUMNS: &str = "id, owner_user_id, name, address, cuisine_type,
     rating::float8 AS rating, prep_time_minutes, delivery_radius_m, is_open,
-    ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS lon";
+    ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS lon, market_id";
 
 /// Fields of a restaurant to create, already validated.
 #[derive(Clone, Debug)]
@@ -230,14 +232,17 @@ pub struct NewRestaurant {
     pub delivery_radius_m: i32,
     pub is_open: bool,
     pub owner_user_id: Option<i64>,
+    /// The market `location` is in.
+    pub market_id: i64,
 }
 
 /// Creates a restaurant; returns its profile.
 pub async fn insert(pool: &PgPool, new: &NewRestaurant) -> Result<RestaurantProfile, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO restaurants (name, address, location, cuisine_type, prep_time_minutes,
-                                  delivery_radius_m, is_open, owner_user_id)
-         VALUES ($1, $2, ST_SetSRID(ST_MakePoint($4, $3), 4326)::geography, $5, $6, $7, $8, $9)
+                                  delivery_radius_m, is_open, owner_user_id, market_id)
+         VALUES ($1, $2, ST_SetSRID(ST_MakePoint($4, $3), 4326)::geography, $5, $6, $7, $8, $9,
+                 $10)
          RETURNING {PROFILE_COLUMNS}"
     )))
     .bind(&new.name)
@@ -249,6 +254,7 @@ pub async fn insert(pool: &PgPool, new: &NewRestaurant) -> Result<RestaurantProf
     .bind(new.delivery_radius_m)
     .bind(new.is_open)
     .bind(new.owner_user_id)
+    .bind(new.market_id)
     .fetch_one(pool)
     .await
 }
@@ -264,6 +270,8 @@ pub struct RestaurantChanges {
     pub prep_time_minutes: Option<i32>,
     pub delivery_radius_m: Option<i32>,
     pub owner_user_id: Option<Option<i64>>,
+    /// The market of a new `location`.
+    pub market_id: Option<i64>,
 }
 
 /// Applies `changes` to restaurant `id`; its profile after, or `None` if there is none.
@@ -282,6 +290,7 @@ pub async fn update(
              prep_time_minutes = COALESCE($10, prep_time_minutes),
              delivery_radius_m = COALESCE($11, delivery_radius_m),
              owner_user_id = CASE WHEN $12 THEN $13 ELSE owner_user_id END,
+             market_id = COALESCE($14, market_id),
              updated_at = now()
          WHERE id = $1
          RETURNING {PROFILE_COLUMNS}"
@@ -299,6 +308,7 @@ pub async fn update(
     .bind(changes.delivery_radius_m)
     .bind(changes.owner_user_id.is_some())
     .bind(changes.owner_user_id.flatten())
+    .bind(changes.market_id)
     .fetch_optional(pool)
     .await
 }

@@ -140,7 +140,9 @@ pub async fn run_round(
             driver_id,
             score,
         } => {
-            metrics::counter!(OFFERS_TOTAL, "outcome" => "offered").increment(1);
+            let market = dispatcher.location.market_label(order.restaurant());
+            metrics::counter!(OFFERS_TOTAL, "outcome" => "offered", "market" => market)
+                .increment(1);
             tracing::info!(
                 order_id = order_id.get(),
                 offer_id = offer_id.get(),

@@ -241,11 +241,12 @@ pub async fn place(
         .filter(|(_, total)| *total <= limits.max_total_cents)
         .ok_or(too_large)?;
 
-    let order_id: OrderId = sqlx::query_scalar(
+    let (order_id, market): (OrderId, String) = sqlx::query_as(
         "INSERT INTO orders (customer_id, restaurant_id, status, subtotal_cents, delivery_fee_cents,
-                             total_cents, delivery_address, delivery_location)
-         VALUES ($1, $2, 'PAYMENT_PENDING', $3, $4, $5, $6, ST_SetSRID(ST_MakePoint($7, $8), 4326)::geography)
-         RETURNING id",
+                             total_cents, delivery_address, delivery_location, market_id)
+         VALUES ($1, $2, 'PAYMENT_PENDING', $3, $4, $5, $6, ST_SetSRID(ST_MakePoint($7, $8), 4326)::geography,
+                 (SELECT market_id FROM restaurants WHERE id = $2))
+         RETURNING id, (SELECT slug FROM markets WHERE id = market_id)",
     )
     .bind(customer_id)
     .bind(order.restaurant_id)
@@ -309,7 +310,7 @@ pub async fn place(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    metrics::counter!("orders_total", "status" => OrderStatus::PaymentPending.as_str())
+    metrics::counter!("orders_total", "status" => OrderStatus::PaymentPending.as_str(), "market" => market)
         .increment(1);
     tracing::info!(
         order_id = order_id.get(),

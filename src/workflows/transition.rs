@@ -41,12 +41,14 @@ pub struct TransitionRequest {
 }
 
 /// The result of an applied transition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transitioned {
     pub order_id: OrderId,
     pub from: OrderStatus,
     pub to: OrderStatus,
     pub version: i32,
+    /// The order's market (its slug), for metrics.
+    pub market: String,
 }
 
 /// Why a transition was not applied. Nothing was written in any case.
@@ -88,6 +90,7 @@ struct Current {
     driver_id: Option<DriverId>,
     placed: bool,
     payment_status: Option<String>,
+    market: String,
 }
 
 /// Applies `request` in one transaction with its effects, then (a driver's order that ended)
@@ -100,7 +103,8 @@ pub async fn execute(
     let mut tx = crate::store::begin(pool).await?;
     let (done, after) = apply_in(&mut tx, request, Vec::new()).await?;
     tx.commit().await?;
-    metrics::counter!("orders_total", "status" => done.to.as_str()).increment(1);
+    metrics::counter!("orders_total", "status" => done.to.as_str(), "market" => done.market.clone())
+        .increment(1);
     after.run(pool, location).await;
     tracing::info!(
         order_id = request.order_id.get(),
@@ -123,8 +127,10 @@ pub async fn apply_in(
 ) -> Result<(Transitioned, AfterCommit), TransitionError> {
     let current: Current = sqlx::query_as(
         "SELECT o.status, o.version, o.customer_id, o.restaurant_id, o.driver_id,
-                o.placed_at IS NOT NULL AS placed, p.status AS payment_status
-         FROM orders o LEFT JOIN payments p ON p.order_id = o.id
+                o.placed_at IS NOT NULL AS placed, p.status AS payment_status,
+                m.slug AS market
+         FROM orders o JOIN markets m ON m.id = o.market_id
+         LEFT JOIN payments p ON p.order_id = o.id
          WHERE o.id = $1 FOR UPDATE OF o",
     )
     .bind(request.order_id)
@@ -201,6 +207,7 @@ pub async fn apply_in(
         from,
         to,
         version: current.version + 1,
+        market: current.market,
     };
     Ok((done, after))
 }

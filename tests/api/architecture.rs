@@ -67,6 +67,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("jobs", 2),
     ("error", 2),
     ("valkey", 2),
+    ("market", 2),
     ("breaker", 2),
     ("store", 3),
     ("location", 3),

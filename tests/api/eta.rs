@@ -114,6 +114,7 @@ fn routing(app: &TestApp, url: &str, cache_ttl: Duration) -> Routing {
             ..RoutingSettings::default()
         },
         app.state.valkey.clone(),
+        app.state.location.markets().clone(),
     )
     .expect("routing")
 }
@@ -281,14 +282,8 @@ fn the_off_peak_market_is_at_two_in_the_morning() {
 
 #[tokio::test]
 async fn an_orders_eta_moves_the_right_way_through_its_life() {
-    let app = spawn_app_with(TestAppOptions {
-        routing: RoutingSettings {
-            market: off_peak_market(),
-            ..RoutingSettings::default()
-        },
-        ..TestAppOptions::default()
-    })
-    .await;
+    let app = spawn_app().await;
+    app.set_market_time_zone("default", off_peak_market()).await;
     let cast = cast(&app.db).await;
     let order = app.placed_order(&cast).await;
     let leg = Estimator::DEFAULT
@@ -460,15 +455,10 @@ async fn with_the_routing_service_down_orders_still_get_etas() {
 }
 
 #[tokio::test]
-async fn traffic_follows_the_configured_markets_clock() {
-    let app = spawn_app_with(TestAppOptions {
-        routing: RoutingSettings {
-            market: chrono_tz::Tz::America__New_York,
-            ..RoutingSettings::default()
-        },
-        ..TestAppOptions::default()
-    })
-    .await;
+async fn traffic_follows_the_markets_clock() {
+    let app = spawn_app().await;
+    app.set_market_time_zone("default", chrono_tz::Tz::America__New_York)
+        .await;
     let cast = cast(&app.db).await;
     let order = app.placed_order(&cast).await;
     let leg = |eta: &Value| eta["breakdown"]["to_customer_s"].as_f64().expect("leg");

@@ -312,6 +312,22 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
 }
 
 impl TestApp {
+    /// Sets the time zone of the market `slug` and has this app read the markets again.
+    pub async fn set_market_time_zone(&self, slug: &str, zone: chrono_tz::Tz) {
+        sqlx::query("UPDATE markets SET time_zone = $2 WHERE slug = $1")
+            .bind(slug)
+            .bind(zone.name())
+            .execute(&self.db)
+            .await
+            .expect("market updated");
+        self.state
+            .location
+            .markets()
+            .reload()
+            .await
+            .expect("markets read");
+    }
+
     /// The whole `/metrics` page.
     pub async fn metrics_text(&self) -> String {
         self.request(reqwest::Method::GET, "/metrics")
@@ -442,11 +458,17 @@ pub async fn insert_user(db: &PgPool, role: &str) -> i64 {
     .expect("insert user")
 }
 
-/// Inserts an open restaurant at (lat, lon) delivering within 8 km; returns its id.
+/// Inserts an open restaurant at (lat, lon) delivering within 8 km, in the smallest active
+/// market containing it; returns its id.
 pub async fn insert_restaurant(db: &PgPool, name: &str, cuisine: &str, lat: f64, lon: f64) -> i64 {
     sqlx::query_scalar(
-        "INSERT INTO restaurants (name, cuisine_type, location, rating, prep_time_minutes)
-         VALUES ($1, $2, ST_SetSRID(ST_MakePoint($4, $3), 4326)::geography, 4.5, 20) RETURNING id",
+        "WITH at AS (SELECT ST_SetSRID(ST_MakePoint($4, $3), 4326)::geography AS p)
+         INSERT INTO restaurants (name, cuisine_type, location, rating, prep_time_minutes, market_id)
+         SELECT $1, $2, at.p, 4.5, 20,
+                (SELECT id FROM markets
+                 WHERE active AND ST_DWithin(center, at.p, radius_km * 1000)
+                 ORDER BY radius_km, ST_Distance(center, at.p) LIMIT 1)
+         FROM at RETURNING id",
     )
     .bind(name)
     .bind(cuisine)
@@ -471,11 +493,13 @@ pub async fn insert_item(db: &PgPool, restaurant_id: i64, name: &str, price_cent
 /// Inserts a driver (with its user); returns the driver id.
 pub async fn insert_driver(db: &PgPool) -> i64 {
     let user = insert_user(db, "driver").await;
-    sqlx::query_scalar("INSERT INTO drivers (user_id, vehicle_type, is_active) VALUES ($1, 'bicycle', TRUE) RETURNING id")
-        .bind(user)
-        .fetch_one(db)
-        .await
-        .expect("insert driver")
+    sqlx::query_scalar(
+        "INSERT INTO drivers (user_id, vehicle_type) VALUES ($1, 'bicycle') RETURNING id",
+    )
+    .bind(user)
+    .fetch_one(db)
+    .await
+    .expect("insert driver")
 }
 
 /// A restaurant in Manhattan with two dishes, and a customer: the usual cast of an order test.

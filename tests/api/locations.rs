@@ -429,6 +429,12 @@ async fn history_is_written_in_batches_and_flushed_on_shutdown() {
 async fn reports_of_a_driver_carrying_an_order_reach_its_live_channel() {
     let app = spawn_app().await;
     let driver = insert_driver(&app.db).await;
+    // A driver is in a market from its first report on.
+    app.report(
+        driver,
+        serde_json::json!({"lat": CENTER.0, "lon": CENTER.1}),
+    )
+    .await;
     app.state
         .location
         .set_assignment(driver, Some(4242), 1)
@@ -481,13 +487,13 @@ async fn nearby_matches_a_brute_force_search_on_random_points() {
         points.push((driver, Point { lat, lon }));
         updates.push(serde_json::json!({"driver_id": driver, "lat": lat, "lon": lon}));
     }
-    for (driver, _) in &points {
-        app.state
-            .location
-            .set_online(*driver, true)
-            .await
-            .expect("online");
-    }
+    // Online in Postgres: each driver's first report places it in its market with that.
+    let ids: Vec<i64> = points.iter().map(|(id, _)| *id).collect();
+    sqlx::query("UPDATE drivers SET is_active = TRUE WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&app.db)
+        .await
+        .expect("online");
     let result: serde_json::Value = app
         .post_as(
             "/v1/drivers/locations:batch",

@@ -5,6 +5,7 @@
 mod admin;
 mod architecture;
 mod auth;
+mod cluster;
 mod cron;
 mod driver_load;
 mod errors;
@@ -15,6 +16,7 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod locations;
+mod markets;
 mod matching;
 mod openapi;
 mod orders;

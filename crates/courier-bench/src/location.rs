@@ -475,7 +475,10 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
                 let sent = Instant::now();
                 if let Ok(outcome) = location.ingest(&[update]).await {
                     samples.0.push(elapsed_us(sent));
-                    if outcome.first().is_some_and(|o| *o != Ingested::Stale) {
+                    if outcome
+                        .first()
+                        .is_some_and(|o| o.is_some_and(|o| o != Ingested::Stale))
+                    {
                         accepted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -503,7 +506,10 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
             .map(|(id, p)| LocationUpdate::position(*id, *p, now_ms))
             .collect();
         let outcomes = location.ingest(&updates).await?;
-        accepted_raw += outcomes.iter().filter(|o| **o != Ingested::Stale).count() as u64;
+        accepted_raw += outcomes
+            .iter()
+            .filter(|o| o.is_some_and(|o| o != Ingested::Stale))
+            .count() as u64;
     }
     // Flush this process's history now, so its inserts do not compete with the queries.
     history_task.shutdown().await;

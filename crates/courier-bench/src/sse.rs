@@ -102,9 +102,11 @@ async fn seed(
     customers: usize,
 ) -> anyhow::Result<(Vec<i64>, Vec<i64>, Vec<i64>)> {
     let restaurant_ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO restaurants (name, cuisine_type, location, rating, prep_time_minutes)
+        "INSERT INTO restaurants (name, cuisine_type, location, rating, prep_time_minutes,
+                                  market_id)
          SELECT 'Kitchen ' || n, 'pizza',
-                ST_SetSRID(ST_MakePoint(-73.98 + n * 0.0001, 40.75), 4326)::geography, 4.5, 20
+                ST_SetSRID(ST_MakePoint(-73.98 + n * 0.0001, 40.75), 4326)::geography, 4.5, 20,
+                (SELECT id FROM markets WHERE slug = 'default')
          FROM generate_series(1, $1) n RETURNING id",
     )
     .bind(i32::try_from(restaurants)?)
