@@ -35,6 +35,12 @@ migrate: services-up
 demo *ARGS: services-up
     ops/demo {{ARGS}}
 
+# courier beyond one machine: 2 serve + 2 worker processes on one Postgres and a 3+3 Valkey
+# Cluster, the simulator over both API ports, then the invariants (`courier admin check`) and
+# the Postgres connection peak; `just scale --failover` kills a primary mid-run (docs/scaling.md).
+scale *ARGS: services-up
+    ops/scale {{ARGS}}
+
 # Run the city simulator against a running server, e.g. `just sim --url http://127.0.0.1:8080`.
 sim *ARGS:
     cargo run --release --locked --quiet -p courier-sim -- {{ARGS}}

@@ -7,8 +7,10 @@
 //! `--dry-run`. Bad input is one line on standard error and a non-zero exit code.
 //!
 //! One file per command group: [`jobs`], [`orders`], [`drivers`], [`events`] (the outbox
-//! relay), [`system`] (workers and cron); [`table`] renders tables.
+//! relay), [`system`] (workers and cron), [`check`] (the invariants audit); [`table`]
+//! renders tables.
 
+pub mod check;
 pub mod drivers;
 pub mod events;
 pub mod jobs;
@@ -66,6 +68,9 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Audit the invariants (one driver per order, one pending offer per order and driver,
+    /// captures, cron ticks, event order); fails when any is broken.
+    Check,
 }
 
 /// What admin commands can reach.
@@ -123,6 +128,9 @@ pub enum AdminError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Other(String),
+    /// `admin check` found broken invariants: its table, and how many.
+    #[error("{report}{failed} invariant(s) broken")]
+    Audit { report: String, failed: usize },
 }
 
 /// How a changing command gets its go-ahead.
@@ -184,5 +192,6 @@ pub async fn execute(ctx: &AdminContext, args: &AdminArgs) -> Result<Output, Adm
         AdminCommand::Orders { command } => orders::execute(ctx, command, confirm).await,
         AdminCommand::Drivers { command } => drivers::execute(ctx, command).await,
         AdminCommand::Events { command } => events::execute(ctx, command, confirm).await,
+        AdminCommand::Check => check::check(ctx).await,
     }
 }

@@ -290,6 +290,11 @@ impl LocationService {
         }
     }
 
+    /// The Valkey this service keeps drivers in.
+    pub fn valkey(&self) -> &Valkey {
+        &self.core.valkey
+    }
+
     /// The markets this service places reports in.
     pub fn markets(&self) -> &Markets {
         &self.core.markets

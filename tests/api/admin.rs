@@ -540,3 +540,91 @@ async fn the_binary_exits_non_zero_with_one_line_on_bad_input() {
     assert!(!conflicting.status.success());
     assert!(String::from_utf8_lossy(&conflicting.stderr).contains("unknown queue"));
 }
+
+#[tokio::test]
+async fn check_passes_a_healthy_marketplace_and_names_what_breaks_an_invariant() {
+    let app = spawn_app().await;
+    let cast = cast(&app.db).await;
+    let driver = app.online_driver_at(300.0).await;
+    let other = app.online_driver_at(600.0).await;
+    let order = app.placed_order(&cast).await;
+    app.act(order, "confirm", Role::Restaurant, cast.restaurant)
+        .await;
+    let dispatcher = app.dispatcher(fast_dispatch());
+    matching::run_round(&dispatcher, OrderId(order), 1)
+        .await
+        .expect("round");
+    let offer: i64 = sqlx::query_scalar("SELECT id FROM offers WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(&app.db)
+        .await
+        .expect("offer");
+    let accepted = app
+        .post_as(
+            &format!("/v1/offers/{offer}/accept"),
+            Role::Driver,
+            driver,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(accepted.status().as_u16(), 200);
+    let _relay = app.spawn_relay();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.unpublished().await == 0
+        })
+        .await,
+        "the relay published the order's events"
+    );
+
+    let healthy = ok(&app, &["check"]).await;
+    assert!(!healthy.text.contains("FAILED"), "{}", healthy.text);
+    assert_eq!(healthy.json["failed"], 0);
+    assert_eq!(
+        healthy.json["checks"].as_array().expect("checks").len(),
+        9,
+        "{}",
+        healthy.text
+    );
+
+    // Another driver's name on the order, and a cron tick recorded as run twice.
+    sqlx::query("UPDATE orders SET driver_id = $2 WHERE id = $1")
+        .bind(order)
+        .bind(other)
+        .execute(&app.db)
+        .await
+        .expect("reassigned behind matching's back");
+    for _ in 0..2 {
+        sqlx::query(
+            "INSERT INTO audit_logs (event_type, entity_type, entity_id, actor_type, metadata)
+             VALUES ('cron_run', 'cron', 1, 'system',
+                     '{\"task\": \"auto_complete\", \"tick\": \"2026-12-04T00:00:00Z\"}')",
+        )
+        .execute(&app.db)
+        .await
+        .expect("audit row");
+    }
+    let broken = err(&app, &["check"]).await;
+    assert!(broken.contains("2 invariant(s) broken"), "{broken}");
+    for line in [
+        "an assigned order's driver is the one who accepted it",
+        "each cron tick ran once",
+    ] {
+        let row = broken
+            .lines()
+            .find(|l| l.contains(line))
+            .unwrap_or_else(|| panic!("no row for {line}: {broken}"));
+        assert!(row.contains("FAILED"), "{row}");
+    }
+    assert!(
+        broken
+            .lines()
+            .find(|l| l.contains("assigned order's driver"))
+            .is_some_and(|l| l.contains(&order.to_string())),
+        "the broken order is named: {broken}"
+    );
+    assert!(
+        broken.contains("auto_complete 2026-12-04T00:00:00Z"),
+        "{broken}"
+    );
+}

@@ -145,6 +145,58 @@ async fn sample_queue_lag(db: PgPool, stop: Arc<AtomicBool>) -> Vec<f64> {
     samples
 }
 
+/// Postgres's work counters at one moment: commits and rows written in the benchmark's
+/// database, and WAL written by the whole server.
+#[derive(Clone, Copy, Debug, Default, sqlx::FromRow)]
+struct PgCounters {
+    commits: i64,
+    rows_written: i64,
+    wal_bytes: f64,
+}
+
+/// Postgres's counters every second until stopped, each with when it was read.
+async fn sample_postgres(
+    db: PgPool,
+    stop: Arc<AtomicBool>,
+) -> Vec<(std::time::Instant, PgCounters)> {
+    let mut samples = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    while !stop.load(Ordering::Relaxed) {
+        ticks.tick().await;
+        let counters: Result<PgCounters, _> = sqlx::query_as(
+            "SELECT d.xact_commit AS commits,
+                    d.tup_inserted + d.tup_updated + d.tup_deleted AS rows_written,
+                    w.wal_bytes::float8 AS wal_bytes
+             FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()",
+        )
+        .fetch_one(&db)
+        .await;
+        if let Ok(counters) = counters {
+            samples.push((std::time::Instant::now(), counters));
+        }
+    }
+    samples
+}
+
+/// What Postgres did per second between `from` and `to` (the samples nearest inside them):
+/// commits, rows written and WAL bytes; `None` without two samples in the window.
+fn postgres_rates(
+    samples: &[(std::time::Instant, PgCounters)],
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Option<(f64, f64, f64)> {
+    let first = samples.iter().find(|(at, _)| *at >= from)?;
+    let last = samples.iter().rev().find(|(at, _)| *at <= to)?;
+    let seconds = last.0.checked_duration_since(first.0)?.as_secs_f64();
+    (seconds > 0.0).then(|| {
+        (
+            (last.1.commits - first.1.commits) as f64 / seconds,
+            (last.1.rows_written - first.1.rows_written) as f64 / seconds,
+            (last.1.wal_bytes - first.1.wal_bytes) / seconds,
+        )
+    })
+}
+
 /// Where Postgres spends its time, sampled: every 50 ms until stopped, the statements active
 /// on the benchmark's database (other than the sampler's own), counted by their first 90
 /// characters with whitespace collapsed. A statement's share of the samples is its share of
@@ -358,6 +410,7 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
             restaurants: opts.restaurants,
             customers: opts.customers,
             drivers: opts.drivers,
+            cities: 1,
         },
         orders_per_second: opts.orders_per_second,
         duration: opts.duration,
@@ -379,11 +432,12 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
         valkey_pid(&mut conn).await,
     );
     // The CPU window is the ordering period: the run announces its start and its end.
-    let window: std::sync::Mutex<(Option<cpu::Snapshot>, Option<cpu::Snapshot>)> =
-        std::sync::Mutex::new((None, None));
+    type Mark = Option<(cpu::Snapshot, std::time::Instant)>;
+    let window: std::sync::Mutex<(Mark, Mark)> = std::sync::Mutex::new((None, None));
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let lag_task = tokio::spawn(sample_queue_lag(db.clone(), stop_sampling.clone()));
     let statements_task = tokio::spawn(sample_statements(db.clone(), stop_sampling.clone()));
+    let postgres_task = tokio::spawn(sample_postgres(db.clone(), stop_sampling.clone()));
     let vacuum_task = if autovacuum_on(&db).await? {
         None
     } else {
@@ -398,10 +452,10 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
     let progress = |status: &fleet::FleetStatus| {
         if let Ok(mut window) = window.lock() {
             if status.phase == fleet::ORDERING && window.0.is_none() {
-                window.0 = Some(probe.snapshot());
+                window.0 = Some((probe.snapshot(), std::time::Instant::now()));
             }
             if status.phase == fleet::ORDERING_OVER {
-                window.1 = Some(probe.snapshot());
+                window.1 = Some((probe.snapshot(), std::time::Instant::now()));
             }
         }
         if status.elapsed.as_secs().is_multiple_of(5) || status.phase != fleet::ORDERING {
@@ -419,15 +473,19 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
     stop_sampling.store(true, Ordering::Relaxed);
     let lag = lag_task.await.unwrap_or_default();
     let (statement_samples, statements) = statements_task.await.unwrap_or_default();
+    let postgres = postgres_task.await.unwrap_or_default();
     if let Some(task) = vacuum_task {
         let _ = task.await;
     }
     worker.stop()?;
     server.stop()?;
     let report = outcome?;
-    let shares = match window.into_inner() {
-        Ok((Some(before), Some(after))) => probe.shares(&before, &after),
-        _ => cpu::Shares::default(),
+    let (shares, postgres_load) = match window.into_inner() {
+        Ok((Some((before, from)), Some((after, to)))) => (
+            probe.shares(&before, &after),
+            postgres_rates(&postgres, from, to),
+        ),
+        _ => (cpu::Shares::default(), None),
     };
     let (failed, dead) = failed_and_dead(&db).await?;
     let (delivered, miscaptured) = captures(&db).await?;
@@ -494,6 +552,16 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
         "job queue lag (oldest due job's age, sampled each second): p50 {lag_p50:.2} s, p99 {lag_p99:.2} s, max {lag_max:.2} s"
     );
     println!("ordering window {}", shares.line());
+    if let Some((commits, rows, wal)) = postgres_load {
+        let per_order = report.placed_per_s.max(0.001);
+        println!(
+            "Postgres while ordering: {commits:.0} commits/s, {rows:.0} rows written/s, {:.2} MB/s of WAL; per order placed {:.1} commits, {:.1} rows, {:.1} kB of WAL (location history included)",
+            wal / 1e6,
+            commits / per_order,
+            rows / per_order,
+            wal / per_order / 1e3
+        );
+    }
     let mut busiest: Vec<(String, u64)> = statements.into_iter().collect();
     busiest.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     println!(
@@ -541,6 +609,39 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_rates_count_only_the_samples_inside_the_window() {
+        let start = std::time::Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let sample = |s: u64, commits: i64| {
+            (
+                at(s),
+                PgCounters {
+                    commits,
+                    rows_written: commits * 3,
+                    wal_bytes: commits as f64 * 1_000.0,
+                },
+            )
+        };
+        let samples = [
+            sample(0, 0),
+            sample(1, 50),
+            sample(3, 250),
+            sample(4, 1_000),
+        ];
+        // The window opens at 0.5 s and closes at 3.5 s: samples at 1 s and 3 s count.
+        let (commits, rows, wal) = postgres_rates(
+            &samples,
+            start + Duration::from_millis(500),
+            start + Duration::from_millis(3_500),
+        )
+        .expect("two samples inside");
+        assert_eq!(commits, 100.0);
+        assert_eq!(rows, 300.0);
+        assert_eq!(wal, 100_000.0);
+        assert!(postgres_rates(&samples, at(5), at(6)).is_none());
+    }
 
     #[test]
     fn quantiles_pick_the_nearest_rank() {

@@ -44,7 +44,8 @@ use crate::server::{
 pub enum Layout {
     /// One dense 30×30 km city.
     Dense,
-    /// Five cities of 30×30 km, about 1,000 km apart, with 40/25/15/12/8 % of the drivers.
+    /// Five cities of 30×30 km, about 1,000 km apart, with 40/25/15/12/8 % of the drivers,
+    /// each its own market.
     Markets,
 }
 
@@ -78,13 +79,14 @@ pub struct LocationBench {
     pub no_rate_limits: bool,
 }
 
-const CITY_CENTERS: [(f64, f64, f64); 5] = [
-    (40.7128, -74.0060, 0.40),
-    (41.8781, -87.6298, 0.25),
-    (29.7604, -95.3698, 0.15),
-    (33.4484, -112.0740, 0.12),
-    (47.6062, -122.3321, 0.08),
-];
+/// The cities of the `markets` layout are [`courier::seed::CITIES`]; their shares of drivers.
+const CITY_WEIGHTS: [f64; 5] = [0.40, 0.25, 0.15, 0.12, 0.08];
+
+/// The centre of city `k` of [`courier::seed::CITIES`].
+fn center(k: usize) -> (f64, f64) {
+    let (_, _, _, lat, lon) = courier::seed::CITIES[k];
+    (lat, lon)
+}
 const CITY_KM: f64 = 30.0;
 
 /// A small seeded generator (the benchmark must be repeatable).
@@ -100,17 +102,17 @@ fn point_in(rng: &mut Rng, center: (f64, f64)) -> Point {
 
 fn city_of(layout: Layout, index: usize, total: usize) -> (f64, f64) {
     match layout {
-        Layout::Dense => (CITY_CENTERS[0].0, CITY_CENTERS[0].1),
+        Layout::Dense => center(0),
         Layout::Markets => {
             let share = index as f64 / total.max(1) as f64;
             let mut cumulative = 0.0;
-            for (lat, lon, weight) in CITY_CENTERS {
+            for (k, weight) in CITY_WEIGHTS.iter().enumerate() {
                 cumulative += weight;
                 if share < cumulative {
-                    return (lat, lon);
+                    return center(k);
                 }
             }
-            (CITY_CENTERS[4].0, CITY_CENTERS[4].1)
+            center(CITY_WEIGHTS.len() - 1)
         }
     }
 }
@@ -203,6 +205,27 @@ async fn ensure_drivers(db: &PgPool, n: usize) -> anyhow::Result<Vec<i64>> {
     )
 }
 
+/// One market per city of the `markets` layout (those `courier seed --markets 5` makes), so
+/// each city's drivers live under their own hash tag.
+async fn ensure_city_markets(db: &PgPool) -> anyhow::Result<()> {
+    for (slug, name, zone, lat, lon) in courier::seed::CITIES {
+        sqlx::query(
+            "INSERT INTO markets (slug, name, time_zone, center, radius_km)
+             VALUES ($1, $2, $3, ST_SetSRID(ST_MakePoint($5, $4), 4326)::geography, $6)
+             ON CONFLICT (slug) DO NOTHING",
+        )
+        .bind(slug)
+        .bind(name)
+        .bind(zone)
+        .bind(lat)
+        .bind(lon)
+        .bind(CITY_KM * 0.75)
+        .execute(db)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -223,6 +246,9 @@ pub async fn run_location(config: &Config, opts: &LocationBench) -> anyhow::Resu
         opts.drivers, opts.layout
     );
     let ids = ensure_drivers(&db, opts.drivers).await?;
+    if opts.layout == Layout::Markets {
+        ensure_city_markets(&db).await?;
+    }
     clear_location_keys(&valkey).await?;
     // Every run starts with an empty history, as a day's partition does at midnight: the
     // cost of an insert grows with the partition's index, so runs that inherited earlier
@@ -671,12 +697,10 @@ mod tests {
     fn markets_get_their_shares_of_drivers() {
         let total = 10_000;
         let in_first = (0..total)
-            .filter(|i| {
-                city_of(Layout::Markets, *i, total) == (CITY_CENTERS[0].0, CITY_CENTERS[0].1)
-            })
+            .filter(|i| city_of(Layout::Markets, *i, total) == center(0))
             .count();
         assert_eq!(in_first, 4_000);
-        assert!((0..total).all(|i| city_of(Layout::Dense, i, total) == (CITY_CENTERS[0].0, CITY_CENTERS[0].1)));
+        assert!((0..total).all(|i| city_of(Layout::Dense, i, total) == center(0)));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The simulator's HTTP client: courier's public API as a client app calls it, with tokens
 //! minted the way courier's own `courier token issue` mints them, and every answer counted by
-//! status (the report's "HTTP responses by status").
+//! status (the report's "HTTP responses by status"). Given several servers (API processes
+//! behind no balancer), each party sticks to one, chosen by its id, as a load balancer with
+//! affinity would spread them; 5xx answers and transport errors are timed from the client's
+//! start, so a failover run can say when they happened.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use jsonwebtoken::{EncodingKey, Header};
@@ -71,7 +74,7 @@ impl Answer {
 #[derive(Clone, Debug)]
 pub struct Api {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
     inner: Arc<Inner>,
 }
 
@@ -80,6 +83,18 @@ struct Inner {
     tokens: Mutex<HashMap<As, String>>,
     statuses: Mutex<BTreeMap<u16, u64>>,
     transport_errors: Mutex<u64>,
+    started: Instant,
+    /// Seconds since `started` of every 5xx answer and transport error.
+    failures: Mutex<Vec<f64>>,
+}
+
+/// When the failed requests (5xx answers and transport errors) happened, in seconds since the
+/// client started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FailureWindow {
+    pub count: u64,
+    pub first_s: Option<f64>,
+    pub last_s: Option<f64>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -94,23 +109,58 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Api {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`), signing tokens with
-    /// the server's HS256 `secret`.
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`, or several,
+    /// comma-separated), signing tokens with the server's HS256 `secret`.
     pub fn new(base: &str, secret: &[u8]) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(64)
             .build()?;
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "no server URL");
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases.into(),
             inner: Arc::new(Inner {
                 key: EncodingKey::from_secret(secret),
                 tokens: Mutex::new(HashMap::new()),
                 statuses: Mutex::new(BTreeMap::new()),
                 transport_errors: Mutex::new(0),
+                started: Instant::now(),
+                failures: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// The server `who` talks to.
+    fn base(&self, who: As) -> &str {
+        let index = usize::try_from(who.subject().unsigned_abs()).unwrap_or(0) % self.bases.len();
+        &self.bases[index]
+    }
+
+    fn failed(&self) {
+        if let Ok(mut failures) = self.inner.failures.lock() {
+            failures.push(self.inner.started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// When the 5xx answers and transport errors so far happened.
+    pub fn failure_window(&self) -> FailureWindow {
+        let failures = self
+            .inner
+            .failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        FailureWindow {
+            count: failures.len() as u64,
+            first_s: failures.iter().copied().reduce(f64::min),
+            last_s: failures.iter().copied().reduce(f64::max),
+        }
     }
 
     fn token(&self, who: As) -> anyhow::Result<String> {
@@ -154,7 +204,7 @@ impl Api {
     ) -> anyhow::Result<Answer> {
         let mut request = self
             .http
-            .request(method, format!("{}/v1{path}", self.base))
+            .request(method, format!("{}/v1{path}", self.base(who)))
             .bearer_auth(self.token(who)?);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -168,10 +218,14 @@ impl Api {
                 if let Ok(mut errors) = self.inner.transport_errors.lock() {
                     *errors += 1;
                 }
+                self.failed();
                 return Err(error.into());
             }
         };
         let status = response.status();
+        if status.is_server_error() {
+            self.failed();
+        }
         if let Ok(mut statuses) = self.inner.statuses.lock() {
             *statuses.entry(status.as_u16()).or_default() += 1;
         }

@@ -34,11 +34,12 @@ pub struct Customer {
     pub at: Spot,
 }
 
-/// A driver and where its shift starts.
+/// A driver, where its shift starts, and the city it works in.
 #[derive(Clone, Copy, Debug)]
 pub struct Driver {
     pub id: i64,
     pub start: Spot,
+    pub city: usize,
 }
 
 /// Everyone in the city.
@@ -58,14 +59,28 @@ pub struct Plan {
     pub restaurants: usize,
     pub customers: usize,
     pub drivers: usize,
+    /// Cities, each its own market: 1 (the default) runs one city in whatever market contains
+    /// it; more lay out that many cities of the same shape side by side, eastwards, four sides
+    /// apart, each a market the run creates, and spread everyone over them in turn.
+    pub cities: usize,
 }
 
 impl Plan {
-    /// A point drawn evenly over the city.
-    pub fn somewhere(&self, rng: &mut StdRng) -> Spot {
+    /// The centre of city `k`.
+    pub fn center_of(&self, k: usize) -> Spot {
+        self.center.offset(0.0, 4.0 * self.side_m * k as f64)
+    }
+
+    /// A point drawn evenly over city `k`.
+    pub fn somewhere_in(&self, k: usize, rng: &mut StdRng) -> Spot {
         let half = self.side_m / 2.0;
-        self.center
+        self.center_of(k)
             .offset(rng.random_range(-half..half), rng.random_range(-half..half))
+    }
+
+    /// The city of the `i`-th restaurant, customer or driver.
+    pub fn city_of(&self, i: usize) -> usize {
+        i % self.cities.max(1)
     }
 }
 
@@ -85,6 +100,38 @@ const DISHES: [(&str, i64); 5] = [
     ("Drink", 250),
 ];
 
+/// Creates one market per city of `plan`: its circle reaches the corners of the city's square,
+/// and its slug is the run's tag and the city's number.
+async fn create_markets(api: &Api, operator: As, plan: &Plan, tag: &str) -> anyhow::Result<()> {
+    for k in 0..plan.cities {
+        let center = plan.center_of(k);
+        let body = json!({
+            "slug": format!("{}-{k}", market_prefix(tag)),
+            "name": format!("{tag} city {k}"),
+            "time_zone": "America/New_York",
+            "center": {"lat": center.lat, "lon": center.lon},
+            "radius_km": plan.side_m * 0.75 / 1_000.0,
+        });
+        let _: serde_json::Value = api
+            .post(operator, "/markets", &body)
+            .await?
+            .ok()
+            .context("create a market")?;
+    }
+    Ok(())
+}
+
+/// The start of this run's market slugs: the tag cut to what a slug may hold.
+fn market_prefix(tag: &str) -> String {
+    tag.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .map(|c| c.to_ascii_lowercase())
+        .take(24)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
 /// Creates the city of `plan` through the API as operator `operator`; `tag` marks this run.
 pub async fn build(
     api: &Api,
@@ -94,10 +141,13 @@ pub async fn build(
     rng: &mut StdRng,
 ) -> anyhow::Result<City> {
     let operator = As::Operator(operator);
+    if plan.cities > 1 {
+        create_markets(api, operator, plan, tag).await?;
+    }
     let restaurant_specs: Vec<(Spot, u64, &str)> = (0..plan.restaurants)
         .map(|i| {
             (
-                plan.somewhere(rng),
+                plan.somewhere_in(plan.city_of(i), rng),
                 rng.random_range(8..=25),
                 CUISINES[i % CUISINES.len()],
             )
@@ -142,7 +192,9 @@ pub async fn build(
             .try_collect()
             .await?;
 
-    let customer_homes: Vec<Spot> = (0..plan.customers).map(|_| plan.somewhere(rng)).collect();
+    let customer_homes: Vec<Spot> = (0..plan.customers)
+        .map(|i| plan.somewhere_in(plan.city_of(i), rng))
+        .collect();
     let customers: Vec<Customer> = futures::stream::iter(customer_homes.into_iter().enumerate())
         .map(|(i, at)| async move {
             let body = json!({
@@ -161,7 +213,9 @@ pub async fn build(
         .try_collect()
         .await?;
 
-    let driver_starts: Vec<Spot> = (0..plan.drivers).map(|_| plan.somewhere(rng)).collect();
+    let driver_starts: Vec<Spot> = (0..plan.drivers)
+        .map(|i| plan.somewhere_in(plan.city_of(i), rng))
+        .collect();
     let drivers: Vec<Driver> = futures::stream::iter(driver_starts.into_iter().enumerate())
         .map(|(i, start)| async move {
             let body = json!({
@@ -178,7 +232,11 @@ pub async fn build(
             let id = created
                 .driver_id
                 .context("a driver user comes with its driver id")?;
-            anyhow::Ok(Driver { id, start })
+            anyhow::Ok(Driver {
+                id,
+                start,
+                city: plan.city_of(i),
+            })
         })
         .buffered(SETUP_CONCURRENCY)
         .try_collect()

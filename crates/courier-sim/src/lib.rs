@@ -76,6 +76,7 @@ impl Settings {
                 restaurants: 10,
                 customers: 80,
                 drivers: 40,
+                cities: 1,
             },
             orders_per_minute: 1.5,
             duration: Duration::from_secs(20 * 60),
@@ -200,6 +201,7 @@ pub async fn run(
         drivers_holding,
         http: api.statuses(),
         transport_errors: api.transport_errors(),
+        failures: api.failure_window(),
     }))
 }
 

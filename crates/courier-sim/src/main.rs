@@ -18,7 +18,8 @@ const DEV_JWT_SECRET: &str = "courier-development-secret-never-use-in-production
     about = "Run a simulated city against a courier server"
 )]
 struct Cli {
-    /// The server.
+    /// The server, or several API processes of one deployment, comma-separated: each party
+    /// sticks to one of them.
     #[arg(long, env = "COURIER_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// The server's token signing secret; the development secret when absent.
@@ -35,6 +36,9 @@ struct Cli {
     restaurants: usize,
     #[arg(long, default_value_t = 80)]
     customers: usize,
+    /// Cities, each a market the run creates (1: one city in whatever market contains it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    markets: u16,
     /// Orders per simulated minute (a driver takes about 20 simulated minutes an order:
     /// offered at confirmation, it waits for the food).
     #[arg(long, default_value_t = 1.5)]
@@ -56,6 +60,9 @@ struct Cli {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the report as JSON to this file (the table is printed as usual).
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +83,7 @@ fn main() -> ExitCode {
     settings.plan.drivers = cli.drivers;
     settings.plan.restaurants = cli.restaurants;
     settings.plan.customers = cli.customers;
+    settings.plan.cities = usize::from(cli.markets);
     settings.orders_per_minute = cli.orders_per_minute;
     settings.duration = cli.duration;
     settings.speed = cli.speed;
@@ -106,6 +114,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &cli.json_out {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json));
+        if let Err(error) = written {
+            eprintln!("courier-sim: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if cli.json {
         match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),

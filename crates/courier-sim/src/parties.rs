@@ -135,7 +135,7 @@ struct OrderState {
 pub async fn driver(ctx: Ctx, driver: Driver, mut rng: StdRng) {
     let me = As::Driver(driver.id);
     let mut at = driver.start;
-    let mut waypoint = ctx.plan.somewhere(&mut rng);
+    let mut waypoint = ctx.plan.somewhere_in(driver.city, &mut rng);
     let mut decided: HashSet<i64> = HashSet::new();
     let mut since_report = Duration::MAX;
     if let Err(error) = set_online(&ctx, driver.id, true).await {
@@ -148,7 +148,7 @@ pub async fn driver(ctx: Ctx, driver: Driver, mut rng: StdRng) {
             ctx.behaviour.driver_speed_mps * step.as_secs_f64(),
         );
         if at == waypoint {
-            waypoint = ctx.plan.somewhere(&mut rng);
+            waypoint = ctx.plan.somewhere_in(driver.city, &mut rng);
         }
         since_report = since_report.saturating_add(step);
         if since_report >= ctx.behaviour.report_every {

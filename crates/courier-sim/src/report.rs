@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::api::FailureWindow;
 use crate::ledger::{Decisions, Track};
 
 /// An order as `GET /v1/orders/{id}` shows it, the fields the report needs.
@@ -107,6 +108,8 @@ pub struct Report {
     pub http: BTreeMap<u16, u64>,
     pub http_5xx: u64,
     pub transport_errors: u64,
+    /// When the 5xx answers and transport errors happened (seconds since the run began).
+    pub failures: FailureWindow,
     /// What the parties decided and saw; `duplicate_orders` (a retried idempotency key that
     /// made a second order) must be 0.
     #[serde(flatten)]
@@ -128,6 +131,7 @@ pub struct Gathered<'a> {
     pub drivers_holding: Vec<i64>,
     pub http: BTreeMap<u16, u64>,
     pub transport_errors: u64,
+    pub failures: FailureWindow,
 }
 
 fn between(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Option<Duration> {
@@ -210,6 +214,7 @@ impl Report {
             http_5xx: g.http.range(500..600).map(|(_, n)| n).sum(),
             http: g.http,
             transport_errors: g.transport_errors,
+            failures: g.failures,
             decisions: d.clone(),
         }
     }
@@ -294,6 +299,13 @@ impl Report {
             "HTTP answers by status {:?}; transport errors {}; party errors {}\n",
             self.http, self.transport_errors, d.party_errors
         ));
+        if let (Some(first), Some(last)) = (self.failures.first_s, self.failures.last_s) {
+            out.push_str(&format!(
+                "failed requests (5xx and transport errors): {} from {first:.1} s to {last:.1} s after the start ({:.1} s)\n",
+                self.failures.count,
+                last - first
+            ));
+        }
         out.push_str(&format!(
             "invariants: not terminal after the drain {} (must be 0); 5xx {} (must be 0); duplicate orders {} (must be 0); drivers holding ended orders {} (must be 0)\n",
             self.not_terminal_after_drain.len(),
@@ -355,6 +367,7 @@ mod tests {
             drivers_holding: Vec::new(),
             http: BTreeMap::from([(200, 10)]),
             transport_errors: 0,
+            failures: FailureWindow::default(),
         }
     }
 

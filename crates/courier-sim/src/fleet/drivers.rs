@@ -78,6 +78,8 @@ pub(super) struct Agent {
     pub(super) slot: usize,
     pub(super) bearer: String,
     pub(super) at: Spot,
+    /// The city it works in.
+    pub(super) city: usize,
     pub(super) waypoint: Spot,
     pub(super) moved: Instant,
     pub(super) next_poll: Instant,
@@ -108,7 +110,7 @@ impl Agent {
             shared.settings.behaviour.driver_speed_mps * simulated,
         );
         if matches!(self.phase, Phase::Idle) && self.at == self.waypoint {
-            self.waypoint = shared.plan.somewhere(rng);
+            self.waypoint = shared.plan.somewhere_in(self.city, rng);
         }
         shared.positions[self.slot].store(self.at);
     }

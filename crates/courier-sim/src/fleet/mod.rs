@@ -287,7 +287,8 @@ pub async fn run(
             slot,
             bearer,
             at: driver.start,
-            waypoint: plan.somewhere(&mut rng),
+            city: driver.city,
+            waypoint: plan.somewhere_in(driver.city, &mut rng),
             moved: now,
             next_poll: now + settings.offer_poll.mul_f64(rng.random()),
             phase: Phase::Idle,
@@ -451,6 +452,8 @@ pub async fn run(
         drivers_holding,
         http: statuses,
         transport_errors: api.transport_errors() + tally.transport_errors,
+        // The fleet's own clients keep counts, not times: only the setup client's are timed.
+        failures: api.failure_window(),
     });
     Ok(FleetReport {
         ordering_s,
