@@ -193,7 +193,11 @@ async fn accept_failed(error: &std::io::Error) {
 
 /// What the workers need, built from the process's state and configuration.
 pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<workers::JobContext> {
-    let db = store::handler_pool(&state.db, workers::JOB_TIMEOUT);
+    let db = store::handler_pool(
+        &state.db,
+        config.database.max_connections,
+        workers::JOB_TIMEOUT,
+    );
     Ok(workers::JobContext {
         db: db.clone(),
         dispatch: Dispatcher::new(
@@ -210,6 +214,9 @@ pub fn job_context(state: &AppState, config: &Config) -> anyhow::Result<workers:
         confirm_within: config.order_limits.confirm_within,
     })
 }
+
+/// Connections of a worker process's own pool (beside its job handlers').
+pub const WORKER_OWN_CONNECTIONS: u32 = 4;
 
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +240,14 @@ pub async fn run_process(
     if config.dev {
         tracing::warn!("development mode: never run with --dev/COURIER_DEV in production");
     }
-    let (state, background) = AppState::from_config(config)?;
+    // A worker serves no requests: its own pool (the markets, the location service's reads
+    // and writes of driver state) needs few connections, and the job handlers get the
+    // configured number in a pool of their own (docs/scaling.md, "Postgres connections").
+    let mut own = config.clone();
+    if parts == Parts::Worker {
+        own.database.max_connections = config.database.max_connections.min(WORKER_OWN_CONNECTIONS);
+    }
+    let (state, background) = AppState::from_config(&own)?;
     if migrate_on_start {
         store::ensure_database(&config.database).await?;
         store::migrate(&state.db).await?;

@@ -46,10 +46,13 @@
 //! transaction and kept for the offer's TTL and a little more; `n` is the driver id modulo
 //! [`NOTE_SHARDS`], so notes spread over a cluster whatever the market. A driver's offer poll
 //! with no such key is answered empty without asking Postgres: polls are most of what drivers
-//! send, and nearly all of them find nothing. Each shard has a `since` marker, the time notes
-//! began to be kept there: for [`MAX_OFFER_TTL`] after it (a node that restarted empty, or a
-//! replica promoted before it had every note) a missing note proves nothing, and polls ask
-//! Postgres. A note whose transaction rolled back only costs one Postgres read.
+//! send, and nearly all of them find nothing. Each shard has a `whole` marker, set once its
+//! notes were restored from the pending offers in Postgres ([`LocationService::ensure_offer_notes`],
+//! run by the sweeper): a Valkey that lost the notes (restarted empty, flushed) lost the
+//! markers too, and until the restore polls ask Postgres. A note whose transaction rolled back
+//! only costs one Postgres read. What a failover can lose is a note written in the moment
+//! before a primary died and not yet replicated: that driver's offer is not seen by its
+//! polls and passes to the next driver when it expires.
 //!
 //! # Postgres is the source of truth
 //! Who is online (`drivers.is_active`) and how many orders each driver carries live in Postgres;
@@ -109,9 +112,6 @@ pub const MAX_ACTIVE_ORDERS: u32 = 2;
 /// How much longer than its offer a driver's offer note lives: the offer's expiry counts from
 /// its transaction's start, the note from a moment later.
 pub const OFFER_NOTE_SLACK: Duration = Duration::from_secs(5);
-/// The longest an offer may be open (the bound of `COURIER_OFFER_TTL`): a shard of offer notes
-/// younger than this and [`OFFER_NOTE_SLACK`] may be missing notes (see the module docs).
-pub const MAX_OFFER_TTL: Duration = Duration::from_secs(600);
 /// Hash tags the offer notes are spread over.
 pub const NOTE_SHARDS: i64 = 16;
 /// Order states in which an order counts against its driver's capacity.
@@ -431,15 +431,7 @@ impl LocationService {
     }
 
     fn note_key(&self, driver_id: i64) -> String {
-        let shard = driver_id.rem_euclid(NOTE_SHARDS);
-        self.core
-            .valkey
-            .key(&format!("offers:{{o{shard}}}:d:{driver_id}"))
-    }
-
-    fn note_since_key(&self, driver_id: i64) -> String {
-        let shard = driver_id.rem_euclid(NOTE_SHARDS);
-        self.core.valkey.key(&format!("offers:{{o{shard}}}:since"))
+        self.core.note_key(driver_id)
     }
 
     /// Notes that `driver_id` was offered an order that expires within `ttl` (see the module
@@ -447,39 +439,33 @@ impl LocationService {
     pub async fn note_offer(&self, driver_id: i64, ttl: Duration) -> redis::RedisResult<()> {
         let mut conn = self.conn();
         let px = u64::try_from((ttl + OFFER_NOTE_SLACK).as_millis()).unwrap_or(u64::MAX);
-        redis::pipe()
-            .cmd("SET")
+        redis::cmd("SET")
             .arg(self.note_key(driver_id))
             .arg(1)
             .arg("PX")
             .arg(px)
-            .ignore()
-            .cmd("SET")
-            .arg(self.note_since_key(driver_id))
-            .arg(now_ms())
-            .arg("NX")
-            .ignore()
             .query_async(&mut conn)
             .await
     }
 
     /// Whether `driver_id` may hold a pending offer: false only when no offer was noted for it
-    /// and its shard has kept notes for longer than any offer lives (see the module docs).
+    /// and its shard's notes are whole (their marker is there: see the module docs).
     pub async fn may_hold_offer(&self, driver_id: i64) -> redis::RedisResult<bool> {
         let mut conn = self.conn();
-        let now = now_ms();
-        let (noted, since): (bool, Option<i64>) = redis::pipe()
+        let (noted, whole): (bool, bool) = redis::pipe()
             .exists(self.note_key(driver_id))
-            .cmd("SET")
-            .arg(self.note_since_key(driver_id))
-            .arg(now)
-            .arg("NX")
-            .arg("GET")
+            .exists(self.core.notes_marker(driver_id.rem_euclid(NOTE_SHARDS)))
             .query_async(&mut conn)
             .await?;
-        let trusted_after =
-            i64::try_from((MAX_OFFER_TTL + OFFER_NOTE_SLACK).as_millis()).unwrap_or(i64::MAX);
-        Ok(noted || since.is_none_or(|since| now - since < trusted_after))
+        Ok(noted || !whole)
+    }
+
+    /// Restores the offer notes of every shard whose marker is missing (Valkey lost them)
+    /// from the pending offers in Postgres, then sets its marker; returns how many shards it
+    /// restored. Run by the sweeper every few seconds, from every process: a restore writes
+    /// what Postgres says, so running it twice does no harm.
+    pub async fn ensure_offer_notes(&self) -> redis::RedisResult<u64> {
+        self.core.ensure_offer_notes().await
     }
 
     /// Up to `limit` available drivers within `radius_km` of `at`, nearest first, searching
@@ -588,6 +574,68 @@ struct Arrival {
 }
 
 impl Core {
+    fn note_key(&self, driver_id: i64) -> String {
+        let shard = driver_id.rem_euclid(NOTE_SHARDS);
+        self.valkey
+            .key(&format!("offers:{{o{shard}}}:d:{driver_id}"))
+    }
+
+    fn notes_marker(&self, shard: i64) -> String {
+        self.valkey.key(&format!("offers:{{o{shard}}}:whole"))
+    }
+
+    /// See [`LocationService::ensure_offer_notes`].
+    async fn ensure_offer_notes(&self) -> redis::RedisResult<u64> {
+        let mut conn = self.valkey.connection();
+        let mut missing = Vec::new();
+        for shard in 0..NOTE_SHARDS {
+            let whole: bool = redis::cmd("EXISTS")
+                .arg(self.notes_marker(shard))
+                .query_async(&mut conn)
+                .await?;
+            if !whole {
+                missing.push(shard);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let pending: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT driver_id, GREATEST(EXTRACT(EPOCH FROM expires_at - now()) * 1000, 0)::bigint
+             FROM offers WHERE status = 'pending' AND driver_id % $1 = ANY($2)",
+        )
+        .bind(NOTE_SHARDS)
+        .bind(&missing)
+        .fetch_all(&self.db)
+        .await
+        .map_err(|e| postgres_failed("restoring the offer notes: Postgres failed", &e))?;
+        let slack = i64::try_from(OFFER_NOTE_SLACK.as_millis()).unwrap_or(5_000);
+        for (driver, left_ms) in &pending {
+            let () = redis::cmd("SET")
+                .arg(self.note_key(*driver))
+                .arg(1)
+                .arg("PX")
+                .arg(left_ms + slack)
+                .query_async(&mut conn)
+                .await?;
+        }
+        for shard in &missing {
+            let () = redis::cmd("SET")
+                .arg(self.notes_marker(*shard))
+                .arg(now_ms())
+                .query_async(&mut conn)
+                .await?;
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                shards = missing.len(),
+                offers = pending.len(),
+                "Valkey had lost offer notes; restored them from Postgres"
+            );
+        }
+        Ok(missing.len() as u64)
+    }
+
     async fn snapshot(&self) -> redis::RedisResult<Snapshot> {
         self.markets
             .snapshot()

@@ -1,5 +1,6 @@
 //! The expiry sweeper: every [`SWEEP_EVERY`], the driver state Valkey copies from Postgres is
-//! restored if Valkey lost it ([`LocationService::ensure_state`]), drivers silent for longer than the freshness
+//! restored if Valkey lost it ([`LocationService::ensure_state`]), and so are the offer notes
+//! ([`LocationService::ensure_offer_notes`]), drivers silent for longer than the freshness
 //! window leave the searchable set, and the `drivers_active` gauge (the spec's metric,
 //! labelled by market) is set to the number of drivers seen within it — each market in turn. The sweep is one idempotent script per batch, so
 //! every server process may run it at once without harm.
@@ -25,6 +26,9 @@ pub async fn run(service: LocationService, token: CancellationToken) {
         // for the next location report.
         if let Err(error) = service.ensure_state().await {
             tracing::warn!(error = %error, "checking the driver state in Valkey failed");
+        }
+        if let Err(error) = service.ensure_offer_notes().await {
+            tracing::warn!(error = %error, "checking the offer notes in Valkey failed");
         }
         match service.sweep().await {
             Ok(removed) if removed > 0 => {

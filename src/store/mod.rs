@@ -66,15 +66,15 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(options))
 }
 
-/// The pool job handlers use, beside `db` (same database, same size): a handler that finds
+/// The pool job handlers use, beside `db` (same database, `size` connections): a handler that finds
 /// every connection busy waits for one — for as long as its run may last — where a request
 /// would give up after [`ACQUIRE_TIMEOUT`]. A worker under load then queues its jobs instead
 /// of failing them: failing spent one of a job's few attempts on the worker's own congestion,
 /// and a peak run killed matching rounds and payment captures that way, leaving orders with
 /// no driver or never completed (`docs/benchmarks.md`, "End to end").
-pub fn handler_pool(db: &PgPool, wait: Duration) -> PgPool {
+pub fn handler_pool(db: &PgPool, size: u32, wait: Duration) -> PgPool {
     PgPoolOptions::new()
-        .max_connections(db.options().get_max_connections())
+        .max_connections(size)
         .acquire_timeout(wait)
         .connect_lazy_with((*db.connect_options()).clone())
 }

@@ -731,7 +731,7 @@ impl TestApp {
 
     /// The workers' context with `settings`.
     pub fn job_context(&self, settings: WorkerSettings) -> JobContext {
-        let db = courier::store::handler_pool(&self.db, courier::workers::JOB_TIMEOUT);
+        let db = courier::store::handler_pool(&self.db, 10, courier::workers::JOB_TIMEOUT);
         JobContext {
             db: db.clone(),
             dispatch: self.dispatcher_on(db.clone(), settings.dispatch),

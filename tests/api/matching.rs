@@ -117,17 +117,16 @@ async fn offer_polls_read_postgres_only_for_drivers_noted_as_offered() {
     let (made, _) = offered(&round_one(&app, order).await);
     assert_eq!(polled_offers(&app, driver).await, vec![made]);
 
-    // An offer row no round made (so never noted) is not looked for, once the notes' shards
-    // have been kept longer than any offer lives: the poll is answered from Valkey alone.
+    // An offer row no round made (so never noted) is not looked for once the notes are
+    // whole: the poll is answered from Valkey alone.
+    app.state
+        .location
+        .ensure_offer_notes()
+        .await
+        .expect("notes checked");
     let other = app.online_driver_at(600.0).await;
     let second = app.confirmed_order(&cast).await;
     let unnoted = insert_offer(&app, second, other).await;
-    assert_eq!(
-        polled_offers(&app, other).await,
-        vec![unnoted],
-        "a shard that began keeping notes just now proves nothing"
-    );
-    age_offer_notes(&app).await;
     assert_eq!(polled_offers(&app, other).await, Vec::<i64>::new());
     // Once noted, it is.
     app.state
@@ -137,15 +136,15 @@ async fn offer_polls_read_postgres_only_for_drivers_noted_as_offered() {
         .expect("note");
     assert_eq!(polled_offers(&app, other).await, vec![unnoted]);
 
-    // A Valkey that lost the notes (flushed, or a replica promoted before it had them) has
-    // lost the shards' clocks too: polls go to Postgres, so no pending offer is hidden.
+    // A Valkey that lost the notes has lost their markers too: polls go to Postgres, so no
+    // pending offer is hidden…
     let mut valkey = app.state.valkey.connection();
     let notes: Vec<String> = redis::cmd("KEYS")
         .arg(app.state.valkey.key("offers:*"))
         .query_async(&mut valkey)
         .await
         .expect("keys");
-    assert!(notes.len() > 16, "notes and the 16 clocks: {notes:?}");
+    assert!(notes.len() > 16, "notes and the 16 markers: {notes:?}");
     let _: () = redis::cmd("DEL")
         .arg(&notes)
         .query_async(&mut valkey)
@@ -153,26 +152,32 @@ async fn offer_polls_read_postgres_only_for_drivers_noted_as_offered() {
         .expect("flush");
     assert_eq!(polled_offers(&app, driver).await, vec![made]);
     assert_eq!(polled_offers(&app, other).await, vec![unnoted]);
-}
-
-/// Makes every shard of offer notes look as if it had kept notes for longer than any offer
-/// lives (see `courier::location`).
-async fn age_offer_notes(app: &TestApp) {
-    let long_ago = courier::location::now_ms()
-        - i64::try_from(
-            (courier::location::MAX_OFFER_TTL + courier::location::OFFER_NOTE_SLACK).as_millis(),
-        )
-        .expect("fits")
-        - 1_000;
-    let mut valkey = app.state.valkey.connection();
-    for shard in 0..courier::location::NOTE_SHARDS {
-        let _: () = redis::cmd("SET")
-            .arg(app.state.valkey.key(&format!("offers:{{o{shard}}}:since")))
-            .arg(long_ago)
-            .query_async(&mut valkey)
+    // …until they are restored from the pending offers in Postgres, every shard of them.
+    assert_eq!(
+        app.state
+            .location
+            .ensure_offer_notes()
             .await
-            .expect("set");
-    }
+            .expect("restored"),
+        16
+    );
+    let restored: Vec<String> = redis::cmd("KEYS")
+        .arg(app.state.valkey.key("offers:*:d:*"))
+        .query_async(&mut valkey)
+        .await
+        .expect("keys");
+    assert_eq!(restored.len(), 2, "{restored:?}");
+    assert_eq!(polled_offers(&app, driver).await, vec![made]);
+    assert_eq!(polled_offers(&app, other).await, vec![unnoted]);
+    assert_eq!(
+        app.state
+            .location
+            .ensure_offer_notes()
+            .await
+            .expect("checked"),
+        0,
+        "nothing left to restore"
+    );
 }
 
 /// Inserts a pending offer directly (to set up races matching itself would never create).

@@ -17,7 +17,8 @@ use crate::ledger::{Decisions, Track};
 pub struct OrderView {
     pub id: i64,
     pub status: String,
-    pub placed_at: DateTime<Utc>,
+    /// `None` for an order cancelled before its payment was authorised: it never was placed.
+    pub placed_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
     pub ready_at: Option<DateTime<Utc>>,
     pub picked_up_at: Option<DateTime<Utc>>,
@@ -160,7 +161,10 @@ impl Report {
                 "COMPLETED" => completed += 1,
                 _ => {}
             }
-            if let Some(door) = between(view.placed_at, view.delivered_at) {
+            let Some(placed_at) = view.placed_at else {
+                continue;
+            };
+            if let Some(door) = between(placed_at, view.delivered_at) {
                 delivered += 1;
                 click_to_door.push(door);
             }
@@ -174,8 +178,8 @@ impl Report {
                     offers += u64::from(track.offers);
                     offered += 1;
                 }
-                first_offer.extend(between(view.placed_at, track.first_offer));
-                assigned.extend(between(view.placed_at, track.assigned));
+                first_offer.extend(between(placed_at, track.first_offer));
+                assigned.extend(between(placed_at, track.assigned));
             }
         }
         let driver_hours = g.drivers as f64 * g.simulated.as_secs_f64() / 3_600.0;
@@ -340,7 +344,7 @@ mod tests {
         OrderView {
             id,
             status: status.to_owned(),
-            placed_at,
+            placed_at: Some(placed_at),
             confirmed_at: None,
             ready_at: None,
             picked_up_at: None,
@@ -369,6 +373,19 @@ mod tests {
             transport_errors: 0,
             failures: FailureWindow::default(),
         }
+    }
+
+    #[test]
+    fn an_order_cancelled_before_it_was_placed_counts_only_as_cancelled() {
+        let (tracks, decisions) = (HashMap::new(), Decisions::default());
+        let mut never_placed = view(2, "CANCELLED", None);
+        never_placed.placed_at = None;
+        let views = [view(1, "COMPLETED", Some(30)), never_placed];
+        let report = Report::build(gathered(&views, &tracks, &decisions));
+        assert_eq!(report.orders_placed, 2);
+        assert_eq!(report.cancelled.get("changed my mind"), Some(&1));
+        assert_eq!(report.click_to_door.count, 1);
+        assert!(report.violations().is_empty(), "{:?}", report.violations());
     }
 
     #[test]

@@ -185,14 +185,14 @@ struct Shared {
 /// spread of delivery times).
 fn steady_delivery_rate(views: &[OrderView]) -> f64 {
     let (Some(first), Some(last)) = (
-        views.iter().map(|v| v.placed_at).min(),
-        views.iter().map(|v| v.placed_at).max(),
+        views.iter().filter_map(|v| v.placed_at).min(),
+        views.iter().filter_map(|v| v.placed_at).max(),
     ) else {
         return 0.0;
     };
     let mut to_door: Vec<chrono::TimeDelta> = views
         .iter()
-        .filter_map(|v| Some(v.delivered_at? - v.placed_at))
+        .filter_map(|v| Some(v.delivered_at? - v.placed_at?))
         .collect();
     if to_door.is_empty() {
         return 0.0;
@@ -480,7 +480,7 @@ mod tests {
         OrderView {
             id,
             status: "COMPLETED".into(),
-            placed_at: at(placed_s),
+            placed_at: Some(at(placed_s)),
             confirmed_at: None,
             ready_at: None,
             picked_up_at: None,
