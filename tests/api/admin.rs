@@ -559,15 +559,7 @@ async fn check_passes_a_healthy_marketplace_and_names_what_breaks_an_invariant()
         .fetch_one(&app.db)
         .await
         .expect("offer");
-    let accepted = app
-        .post_as(
-            &format!("/v1/offers/{offer}/accept"),
-            Role::Driver,
-            driver,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(accepted.status().as_u16(), 200);
+    assert_eq!(app.accept(offer, driver).await.status().as_u16(), 200);
     let _relay = app.spawn_relay();
     assert!(
         eventually(Duration::from_secs(10), || async {

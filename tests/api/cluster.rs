@@ -11,11 +11,9 @@ use courier::ratelimit::Limits;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Cast, TestApp, TestAppOptions, eventually, fast_dispatch, insert_driver, insert_item,
-    insert_restaurant, insert_user, order_body, spawn_app_with,
+    Cast, OPERATOR, TestApp, TestAppOptions, eventually, fast_dispatch, insert_driver, insert_item,
+    insert_restaurant, insert_user, nearby_ids, order_body, spawn_app_with,
 };
-
-const OPERATOR: i64 = 1;
 
 /// The cluster's seed nodes; `just test` starts the cluster and sets them.
 fn cluster_nodes() -> Vec<String> {
@@ -85,24 +83,6 @@ async fn on_node(port: u16, key: &str) -> bool {
         .query_async(&mut conn)
         .await
         .expect("EXISTS on its own node")
-}
-
-async fn nearby(app: &TestApp, lat: f64, lon: f64) -> Vec<i64> {
-    let response = app
-        .get_as(
-            &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km=5"),
-            Role::Operator,
-            OPERATOR,
-        )
-        .await;
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.expect("json");
-    body["drivers"]
-        .as_array()
-        .expect("drivers")
-        .iter()
-        .map(|d| d["driver_id"].as_i64().expect("id"))
-        .collect()
 }
 
 /// A restaurant with two dishes at (lat, lon), and a customer.
@@ -187,7 +167,11 @@ async fn two_markets_on_different_nodes_report_search_and_match() {
         ),
     );
     for (slug, lat, lon) in cities {
-        assert_eq!(nearby(&app, lat, lon).await, [drivers[slug]], "{slug}");
+        assert_eq!(
+            nearby_ids(&app, lat, lon, 5.0, 20).await,
+            [drivers[slug]],
+            "{slug}"
+        );
     }
 
     // An order in each market is offered to that market's driver, who accepts it.
@@ -264,7 +248,11 @@ async fn two_markets_on_different_nodes_report_search_and_match() {
     let (_, lat, lon) = cities[0];
     app.report(traveller, json!({"lat": lat - 0.01, "lon": lon}))
         .await;
-    assert!(nearby(&app, lat - 0.01, lon).await.contains(&traveller));
+    assert!(
+        nearby_ids(&app, lat - 0.01, lon, 5.0, 20)
+            .await
+            .contains(&traveller)
+    );
     let (_, lat2, lon2) = cities[1];
     let crossed: Value = app
         .report(traveller, json!({"lat": lat2 - 0.01, "lon": lon2}))
@@ -273,8 +261,16 @@ async fn two_markets_on_different_nodes_report_search_and_match() {
         .await
         .expect("json");
     assert_eq!(crossed["result"], "available", "{crossed}");
-    assert!(nearby(&app, lat2 - 0.01, lon2).await.contains(&traveller));
-    assert!(!nearby(&app, lat - 0.01, lon).await.contains(&traveller));
+    assert!(
+        nearby_ids(&app, lat2 - 0.01, lon2, 5.0, 20)
+            .await
+            .contains(&traveller)
+    );
+    assert!(
+        !nearby_ids(&app, lat - 0.01, lon, 5.0, 20)
+            .await
+            .contains(&traveller)
+    );
     let moved: Option<i64> = sqlx::query_scalar("SELECT market_id FROM drivers WHERE id = $1")
         .bind(traveller)
         .fetch_one(&app.db)

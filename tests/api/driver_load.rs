@@ -5,8 +5,7 @@
 use courier::auth::Role;
 
 use crate::admin::ok;
-use crate::helpers::{Cast, RESTAURANT_AT, TestApp, cast, spawn_app};
-use crate::locations::nearby_ids;
+use crate::helpers::{Cast, RESTAURANT_AT, TestApp, cast, nearby_ids, spawn_app};
 use crate::workflow::assign;
 
 /// Driver ids `GET /v1/drivers/nearby` finds within 2 km of the restaurant.

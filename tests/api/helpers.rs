@@ -312,6 +312,17 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
 }
 
 impl TestApp {
+    /// `POST /v1/offers/{offer}/accept` as `driver`.
+    pub async fn accept(&self, offer: i64, driver: i64) -> reqwest::Response {
+        self.post_as(
+            &format!("/v1/offers/{offer}/accept"),
+            Role::Driver,
+            driver,
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// Sets the time zone of the market `slug` and has this app read the markets again.
     pub async fn set_market_time_zone(&self, slug: &str, zone: chrono_tz::Tz) {
         sqlx::query("UPDATE markets SET time_zone = $2 WHERE slug = $1")
@@ -1193,4 +1204,29 @@ pub fn start_valkey(port: u16) -> ValkeyProcess {
         .spawn()
         .expect("valkey-server starts");
     ValkeyProcess(child)
+}
+
+/// The ids of the available drivers `GET /v1/drivers/nearby` lists, as an operator.
+pub async fn nearby_ids(
+    app: &TestApp,
+    lat: f64,
+    lon: f64,
+    radius_km: f64,
+    limit: usize,
+) -> Vec<i64> {
+    let response = app
+        .get_as(
+            &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km={radius_km}&limit={limit}"),
+            Role::Operator,
+            OPERATOR,
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["drivers"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|d| d["driver_id"].as_i64().expect("id"))
+        .collect()
 }

@@ -8,7 +8,7 @@ use courier::auth::Role;
 use courier::geo::{Point, haversine_m};
 
 use crate::helpers::{
-    OPERATOR, TestApp, assert_error, insert_driver, insert_user, spawn_app, valkey_url,
+    OPERATOR, TestApp, assert_error, insert_driver, insert_user, nearby_ids, spawn_app, valkey_url,
 };
 
 const CENTER: (f64, f64) = (40.7128, -74.0060);
@@ -26,30 +26,6 @@ async fn online_at_center<const N: usize>(app: &TestApp) -> [i64; N] {
         .await;
     }
     drivers
-}
-
-pub(crate) async fn nearby_ids(
-    app: &TestApp,
-    lat: f64,
-    lon: f64,
-    radius_km: f64,
-    limit: usize,
-) -> Vec<i64> {
-    let response = app
-        .get_as(
-            &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km={radius_km}&limit={limit}"),
-            Role::Operator,
-            OPERATOR,
-        )
-        .await;
-    assert_eq!(response.status().as_u16(), 200);
-    let body: serde_json::Value = response.json().await.expect("json");
-    body["drivers"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|d| d["driver_id"].as_i64().expect("id"))
-        .collect()
 }
 
 #[tokio::test]

@@ -5,9 +5,7 @@
 use courier::auth::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, insert_driver, spawn_app};
-
-const OPERATOR: i64 = 1;
+use crate::helpers::{OPERATOR, TestApp, assert_error, insert_driver, nearby_ids, spawn_app};
 
 /// Creates a market as an operator; its body.
 async fn create_market(app: &TestApp, body: Value) -> Value {
@@ -45,24 +43,6 @@ async fn market_of_driver(app: &TestApp, driver: i64) -> Option<i64> {
 
 async fn report_at(app: &TestApp, driver: i64, lat: f64, lon: f64) -> reqwest::Response {
     app.report(driver, json!({"lat": lat, "lon": lon})).await
-}
-
-async fn nearby(app: &TestApp, lat: f64, lon: f64) -> Vec<i64> {
-    let response = app
-        .get_as(
-            &format!("/v1/drivers/nearby?lat={lat}&lon={lon}&radius_km=5"),
-            Role::Operator,
-            OPERATOR,
-        )
-        .await;
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.expect("json");
-    body["drivers"]
-        .as_array()
-        .expect("drivers")
-        .iter()
-        .map(|d| d["driver_id"].as_i64().expect("id"))
-        .collect()
 }
 
 #[tokio::test]
@@ -294,7 +274,7 @@ async fn a_driver_crossing_into_a_neighbouring_market_moves_with_its_state() {
         "placed in nyc with its online flag"
     );
     assert_eq!(market_of_driver(&app, driver).await, Some(nyc));
-    assert_eq!(nearby(&app, 40.75, -73.98).await, [driver]);
+    assert_eq!(nearby_ids(&app, 40.75, -73.98, 5.0, 20).await, [driver]);
 
     // Across the Hudson, nearer Newark's centre.
     let crossed: Value = report_at(&app, driver, 40.735, -74.30)
@@ -307,9 +287,9 @@ async fn a_driver_crossing_into_a_neighbouring_market_moves_with_its_state() {
         "it arrived online, not as a stranger"
     );
     assert_eq!(market_of_driver(&app, driver).await, Some(newark));
-    assert_eq!(nearby(&app, 40.735, -74.30).await, [driver]);
+    assert_eq!(nearby_ids(&app, 40.735, -74.30, 5.0, 20).await, [driver]);
     assert!(
-        nearby(&app, 40.75, -73.98).await.is_empty(),
+        nearby_ids(&app, 40.75, -73.98, 5.0, 20).await.is_empty(),
         "nyc forgot it"
     );
     assert_eq!(
@@ -326,7 +306,7 @@ async fn a_driver_crossing_into_a_neighbouring_market_moves_with_its_state() {
         &json!({"status": "offline"}),
     )
     .await;
-    assert!(nearby(&app, 40.735, -74.30).await.is_empty());
+    assert!(nearby_ids(&app, 40.735, -74.30, 5.0, 20).await.is_empty());
     let back: Value = report_at(&app, driver, 40.75, -73.97)
         .await
         .json()
@@ -334,9 +314,9 @@ async fn a_driver_crossing_into_a_neighbouring_market_moves_with_its_state() {
         .expect("json");
     assert_eq!(back["result"], "unavailable", "it arrived offline");
     assert_eq!(market_of_driver(&app, driver).await, Some(nyc));
-    assert!(nearby(&app, 40.75, -73.97).await.is_empty());
+    assert!(nearby_ids(&app, 40.75, -73.97, 5.0, 20).await.is_empty());
     // Online again, in the market it is now in.
     app.go_online(driver).await;
-    assert_eq!(nearby(&app, 40.75, -73.97).await, [driver]);
-    assert!(nearby(&app, 40.735, -74.30).await.is_empty());
+    assert_eq!(nearby_ids(&app, 40.75, -73.97, 5.0, 20).await, [driver]);
+    assert!(nearby_ids(&app, 40.735, -74.30, 5.0, 20).await.is_empty());
 }

@@ -67,16 +67,6 @@ async fn pending_rounds(app: &TestApp, order: i64) -> Vec<i64> {
     .expect("jobs")
 }
 
-async fn accept(app: &TestApp, offer: i64, driver: i64) -> reqwest::Response {
-    app.post_as(
-        &format!("/v1/offers/{offer}/accept"),
-        Role::Driver,
-        driver,
-        &json!({}),
-    )
-    .await
-}
-
 async fn decline(app: &TestApp, offer: i64, driver: i64) -> reqwest::Response {
     app.post_as(
         &format!("/v1/offers/{offer}/decline"),
@@ -294,9 +284,9 @@ async fn the_best_driver_is_offered_first_then_the_next_after_a_timeout_and_acce
     let both = offers_of(&app, order).await;
     assert_eq!(both[0].2, "expired");
     assert_eq!((both[1].1, both[1].2.as_str()), (second, "pending"));
-    assert_error(accept(&app, both[0].0, nearest).await, 409, "offer_expired").await;
+    assert_error(app.accept(both[0].0, nearest).await, 409, "offer_expired").await;
 
-    let accepted = accept(&app, both[1].0, second).await;
+    let accepted = app.accept(both[1].0, second).await;
     assert_eq!(accepted.status().as_u16(), 200);
     let body: serde_json::Value = accepted.json().await.expect("json");
     assert_eq!(body["offer"]["status"], "accepted");
@@ -474,8 +464,8 @@ async fn racing_accepts_of_one_offer_assign_the_order_once() {
     let order = app.confirmed_order(&cast).await;
     let (offer, offered_to) = offered(&round_one(&app, order).await);
     assert_eq!(offered_to, driver);
-    assert_error(accept(&app, offer, other).await, 404, "not_found").await;
-    let answers = futures::future::join_all((0..10).map(|_| accept(&app, offer, driver))).await;
+    assert_error(app.accept(offer, other).await, 404, "not_found").await;
+    let answers = futures::future::join_all((0..10).map(|_| app.accept(offer, driver))).await;
     let ok = successes(answers, "offer_already_accepted").await;
     assert_eq!(ok, 1);
     assert_eq!(driver_of(&app, order).await, Some(driver));
@@ -504,11 +494,11 @@ async fn a_driver_never_holds_more_than_two_orders_or_two_pending_offers() {
     for _ in 0..2 {
         let order = app.confirmed_order(&cast).await;
         let offer = insert_offer(&app, order, driver).await;
-        assert_eq!(accept(&app, offer, driver).await.status().as_u16(), 200);
+        assert_eq!(app.accept(offer, driver).await.status().as_u16(), 200);
     }
     let third = app.confirmed_order(&cast).await;
     let offer = insert_offer(&app, third, driver).await;
-    assert_error(accept(&app, offer, driver).await, 409, "driver_at_capacity").await;
+    assert_error(app.accept(offer, driver).await, 409, "driver_at_capacity").await;
     // That offer is still pending: the schema refuses the driver a second one.
     let fourth = app.confirmed_order(&cast).await;
     let refused = try_insert_offer(&app, fourth, driver)
@@ -540,7 +530,7 @@ async fn accept_and_timeout_racing_on_one_offer_have_exactly_one_winner() {
         let offer = insert_offer(&app, order, driver).await;
         let rounds_before = pending_rounds(&app, order).await.len();
         let (answer, expiry) = tokio::join!(
-            accept(&app, offer, driver),
+            app.accept(offer, driver),
             offers::expire(&app.db, OfferId(offer))
         );
         let expiry = expiry.expect("expire runs");
@@ -649,7 +639,7 @@ async fn a_decline_moves_the_order_to_the_next_driver_at_once() {
     let body: serde_json::Value = declined.json().await.expect("json");
     assert_eq!(body["offer"]["status"], "declined");
     assert_error(decline(&app, offer, first).await, 409, "offer_declined").await;
-    assert_error(accept(&app, offer, first).await, 409, "offer_declined").await;
+    assert_error(app.accept(offer, first).await, 409, "offer_declined").await;
     assert_eq!(audit(&app, order, "offer_declined").await.len(), 1);
 
     let (next_offer, next_driver) = offered(
@@ -708,7 +698,7 @@ async fn a_driver_who_passed_on_an_order_is_offered_it_again_after_the_reoffer_w
         "after the window the driver is offered it again"
     );
     assert!(again > offer);
-    assert_eq!(accept(&app, again, driver).await.status().as_u16(), 200);
+    assert_eq!(app.accept(again, driver).await.status().as_u16(), 200);
     assert_eq!(driver_of(&app, order).await, Some(driver));
 }
 
@@ -724,7 +714,7 @@ async fn cancelling_the_order_withdraws_its_offer() {
         .await;
     assert_eq!(cancelled.status().as_u16(), 200);
     assert_eq!(offers_of(&app, order).await[0].2, "cancelled");
-    assert_error(accept(&app, offer, driver).await, 409, "offer_cancelled").await;
+    assert_error(app.accept(offer, driver).await, 409, "offer_cancelled").await;
     assert_eq!(polled_offers(&app, driver).await, Vec::<i64>::new());
     // The timeout job, when it fires, finds nothing to do.
     assert!(
