@@ -242,7 +242,7 @@ pub async fn run_process(
     }
     // A worker serves no requests: its own pool (the markets, the location service's reads
     // and writes of driver state) needs few connections, and the job handlers get the
-    // configured number in a pool of their own (docs/scaling.md, "Postgres connections").
+    // configured number in a pool of their own (docs/scaling.md, "Connections per process").
     let mut own = config.clone();
     if parts == Parts::Worker {
         own.database.max_connections = config.database.max_connections.min(WORKER_OWN_CONNECTIONS);

@@ -1,7 +1,8 @@
 //! courier on a Valkey Cluster (three primaries, started by `ops/valkey-cluster up`, which
 //! `just test` runs): two markets whose keys sit on different primaries; drivers report,
 //! searches answer and orders are matched in both, a driver crosses from one node's market
-//! to the other's, and the rate limiter counts on the cluster.
+//! to the other's, and the rate limiter counts on the cluster; an order's live stream (the
+//! events stream read with a blocking read, driver positions by subscription) on the cluster.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -277,4 +278,65 @@ async fn two_markets_on_different_nodes_report_search_and_match() {
         .await
         .expect("driver");
     assert_eq!(moved, Some(markets[second]));
+}
+
+#[tokio::test]
+async fn an_orders_live_stream_carries_its_events_and_its_drivers_positions_on_the_cluster() {
+    let app = spawn_app_with(TestAppOptions {
+        valkey_cluster_nodes: cluster_nodes(),
+        ..TestAppOptions::default()
+    })
+    .await;
+    let _relay = app.spawn_relay();
+    let _workers = app.spawn_workers();
+    let cast = crate::helpers::cast(&app.db).await;
+    let driver = app.online_driver_at(300.0).await;
+    let order = app.placed_order(&cast).await;
+    let path = format!("/v1/orders/{order}/events");
+    let (mut customer, snapshot) = app.follow(&path, Role::Customer, cast.customer).await;
+    assert_eq!(snapshot.json()["order"]["status"], "PLACED");
+
+    app.act(order, "confirm", Role::Restaurant, cast.restaurant)
+        .await;
+    let offer = crate::events::pending_offer(&app, driver).await;
+    assert_eq!(app.accept(offer, driver).await.status().as_u16(), 200);
+    let seen = customer
+        .until("driver_assigned", Duration::from_secs(20))
+        .await;
+    assert!(
+        seen.iter()
+            .any(|e| e.event == "order_status_changed" && e.json()["newStatus"] == "CONFIRMED"),
+        "{seen:?}"
+    );
+    for step in ["start-preparing", "ready"] {
+        app.act(order, step, Role::Restaurant, cast.restaurant)
+            .await;
+    }
+    assert_eq!(
+        app.act(order, "pickup", Role::Driver, driver)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    // On its way, the driver's reports reach the customer: published by the ingest script on
+    // the market's node, heard by the process's one subscription on another.
+    let here = TestApp::north_of_restaurant(100.0);
+    let mut position = None;
+    for _ in 0..20 {
+        app.report(driver, json!({"lat": here.lat, "lon": here.lon}))
+            .await;
+        while let Some(event) = customer.next(Duration::from_millis(500)).await {
+            if event.event == "driver_position" {
+                position = Some(event.json());
+                break;
+            }
+        }
+        if position.is_some() {
+            break;
+        }
+    }
+    let position = position.expect("a driver position reached the customer");
+    assert_eq!(position["driverId"], driver);
+    assert_eq!(position["orderId"], order);
 }

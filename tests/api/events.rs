@@ -551,7 +551,7 @@ async fn until_status(
 }
 
 /// The offer pending for `driver` (id), once matching made it.
-async fn pending_offer(app: &TestApp, driver: i64) -> i64 {
+pub(crate) async fn pending_offer(app: &TestApp, driver: i64) -> i64 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let offer: Option<i64> =
