@@ -322,21 +322,10 @@ async fn an_orders_live_stream_carries_its_events_and_its_drivers_positions_on_t
     // On its way, the driver's reports reach the customer: published by the ingest script on
     // the market's node, heard by the process's one subscription on another.
     let here = TestApp::north_of_restaurant(100.0);
-    let mut position = None;
-    for _ in 0..20 {
-        app.report(driver, json!({"lat": here.lat, "lon": here.lon}))
-            .await;
-        while let Some(event) = customer.next(Duration::from_millis(500)).await {
-            if event.event == "driver_position" {
-                position = Some(event.json());
-                break;
-            }
-        }
-        if position.is_some() {
-            break;
-        }
-    }
-    let position = position.expect("a driver position reached the customer");
+    let position = app
+        .report_until_position(&mut customer, driver, here)
+        .await
+        .expect("a driver position reached the customer");
     assert_eq!(position["driverId"], driver);
     assert_eq!(position["orderId"], order);
 }

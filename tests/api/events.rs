@@ -626,24 +626,10 @@ async fn an_sse_client_sees_the_whole_life_of_an_order_with_positions_and_resume
     // On its way: the driver's reports reach the customer.
     // (Reported until one arrives: the first may come before the subscription is made.)
     let here = TestApp::north_of_restaurant(100.0);
-    let mut position = None;
-    for _ in 0..20 {
-        app.report(
-            driver,
-            serde_json::json!({"lat": here.lat, "lon": here.lon}),
-        )
-        .await;
-        while let Some(event) = customer.next(Duration::from_millis(500)).await {
-            if event.event == "driver_position" {
-                position = Some(event.json());
-                break;
-            }
-        }
-        if position.is_some() {
-            break;
-        }
-    }
-    let position = position.expect("a driver_position event");
+    let position = app
+        .report_until_position(&mut customer, driver, here)
+        .await
+        .expect("a driver_position event");
     assert_eq!(position["driverId"], driver);
     assert_eq!(position["lat"], here.lat);
 

@@ -312,6 +312,30 @@ pub async fn spawn_app_with(options: TestAppOptions) -> TestApp {
 }
 
 impl TestApp {
+    /// Reports `driver` at `here` until `reader` carries a `driver_position` event (the first
+    /// reports may come before the stream's subscription is made); its data, or `None` after
+    /// 20 reports.
+    pub async fn report_until_position(
+        &self,
+        reader: &mut SseReader,
+        driver: i64,
+        here: courier::geo::Point,
+    ) -> Option<serde_json::Value> {
+        for _ in 0..20 {
+            self.report(
+                driver,
+                serde_json::json!({"lat": here.lat, "lon": here.lon}),
+            )
+            .await;
+            while let Some(event) = reader.next(Duration::from_millis(500)).await {
+                if event.event == "driver_position" {
+                    return Some(event.json());
+                }
+            }
+        }
+        None
+    }
+
     /// `POST /v1/offers/{offer}/accept` as `driver`.
     pub async fn accept(&self, offer: i64, driver: i64) -> reqwest::Response {
         self.post_as(
