@@ -131,6 +131,21 @@ pub struct CommonArgs {
     #[arg(long, env = "COURIER_REOFFER_AFTER", default_value = "3m", value_parser = humantime::parse_duration, global = true)]
     pub reoffer_after: Duration,
 
+    /// How often a market that dispatches by cycle (`PATCH /v1/markets/{id}` with
+    /// `"dispatch": "cycle"`) runs one, e.g. `5s`.
+    #[arg(long, env = "COURIER_DISPATCH_CYCLE", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub dispatch_cycle: Duration,
+
+    /// In a cycle market, how long before the food is ready a driver may arrive and the order
+    /// still be offered now; later pairs wait for a later cycle, e.g. `3m`.
+    #[arg(long, env = "COURIER_DISPATCH_SLACK", default_value = "3m", value_parser = humantime::parse_duration, global = true)]
+    pub dispatch_slack: Duration,
+
+    /// In a cycle market, how long past an order's due time its per-order fallback waits for
+    /// the cycle to offer it, e.g. `30s`.
+    #[arg(long, env = "COURIER_DISPATCH_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub dispatch_grace: Duration,
+
     /// Base URL of an OSRM routing server (e.g. `http://osrm:5000`); unset, ETAs use the
     /// built-in estimator.
     #[arg(long, env = "COURIER_ROUTING_URL", global = true)]
@@ -580,6 +595,10 @@ pub enum ConfigError {
     MatchAlertRounds,
     #[error("COURIER_REOFFER_AFTER must be between 1 second and 24 hours")]
     ReofferAfter,
+    #[error(
+        "COURIER_DISPATCH_CYCLE must be 100 ms to 5 minutes, COURIER_DISPATCH_SLACK at most an hour and COURIER_DISPATCH_GRACE 1 second to 10 minutes"
+    )]
+    DispatchCycle,
     #[error("COURIER_ROUTING_URL must be an http(s) URL: {0}")]
     RoutingUrl(String),
     #[error("COURIER_ROUTING_TIMEOUT must be between 100 ms and 30 s")]
@@ -876,7 +895,19 @@ fn dispatch_settings(args: &CommonArgs) -> Result<DispatchSettings, ConfigError>
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&args.reoffer_after) {
         return Err(ConfigError::ReofferAfter);
     }
+    if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&args.dispatch_cycle)
+        || args.dispatch_slack > Duration::from_secs(3600)
+        || !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&args.dispatch_grace)
+    {
+        return Err(ConfigError::DispatchCycle);
+    }
     Ok(DispatchSettings {
+        cycle_interval: args.dispatch_cycle,
+        cycle: crate::dispatch::assign::CycleSettings {
+            slack: args.dispatch_slack,
+            ..crate::dispatch::assign::CycleSettings::default()
+        },
+        cycle_grace: args.dispatch_grace,
         first_offer_ttl: args.offer_ttl,
         later_offer_ttl: args.later_offer_ttl,
         retry_base: args.match_retry_base,

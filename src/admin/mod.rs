@@ -6,11 +6,12 @@
 //! standard input is not a terminal); bulk commands show what they would touch with
 //! `--dry-run`. Bad input is one line on standard error and a non-zero exit code.
 //!
-//! One file per command group: [`jobs`], [`orders`], [`drivers`], [`events`] (the outbox
-//! relay), [`system`] (workers and cron), [`check`] (the invariants audit); [`table`]
-//! renders tables.
+//! One file per command group: [`jobs`], [`orders`], [`drivers`], [`dispatch`] (the
+//! dispatch cycles), [`events`] (the outbox relay), [`system`] (workers and cron), [`check`]
+//! (the invariants audit); [`table`] renders tables.
 
 pub mod check;
+pub mod dispatch;
 pub mod drivers;
 pub mod events;
 pub mod jobs;
@@ -62,6 +63,11 @@ pub enum AdminCommand {
     Drivers {
         #[command(subcommand)]
         command: drivers::DriversCommand,
+    },
+    /// The dispatch cycles of the markets that run them: what each saw, offered and held.
+    Dispatch {
+        #[command(subcommand)]
+        command: dispatch::DispatchCommand,
     },
     /// The outbox relay: lag, waiting and parked events, publishing one again.
     Events {
@@ -191,6 +197,7 @@ pub async fn execute(ctx: &AdminContext, args: &AdminArgs) -> Result<Output, Adm
         AdminCommand::Cron => system::cron(ctx).await,
         AdminCommand::Orders { command } => orders::execute(ctx, command, confirm).await,
         AdminCommand::Drivers { command } => drivers::execute(ctx, command).await,
+        AdminCommand::Dispatch { command } => dispatch::execute(ctx, command).await,
         AdminCommand::Events { command } => events::execute(ctx, command, confirm).await,
         AdminCommand::Check => check::check(ctx).await,
     }

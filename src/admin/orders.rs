@@ -177,6 +177,8 @@ fn describe(row: &AuditRow) -> String {
         "driver_id",
         "offer_id",
         "round",
+        "dispatch",
+        "prep_minutes",
         "radius_km",
         "reason",
         "code",
@@ -187,6 +189,13 @@ fn describe(row: &AuditRow) -> String {
         if let Some(value) = detail(key) {
             parts.push(format!("{key}={value}"));
         }
+    }
+    // Which cycle made an offer, and why this driver (cycle offers and rounds alike).
+    if let Some(cycle) = meta.get("cycle").and_then(|c| c.get("id")) {
+        parts.push(format!("cycle={cycle}"));
+    }
+    if let Some(why) = meta.get("why").and_then(Value::as_str) {
+        parts.push(format!("— {why}"));
     }
     parts.join(" ")
 }
@@ -534,6 +543,7 @@ async fn cancel(
         reason: Some(reason.to_owned()),
         expected_version: None,
         only_from: None,
+        prep_minutes: None,
     };
     let done = transition::execute(&ctx.db, &ctx.location, &request)
         .await

@@ -20,7 +20,7 @@ use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::geo::Point;
 use crate::market::{MAX_RADIUS_KM, MarketSlug};
-use crate::store::markets::{self, MarketChanges, MarketRow, NewMarket};
+use crate::store::markets::{self, DispatchMode, MarketChanges, MarketRow, NewMarket};
 use crate::text::Line;
 
 const MAX_NAME_CHARS: usize = 100;
@@ -59,6 +59,9 @@ struct MarketBody {
     radius_km: Option<f64>,
     /// Whether reports and restaurants are placed in it (default true).
     active: Option<bool>,
+    /// How its orders find drivers (default `per_order`): `cycle` runs a dispatch cycle for
+    /// the whole market every few seconds.
+    dispatch: Option<DispatchMode>,
 }
 
 fn invalid_market(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
@@ -100,6 +103,7 @@ fn changes(body: &MarketBody) -> Result<MarketChanges, ApiError> {
         center,
         radius_km: body.radius_km,
         active: body.active,
+        dispatch: body.dispatch,
     })
 }
 
@@ -154,6 +158,7 @@ async fn create(
         center,
         radius_km,
         active: fields.active.unwrap_or(true),
+        dispatch: fields.dispatch.unwrap_or(DispatchMode::PerOrder),
     };
     let market = markets::insert(&state.db, &new).await?;
     state.location.markets().reload().await?;

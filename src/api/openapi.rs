@@ -222,6 +222,11 @@ pub const CATALOGUE: &[ErrorCode] = &[
         "the order's state does not allow this action now",
     ),
     code(
+        "invalid_state",
+        409,
+        "the order's state does not allow this change now",
+    ),
+    code(
         "conflict",
         409,
         "the order changed since the version in `If-Match`",

@@ -31,6 +31,7 @@ use crate::workflows::place::{
     self, CartLine, DeliveryAddress, MAX_IDEMPOTENCY_KEY_LEN, MAX_LINES, MAX_QUANTITY, NewOrder,
     PlaceError,
 };
+use crate::workflows::prep;
 use crate::workflows::transition::{self, TransitionError, TransitionRequest};
 
 /// The idempotency header of `POST /v1/orders`.
@@ -55,6 +56,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pickup))
         .routes(routes!(deliver))
         .routes(routes!(cancel))
+        .routes(routes!(estimate_prep))
         .routes(routes!(list_for_restaurant))
         .routes(routes!(list_for_driver))
 }
@@ -337,11 +339,31 @@ impl From<TransitionError> for ApiError {
     }
 }
 
-/// Optional body of a transition: why (cancellations).
+/// Optional body of a transition: why (cancellations); with a confirmation, the kitchen's
+/// estimate of the food's preparation in minutes (1–180; the restaurant's usual prep time
+/// when absent).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
     reason: Option<Text>,
+    prep_minutes: Option<i64>,
+}
+
+/// A prep estimate in the accepted range, or 422 `invalid_field`.
+fn prep_minutes(raw: i64) -> Result<i32, ApiError> {
+    i32::try_from(raw)
+        .ok()
+        .filter(|m| prep::PREP_MINUTES.contains(m))
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_field",
+                format!(
+                    "prep_minutes must be {} to {}",
+                    prep::PREP_MINUTES.start(),
+                    prep::PREP_MINUTES.end()
+                ),
+            )
+        })
 }
 
 /// `If-Match: <version>`: the version the client saw.
@@ -388,6 +410,15 @@ async fn apply(
         })?
     };
     let reason = optional_text(body.reason, MAX_REASON_CHARS, "reason")?;
+    let prep_minutes = match body.prep_minutes {
+        Some(_) if action != Action::Confirm => {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                "prep_minutes is given only when confirming",
+            ));
+        }
+        raw => raw.map(prep_minutes).transpose()?,
+    };
     let request = TransitionRequest {
         order_id: OrderId(id),
         action,
@@ -396,6 +427,7 @@ async fn apply(
         reason,
         expected_version: expected_version(headers)?,
         only_from: None,
+        prep_minutes,
     };
     transition::execute(&state.db, &state.location, &request).await?;
     let mut conn = state.db.acquire().await?;
@@ -419,7 +451,7 @@ macro_rules! transition_handler {
                 ("id" = i64, Path, description = "The order's id"),
                 ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
             ),
-            request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why (kept with a cancellation)"),
+            request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why (kept with a cancellation); `prep_minutes`, only when confirming: the kitchen's estimate (1–180, default the restaurant's prep time)"),
             responses((status = 200, description = "The order as it now is", body = OrderView)),
             security(("bearer" = [$($role),+])),
             extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
@@ -462,6 +494,52 @@ transition_handler!(
     /// Cancels the order (who may, and until when, depends on its state).
     cancel, Action::Cancel, "/orders/{id}/cancel", "cancel_order", ["customer", "operator"]
 );
+
+/// A new estimate of the food's preparation.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PrepBody {
+    /// Minutes from now until the food is ready (1–180).
+    prep_minutes: i64,
+}
+
+/// The kitchen's new estimate: the food will be ready `prep_minutes` from now. Allowed while
+/// the order is CONFIRMED or PREPARING; the ETA and dispatch follow it.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/prep-estimate",
+    operation_id = "estimate_prep",
+    tag = "orders",
+    params(("id" = i64, Path, description = "The order's id")),
+    request_body = PrepBody,
+    responses((status = 200, description = "The order as it now is", body = OrderView)),
+    security(("bearer" = ["restaurant", "operator"])),
+    extensions(("x-error-codes" = json!(["not_found", "invalid_state", "invalid_field"]))),
+)]
+async fn estimate_prep(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<PrepBody>,
+) -> Result<Json<OrderView>, ApiError> {
+    principal.require_role(&[Role::Restaurant, Role::Operator])?;
+    let minutes = prep_minutes(body.prep_minutes)?;
+    prep::update(&state.db, OrderId(id), principal.actor(), minutes)
+        .await
+        .map_err(|e| match e {
+            prep::PrepError::NotFound => ApiError::not_found("no such order"),
+            refused @ prep::PrepError::NotCooking(_) => {
+                ApiError::conflict("invalid_state", refused.to_string())
+            }
+            prep::PrepError::Effects(e) => e.into(),
+            prep::PrepError::Database(e) => e.into(),
+        })?;
+    let mut conn = state.db.acquire().await?;
+    let view = orders::fetch_view(&mut conn, OrderId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such order"))?;
+    Ok(Json(view))
+}
 
 /// An order with its live ETA.
 #[derive(Debug, Serialize, ToSchema)]

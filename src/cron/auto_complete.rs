@@ -54,6 +54,7 @@ pub async fn run(
                 reason: None,
                 expected_version: None,
                 only_from: None,
+                prep_minutes: None,
             };
             match transition::execute(db, location, &request).await {
                 Ok(_) => completed += 1,

@@ -3,7 +3,8 @@
 //!   stay for operators.
 //! - Jobs left `Running` by a worker that stopped heartbeating (apalis leaves a timed-out or
 //!   panicked task in `Running`) become `Pending` again; every handler is idempotent.
-//! - Order idempotency keys past their 24 hours are purged; `cron_runs` older than a week too.
+//! - Order idempotency keys past their 24 hours are purged; `cron_runs` older than a week too,
+//!   and `dispatch_cycles` (one row per market every few seconds) older than a day.
 //! - Outbox rows published longer ago than `COURIER_OUTBOX_RETENTION` are deleted (rows not
 //!   yet published, or parked, stay).
 
@@ -46,6 +47,11 @@ pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> 
             .execute(db)
             .await?
             .rows_affected();
+    let cycles_deleted =
+        sqlx::query("DELETE FROM dispatch_cycles WHERE started_at < now() - INTERVAL '1 day'")
+            .execute(db)
+            .await?
+            .rows_affected();
     let mut events_pruned = 0u64;
     loop {
         let deleted = outbox::prune_published(db, settings.outbox_retention, DELETE_BATCH).await?;
@@ -63,6 +69,7 @@ pub async fn run(db: &PgPool, settings: &CronSettings) -> anyhow::Result<Value> 
         "jobs_requeued": requeued,
         "idempotency_keys_purged": keys_purged,
         "cron_runs_deleted": cron_runs_deleted,
+        "dispatch_cycles_deleted": cycles_deleted,
         "outbox_events_pruned": events_pruned,
     }))
 }

@@ -25,8 +25,14 @@ pub struct OrderRow {
     status: String,
     has_driver: bool,
     match_round: i32,
-    elapsed_since_confirmed_s: Option<f64>,
+    /// Seconds until the food is expected ready (negative once past), from the restaurant's
+    /// estimate; `None` before confirmation.
+    prep_remaining_s: Option<f64>,
     prep_time_minutes: i32,
+    /// The order's market dispatches by cycle.
+    by_cycle: bool,
+    /// That market's last cycle finished recently.
+    cycle_live: bool,
     r_lat: f64,
     r_lon: f64,
     c_lat: f64,
@@ -48,18 +54,28 @@ impl OrderRow {
         }
     }
 
+    /// How long until the food is ready: zero once it is (or was expected to be), the
+    /// restaurant's whole prep time before confirmation.
+    pub fn prep_remaining(&self) -> Duration {
+        if self.status == "READY_FOR_PICKUP" {
+            return Duration::ZERO;
+        }
+        let seconds = self
+            .prep_remaining_s
+            .unwrap_or(f64::from(self.prep_time_minutes) * 60.0);
+        Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO)
+    }
+
     fn facts(&self) -> OrderFacts {
-        let prep_remaining = if self.status == "READY_FOR_PICKUP" {
-            Duration::ZERO
-        } else {
-            let total = f64::from(self.prep_time_minutes) * 60.0;
-            let elapsed = self.elapsed_since_confirmed_s.unwrap_or(0.0);
-            Duration::from_secs_f64((total - elapsed).max(0.0))
-        };
         OrderFacts {
             restaurant: self.restaurant(),
-            prep_remaining,
+            prep_remaining: self.prep_remaining(),
         }
+    }
+
+    /// Whether the order's market dispatches by cycle, and its cycles run.
+    pub fn cycle(&self) -> (bool, bool) {
+        (self.by_cycle, self.cycle_live)
     }
 
     /// The order's round counter (`orders.match_round`).
@@ -87,23 +103,34 @@ impl OrderRow {
     }
 }
 
+/// When an order's food is expected ready, in SQL over `o` (orders) and `r` (restaurants):
+/// the restaurant's estimate, else its usual prep time after confirmation.
+pub const FOOD_READY_AT: &str =
+    "COALESCE(o.food_ready_at, o.confirmed_at + make_interval(mins => r.prep_time_minutes))";
+
 const ORDER_QUERY: &str = "
     SELECT o.status, o.driver_id IS NOT NULL AS has_driver, o.match_round,
-           EXTRACT(EPOCH FROM now() - o.confirmed_at)::float8 AS elapsed_since_confirmed_s,
+           EXTRACT(EPOCH FROM COALESCE(o.food_ready_at,
+                   o.confirmed_at + make_interval(mins => r.prep_time_minutes)) - now())::float8
+               AS prep_remaining_s,
            r.prep_time_minutes,
+           m.dispatch = 'cycle' AS by_cycle,
+           COALESCE(m.dispatch_cycle_at > now() - $2::interval, FALSE) AS cycle_live,
            ST_Y(r.location::geometry) AS r_lat, ST_X(r.location::geometry) AS r_lon,
            ST_Y(o.delivery_location::geometry) AS c_lat, ST_X(o.delivery_location::geometry) AS c_lon,
            EXISTS (SELECT 1 FROM offers f WHERE f.order_id = o.id AND f.status = 'pending') AS offer_pending
-    FROM orders o JOIN restaurants r ON r.id = o.restaurant_id
+    FROM orders o JOIN restaurants r ON r.id = o.restaurant_id JOIN markets m ON m.id = o.market_id
     WHERE o.id = $1";
 
 /// Reads the order; with `lock`, first takes its row lock and then reads in a new statement,
 /// so the pending-offer check sees offers committed while we waited for the lock (a single
 /// `SELECT … FOR UPDATE` would evaluate that subquery on its older snapshot).
+/// `stale_after` is how old a market's last cycle may be for its cycles to count as running.
 pub async fn load_order(
     conn: &mut PgConnection,
     order_id: OrderId,
     lock: bool,
+    stale_after: Duration,
 ) -> Result<Option<OrderRow>, sqlx::Error> {
     if lock {
         sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE")
@@ -113,19 +140,49 @@ pub async fn load_order(
     }
     sqlx::query_as(ORDER_QUERY)
         .bind(order_id)
+        .bind(stale_after)
         .fetch_optional(conn)
         .await
 }
 
+/// What scoring reads of a driver in Postgres.
 #[derive(Debug, sqlx::FromRow)]
-struct DriverRow {
-    id: i64,
-    rating: f64,
-    total_deliveries: i64,
-    daily_goal: i64,
-    delivered_today: i64,
-    /// Offered this order within the re-offer window, or holding another pending offer.
-    excluded: bool,
+pub struct DriverRow {
+    pub id: i64,
+    pub rating: f64,
+    pub total_deliveries: i64,
+    pub daily_goal: i64,
+    pub delivered_today: i64,
+    /// Holding a pending offer, or (with an order) offered that order within the re-offer
+    /// window.
+    pub excluded: bool,
+}
+
+/// The facts of the active drivers among `ids`, in one query; `order` marks those offered
+/// that order within `reoffer_after` as excluded, besides those holding a pending offer.
+pub async fn driver_facts(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    order: Option<OrderId>,
+    reoffer_after: Duration,
+) -> Result<Vec<DriverRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, d.rating::float8 AS rating, d.total_deliveries::int8 AS total_deliveries,
+                d.daily_delivery_goal::int8 AS daily_goal,
+                (SELECT count(*) FROM orders o
+                  WHERE o.driver_id = d.id AND o.delivered_at >= date_trunc('day', now())) AS delivered_today,
+                EXISTS (SELECT 1 FROM offers f
+                         WHERE f.driver_id = d.id
+                           AND (f.status = 'pending'
+                                OR (f.order_id = $2 AND f.created_at > now() - $3::interval)))
+                    AS excluded
+         FROM drivers d WHERE d.id = ANY($1) AND d.is_active",
+    )
+    .bind(ids)
+    .bind(order)
+    .bind(reoffer_after)
+    .fetch_all(conn)
+    .await
 }
 
 /// A search that found candidates, and what the round can tell operators about it.
@@ -153,23 +210,7 @@ async fn eligible(
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = nearby.iter().map(|d| d.driver_id).collect();
-    let drivers: Vec<DriverRow> = sqlx::query_as(
-        "SELECT d.id, d.rating::float8 AS rating, d.total_deliveries::int8 AS total_deliveries,
-                d.daily_delivery_goal::int8 AS daily_goal,
-                (SELECT count(*) FROM orders o
-                  WHERE o.driver_id = d.id AND o.delivered_at >= date_trunc('day', now())) AS delivered_today,
-                EXISTS (SELECT 1 FROM offers f
-                         WHERE f.driver_id = d.id
-                           AND (f.status = 'pending'
-                                OR (f.order_id = $2 AND f.created_at > now() - $3::interval)))
-                    AS excluded
-         FROM drivers d WHERE d.id = ANY($1) AND d.is_active",
-    )
-    .bind(&ids)
-    .bind(order_id)
-    .bind(reoffer_after)
-    .fetch_all(&mut *conn)
-    .await?;
+    let drivers = driver_facts(&mut *conn, &ids, Some(order_id), reoffer_after).await?;
     let carried = carried_orders(&mut *conn, &ids).await?;
     let positions: HashMap<i64, &NearbyDriver> = nearby.iter().map(|d| (d.driver_id, d)).collect();
     let new_order = order.new_order();

@@ -35,6 +35,7 @@
 //! - No order is left waiting with nothing scheduled: a pending offer has its timeout job; an
 //!   ended offer enqueued a round; a round that offers nothing enqueued the next.
 
+pub mod assign;
 pub mod batch;
 pub mod carried;
 pub mod matcher;
@@ -47,6 +48,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::breaker::{BreakerSettings, CircuitBreaker};
+use crate::dispatch::assign::CycleSettings;
 use crate::eta::routing::Routing;
 use crate::location::LocationService;
 
@@ -87,6 +89,20 @@ pub struct DispatchSettings {
     pub candidates: usize,
     /// The candidate lookup's circuit breaker.
     pub breaker: BreakerSettings,
+    /// How often a market that dispatches by cycle runs one.
+    pub cycle_interval: Duration,
+    /// How the cycle decides (commitment slack, pairs per order).
+    pub cycle: CycleSettings,
+    /// How long after an order is due the per-order fallback waits for the cycle to offer it.
+    pub cycle_grace: Duration,
+}
+
+impl DispatchSettings {
+    /// A cycle market whose last cycle finished longer ago than this is matched per order
+    /// until its cycles run again.
+    pub fn cycle_stale_after(&self) -> Duration {
+        (self.cycle_interval * 3).max(Duration::from_secs(15))
+    }
 }
 
 impl Default for DispatchSettings {
@@ -100,6 +116,9 @@ impl Default for DispatchSettings {
             reoffer_after: Duration::from_secs(180),
             candidates: 25,
             breaker: BreakerSettings::default(),
+            cycle_interval: Duration::from_secs(5),
+            cycle: CycleSettings::default(),
+            cycle_grace: Duration::from_secs(30),
         }
     }
 }
@@ -111,6 +130,29 @@ pub fn retry_delay(settings: &DispatchSettings, round: u32) -> Duration {
         return settings.retry_cap;
     }
     crate::jobs::backoff(settings.retry_base, settings.retry_cap, round)
+}
+
+/// What a `match_driver` job of an order in a cycle market does: `Some(delay)` hands the
+/// order to the cycle, with the per-order fallback after `delay`; `None` runs the per-order
+/// round now. The order is due (the cycle must have offered it) once its food is at most the
+/// commitment slack from ready; the fallback waits the grace beyond that. A first job hands
+/// over; the fallback itself runs the round, unless the restaurant's estimate moved the due
+/// time later. A market whose cycles stopped is matched per order.
+pub fn handover(
+    settings: &DispatchSettings,
+    by_cycle: bool,
+    cycle_live: bool,
+    prep_remaining: Duration,
+    after_cycle: bool,
+) -> Option<Duration> {
+    if !by_cycle || !cycle_live {
+        return None;
+    }
+    let due_in = prep_remaining.saturating_sub(settings.cycle.slack);
+    if after_cycle && due_in.is_zero() {
+        return None;
+    }
+    Some(due_in + settings.cycle_grace)
 }
 
 /// What matching needs: the database, the location service, the settings and the breaker
@@ -152,6 +194,33 @@ mod tests {
         let s = DispatchSettings::default();
         let delays: Vec<u64> = (1..=7).map(|r| retry_delay(&s, r).as_secs()).collect();
         assert_eq!(delays, vec![15, 30, 60, 120, 120, 120, 120]);
+    }
+
+    #[test]
+    fn a_cycle_market_hands_the_order_over_until_it_is_due_plus_the_grace() {
+        let s = DispatchSettings::default();
+        let min = |m: u64| Duration::from_secs(m * 60);
+        // Per-order market, or a cycle market whose cycles stopped: the round runs now.
+        assert_eq!(handover(&s, false, true, min(10), false), None);
+        assert_eq!(handover(&s, true, false, min(10), false), None);
+        // Food ready in 10 min, 3 min of slack: due in 7 min, the fallback 30 s later.
+        assert_eq!(
+            handover(&s, true, true, min(10), false),
+            Some(min(7) + Duration::from_secs(30))
+        );
+        // The fallback of a due order runs the round.
+        assert_eq!(handover(&s, true, true, min(2), true), None);
+        assert_eq!(handover(&s, true, true, Duration::ZERO, true), None);
+        // A first job of a due order still gives the cycle the grace.
+        assert_eq!(
+            handover(&s, true, true, Duration::ZERO, false),
+            Some(s.cycle_grace)
+        );
+        // The estimate moved later since the fallback was scheduled: wait again.
+        assert_eq!(
+            handover(&s, true, true, min(8), true),
+            Some(min(5) + s.cycle_grace)
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! # The formula, by status
 //! `ETA = now + max(driver → restaurant, remaining prep) + restaurant → customer + buffers`
 //! - PLACED: no driver, and the kitchen has not started: the whole prep time.
-//! - CONFIRMED, PREPARING: prep counts down from confirmation (`prep_time_minutes` after
-//!   `confirmed_at`); the driver's time to the restaurant once one is assigned.
+//! - CONFIRMED, PREPARING: prep counts down to the kitchen's estimate (`food_ready_at`, given
+//!   on confirmation and updated while it cooks; the restaurant's `prep_time_minutes` after
+//!   `confirmed_at` for orders without one); the driver's time to the restaurant once one is
+//!   assigned.
 //! - READY_FOR_PICKUP: no prep time left.
 //! - PICKED_UP: only the final leg (from the driver's position when known, else from the
 //!   restaurant) and the drop-off buffer: the pickup is done.

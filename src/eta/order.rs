@@ -18,7 +18,9 @@ struct Facts {
     driver_id: Option<i64>,
     confirmed_at: Option<DateTime<Utc>>,
     delivered_at: Option<DateTime<Utc>>,
-    prep_time_minutes: i32,
+    /// Confirmation to the food's expected readiness: the kitchen's estimate, else the
+    /// restaurant's usual prep time.
+    prep_s: f64,
     r_lat: f64,
     r_lon: f64,
     c_lat: f64,
@@ -44,7 +46,9 @@ pub async fn order_eta(
     now: DateTime<Utc>,
 ) -> Result<Option<Eta>, EtaError> {
     let facts: Facts = sqlx::query_as(
-        "SELECT o.status, o.driver_id, o.confirmed_at, o.delivered_at, r.prep_time_minutes,
+        "SELECT o.status, o.driver_id, o.confirmed_at, o.delivered_at,
+                EXTRACT(EPOCH FROM COALESCE(o.food_ready_at - o.confirmed_at,
+                                            make_interval(mins => r.prep_time_minutes)))::float8 AS prep_s,
                 ST_Y(r.location::geometry) AS r_lat, ST_X(r.location::geometry) AS r_lon,
                 ST_Y(o.delivery_location::geometry) AS c_lat, ST_X(o.delivery_location::geometry) AS c_lon
          FROM orders o JOIN restaurants r ON r.id = o.restaurant_id WHERE o.id = $1",
@@ -89,7 +93,7 @@ pub async fn order_eta(
         status,
         confirmed_at: facts.confirmed_at,
         delivered_at: facts.delivered_at,
-        prep_time: Duration::from_secs(u64::try_from(facts.prep_time_minutes).unwrap_or(0) * 60),
+        prep_time: Duration::try_from_secs_f64(facts.prep_s.max(0.0)).unwrap_or(Duration::ZERO),
         to_restaurant: to_restaurant.map(|l| l.duration),
         restaurant_to_customer: to_customer.duration,
         driver_to_customer: driver_to_customer.map(|l| l.duration),

@@ -105,31 +105,42 @@ pub fn parse_route(body: &[u8]) -> Result<Route, RoutingError> {
     valid(leg.duration, leg.distance)
 }
 
-/// Parses a `/table` response of `n` sources to one destination: one route per source,
-/// `None` where OSRM found none (`null`).
-pub fn parse_table(body: &[u8], n: usize) -> Result<Vec<Option<Route>>, RoutingError> {
+/// Parses a `/table` response of `rows` sources to `columns` destinations: `table[i][j]` is
+/// the route from source `i` to destination `j`, `None` where OSRM found none (`null`).
+pub fn parse_table(
+    body: &[u8],
+    rows: usize,
+    columns: usize,
+) -> Result<Vec<Vec<Option<Route>>>, RoutingError> {
     let parsed: TableResponse =
         serde_json::from_slice(body).map_err(|e| RoutingError::BadResponse(e.to_string()))?;
     check_code(&parsed.code, parsed.message.as_deref())?;
     let durations = parsed
         .durations
         .ok_or_else(|| RoutingError::BadResponse("no durations".to_owned()))?;
-    if durations.len() != n || durations.iter().any(|row| row.len() != 1) {
-        return Err(RoutingError::BadResponse(format!("expected a {n}×1 table")));
+    if durations.len() != rows || durations.iter().any(|row| row.len() != columns) {
+        return Err(RoutingError::BadResponse(format!(
+            "expected a {rows}×{columns} table"
+        )));
     }
     let distances = parsed.distances.unwrap_or_default();
     durations
         .iter()
         .enumerate()
-        .map(|(i, row)| match row[0] {
-            None => Ok(None),
-            Some(duration) => {
-                let distance = distances
-                    .get(i)
-                    .and_then(|r| r.first().copied().flatten())
-                    .unwrap_or(0.0);
-                valid(duration, distance).map(Some)
-            }
+        .map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(j, cell)| match *cell {
+                    None => Ok(None),
+                    Some(duration) => {
+                        let distance = distances
+                            .get(i)
+                            .and_then(|r| r.get(j).copied().flatten())
+                            .unwrap_or(0.0);
+                        valid(duration, distance).map(Some)
+                    }
+                })
+                .collect()
         })
         .collect()
 }
@@ -196,25 +207,25 @@ impl OsrmClient {
         parse_route(&self.get(url).await?)
     }
 
-    /// Routes from each of `sources` to `to`, in one request.
+    /// Routes from each of `sources` to each of `destinations`, in one request.
     pub async fn table(
         &self,
         sources: &[Point],
-        to: Point,
-    ) -> Result<Vec<Option<Route>>, RoutingError> {
+        destinations: &[Point],
+    ) -> Result<Vec<Vec<Option<Route>>>, RoutingError> {
         let mut points = sources.to_vec();
-        points.push(to);
-        let source_list = (0..sources.len())
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(";");
+        points.extend_from_slice(destinations);
+        let list = |range: std::ops::Range<usize>| {
+            range.map(|i| i.to_string()).collect::<Vec<_>>().join(";")
+        };
         let url = format!(
-            "{}/table/v1/driving/{}?sources={source_list}&destinations={}&annotations=duration,distance",
+            "{}/table/v1/driving/{}?sources={}&destinations={}&annotations=duration,distance",
             self.base,
             coordinates(&points),
-            sources.len()
+            list(0..sources.len()),
+            list(sources.len()..points.len()),
         );
-        parse_table(&self.get(url).await?, sources.len())
+        parse_table(&self.get(url).await?, sources.len(), destinations.len())
     }
 }
 
@@ -258,12 +269,23 @@ mod tests {
     #[test]
     fn tables_give_one_route_per_source_and_none_where_unreachable() {
         let body = br#"{"code":"Ok","durations":[[120.5],[null],[600]],"distances":[[900],[null],[4000]]}"#;
-        let routes = parse_table(body, 3).expect("table");
-        assert_eq!(routes[0].map(|r| r.distance_m), Some(900.0));
-        assert!(routes[1].is_none());
-        assert_eq!(routes[2].map(|r| r.duration.as_secs()), Some(600));
+        let routes = parse_table(body, 3, 1).expect("table");
+        assert_eq!(routes[0][0].map(|r| r.distance_m), Some(900.0));
+        assert!(routes[1][0].is_none());
+        assert_eq!(routes[2][0].map(|r| r.duration.as_secs()), Some(600));
         assert!(matches!(
-            parse_table(body, 2),
+            parse_table(body, 2, 1),
+            Err(RoutingError::BadResponse(_))
+        ));
+        // Two sources to two destinations: row by source, column by destination.
+        let square =
+            br#"{"code":"Ok","durations":[[1,2],[3,null]],"distances":[[10,20],[30,null]]}"#;
+        let table = parse_table(square, 2, 2).expect("table");
+        assert_eq!(table[0][1].map(|r| r.distance_m), Some(20.0));
+        assert_eq!(table[1][0].map(|r| r.duration.as_secs()), Some(3));
+        assert!(table[1][1].is_none());
+        assert!(matches!(
+            parse_table(square, 2, 3),
             Err(RoutingError::BadResponse(_))
         ));
     }

@@ -44,12 +44,12 @@ pub trait RoutingProvider: Send + Sync {
         to: Point,
     ) -> impl Future<Output = Result<Route, RoutingError>> + Send;
 
-    /// Routes from each of `sources` to `to` (`None` where there is none).
+    /// Routes from each of `sources` to each of `destinations` (`None` where there is none).
     fn table(
         &self,
         sources: &[Point],
-        to: Point,
-    ) -> impl Future<Output = Result<Vec<Option<Route>>, RoutingError>> + Send;
+        destinations: &[Point],
+    ) -> impl Future<Output = Result<Vec<Vec<Option<Route>>>, RoutingError>> + Send;
 }
 
 impl RoutingProvider for OsrmClient {
@@ -60,9 +60,9 @@ impl RoutingProvider for OsrmClient {
     async fn table(
         &self,
         sources: &[Point],
-        to: Point,
-    ) -> Result<Vec<Option<Route>>, RoutingError> {
-        OsrmClient::table(self, sources, to).await
+        destinations: &[Point],
+    ) -> Result<Vec<Vec<Option<Route>>>, RoutingError> {
+        OsrmClient::table(self, sources, destinations).await
     }
 }
 
@@ -74,11 +74,16 @@ impl RoutingProvider for Estimator {
     async fn table(
         &self,
         sources: &[Point],
-        to: Point,
-    ) -> Result<Vec<Option<Route>>, RoutingError> {
+        destinations: &[Point],
+    ) -> Result<Vec<Vec<Option<Route>>>, RoutingError> {
         Ok(sources
             .iter()
-            .map(|&s| Some(Estimator::route(self, s, to)))
+            .map(|&s| {
+                destinations
+                    .iter()
+                    .map(|&to| Some(Estimator::route(self, s, to)))
+                    .collect()
+            })
             .collect())
     }
 }
@@ -311,11 +316,14 @@ impl Routing {
             let ask: Vec<Point> = missing.iter().map(|&i| snapped[i]).collect();
             match self
                 .breaker
-                .call(RoutingProvider::table(osrm, &ask, to_snapped))
+                .call(RoutingProvider::table(osrm, &ask, &[to_snapped]))
                 .await
             {
                 Ok(routes) => {
                     let mut fresh = Vec::new();
+                    let routes = routes
+                        .into_iter()
+                        .map(|row| row.into_iter().next().flatten());
                     for (&i, route) in missing.iter().zip(routes) {
                         if let Some(route) = route {
                             fresh.push((keys[i].clone(), route));
@@ -336,6 +344,55 @@ impl Routing {
             })
             .collect()
     }
+
+    /// The driving times from each of `sources` to each of `destinations` at `now`, traffic
+    /// included, from one table request to the routing engine (not cached: a dispatch
+    /// cycle's drivers have moved since the last one). `None` when no engine is configured or
+    /// it failed (counted as a fallback): the caller estimates the pairs it needs.
+    pub async fn matrix(
+        &self,
+        sources: &[Point],
+        destinations: &[Point],
+        now: DateTime<Utc>,
+    ) -> Option<Vec<Vec<Option<Duration>>>> {
+        let osrm = self.osrm.as_ref()?;
+        if sources.is_empty() || destinations.is_empty() {
+            return Some(vec![Vec::new(); sources.len()]);
+        }
+        let snapped = |points: &[Point]| points.iter().map(|&p| snap(p)).collect::<Vec<_>>();
+        let (from, to) = (snapped(sources), snapped(destinations));
+        let traffic: Vec<f64> = destinations.iter().map(|&d| self.traffic(d, now)).collect();
+        match self
+            .breaker
+            .call(RoutingProvider::table(osrm, &from, &to))
+            .await
+        {
+            Ok(table) => Some(
+                table
+                    .into_iter()
+                    .map(|row| {
+                        row.into_iter()
+                            .zip(&traffic)
+                            .map(|(route, &t)| route.map(|r| r.duration.mul_f64(t)))
+                            .collect()
+                    })
+                    .collect(),
+            ),
+            Err(error) => {
+                self.fallback(&error);
+                None
+            }
+        }
+    }
+
+    /// The estimated driving time from `from` to `to` at `now`, traffic included, without
+    /// asking the routing engine.
+    pub fn estimate(&self, from: Point, to: Point, now: DateTime<Utc>) -> Duration {
+        self.estimator
+            .route(from, to)
+            .duration
+            .mul_f64(self.traffic(to, now))
+    }
 }
 
 #[cfg(test)]
@@ -355,10 +412,10 @@ mod tests {
         };
         let single = RoutingProvider::route(&e, from, to).await.expect("route");
         assert_eq!(single, e.route(from, to));
-        let table = RoutingProvider::table(&e, &[from, to], to)
+        let table = RoutingProvider::table(&e, &[from, to], &[to])
             .await
             .expect("table");
-        assert_eq!(table, vec![Some(single), Some(e.route(to, to))]);
+        assert_eq!(table, vec![vec![Some(single)], vec![Some(e.route(to, to))]]);
     }
 
     #[test]

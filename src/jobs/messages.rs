@@ -29,6 +29,22 @@ pub struct MatchDriver {
     pub order_id: OrderId,
     /// Which matching round this is (1 for the first).
     pub round: u32,
+    /// The per-order fallback of an order its market's dispatch cycle was given: it runs the
+    /// round only if the cycle has not offered the order by then (absent in jobs of earlier
+    /// releases: `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_cycle: bool,
+}
+
+impl MatchDriver {
+    /// Round `round` of `order_id`.
+    pub fn new(order_id: OrderId, round: u32) -> Self {
+        Self {
+            order_id,
+            round,
+            after_cycle: false,
+        }
+    }
 }
 
 impl Job for MatchDriver {
@@ -210,14 +226,19 @@ mod tests {
 
     #[test]
     fn job_arguments_keep_their_stored_json_form() {
-        let job = MatchDriver {
-            order_id: OrderId(7),
-            round: 2,
-        };
+        let job = MatchDriver::new(OrderId(7), 2);
         assert_eq!(
             serde_json::to_string(&job).expect("encodes"),
             r#"{"order_id":7,"round":2}"#
         );
+        let fallback = MatchDriver {
+            after_cycle: true,
+            ..job.clone()
+        };
+        let encoded = serde_json::to_string(&fallback).expect("encodes");
+        assert_eq!(encoded, r#"{"order_id":7,"round":2,"after_cycle":true}"#);
+        let decoded: MatchDriver = serde_json::from_str(&encoded).expect("decodes");
+        assert_eq!(decoded, fallback);
         let old: CapturePayment = serde_json::from_str(r#"{"order_id":7}"#).expect("decodes");
         assert_eq!(old.attempt, 1);
         let unique: std::collections::BTreeSet<_> = QUEUES.into_iter().collect();

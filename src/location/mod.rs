@@ -481,6 +481,33 @@ impl LocationService {
         let Some(market) = snapshot.containing(at) else {
             return Ok(Vec::new());
         };
+        self.search(market, at, rings(radius_km), limit).await
+    }
+
+    /// Every driver of market `market_id` who could take an order now (online, a fresh
+    /// position, below capacity), up to `limit`, nearest its centre first: the pool of a
+    /// dispatch cycle, in one script call. Empty for a market this process does not know.
+    pub async fn available_in(
+        &self,
+        market_id: i64,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<NearbyDriver>> {
+        let snapshot = self.core.snapshot().await?;
+        let Some(market) = snapshot.get(market_id) else {
+            return Ok(Vec::new());
+        };
+        let (centre, radius_km) = (market.center, market.radius_km);
+        self.search(market, centre, std::iter::once(radius_km), limit)
+            .await
+    }
+
+    async fn search(
+        &self,
+        market: &Arc<Market>,
+        at: Point,
+        rings: impl Iterator<Item = f64>,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<NearbyDriver>> {
         let keys = self.core.keys_of(market);
         let mut conn = self.core.valkey.query_connection();
         let mut invocation = self.core.scripts.nearby.prepare_invoke();
@@ -493,7 +520,7 @@ impl LocationService {
             .arg(at.lat)
             .arg(limit)
             .arg(now_ms() - freshness_ms());
-        for ring in rings(radius_km) {
+        for ring in rings {
             invocation.arg(ring);
         }
         let started = Instant::now();

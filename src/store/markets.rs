@@ -32,6 +32,12 @@ pub struct MarketRow {
     pub center_lon: f64,
     pub radius_km: f64,
     pub active: bool,
+    /// How orders find drivers: `per_order` (each as it is confirmed) or `cycle` (all waiting
+    /// orders together every few seconds).
+    #[schema(value_type = DispatchMode)]
+    pub dispatch: String,
+    /// When its last dispatch cycle finished (cycle markets).
+    pub dispatch_cycle_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -53,7 +59,7 @@ impl MarketRow {
 
 const COLUMNS: &str = "id, slug, name, time_zone,
     ST_Y(center::geometry) AS center_lat, ST_X(center::geometry) AS center_lon,
-    radius_km, active, created_at, updated_at";
+    radius_km, active, dispatch, dispatch_cycle_at, created_at, updated_at";
 
 /// Every market, by id.
 pub async fn list(pool: &PgPool) -> Result<Vec<MarketRow>, sqlx::Error> {
@@ -80,6 +86,28 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<MarketRow>, sqlx::Erro
     .await
 }
 
+/// How a market's orders find drivers.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchMode {
+    /// Each order is matched on its own as it is confirmed.
+    PerOrder,
+    /// A cycle every few seconds assigns all the market's waiting orders together.
+    Cycle,
+}
+
+impl DispatchMode {
+    /// As stored in `markets.dispatch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerOrder => "per_order",
+            Self::Cycle => "cycle",
+        }
+    }
+}
+
 /// A market to create, validated.
 #[derive(Clone, Debug)]
 pub struct NewMarket {
@@ -89,13 +117,14 @@ pub struct NewMarket {
     pub center: Point,
     pub radius_km: f64,
     pub active: bool,
+    pub dispatch: DispatchMode,
 }
 
 /// Creates a market (`markets_slug_key` when the slug is taken).
 pub async fn insert(pool: &PgPool, new: &NewMarket) -> Result<MarketRow, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO markets (slug, name, time_zone, center, radius_km, active)
-         VALUES ($1, $2, $3, ST_SetSRID(ST_MakePoint($5, $4), 4326)::geography, $6, $7)
+        "INSERT INTO markets (slug, name, time_zone, center, radius_km, active, dispatch)
+         VALUES ($1, $2, $3, ST_SetSRID(ST_MakePoint($5, $4), 4326)::geography, $6, $7, $8)
          RETURNING {COLUMNS}"
     )))
     .bind(new.slug.as_str())
@@ -105,6 +134,7 @@ pub async fn insert(pool: &PgPool, new: &NewMarket) -> Result<MarketRow, sqlx::E
     .bind(new.center.lon)
     .bind(new.radius_km)
     .bind(new.active)
+    .bind(new.dispatch.as_str())
     .fetch_one(pool)
     .await
 }
@@ -117,6 +147,7 @@ pub struct MarketChanges {
     pub center: Option<Point>,
     pub radius_km: Option<f64>,
     pub active: Option<bool>,
+    pub dispatch: Option<DispatchMode>,
 }
 
 /// Applies `changes` to market `id`; `None` when there is no such market.
@@ -133,6 +164,7 @@ pub async fn update(
                            ELSE center END,
              radius_km = COALESCE($7, radius_km),
              active = COALESCE($8, active),
+             dispatch = COALESCE($9, dispatch),
              updated_at = now()
          WHERE id = $1
          RETURNING {COLUMNS}"
@@ -145,6 +177,7 @@ pub async fn update(
     .bind(changes.center.map(|p| p.lon))
     .bind(changes.radius_km)
     .bind(changes.active)
+    .bind(changes.dispatch.map(DispatchMode::as_str))
     .fetch_optional(pool)
     .await
 }

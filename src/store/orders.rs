@@ -35,6 +35,10 @@ pub struct OrderView {
     pub completed_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// The kitchen's estimate of the food's preparation, in minutes (set on confirmation).
+    pub prep_minutes: Option<i32>,
+    /// When the food is expected ready, by that estimate.
+    pub food_ready_at: Option<DateTime<Utc>>,
     pub version: i32,
 }
 
@@ -58,7 +62,7 @@ const VIEW_SELECT: &str = "
            o.subtotal_cents, o.delivery_fee_cents, o.total_cents, o.currency::text AS currency,
            o.delivery_address, o.estimated_delivery_at, o.placed_at, o.confirmed_at,
            o.preparing_at, o.ready_at, o.picked_up_at, o.delivered_at, o.completed_at,
-           o.cancelled_at, o.cancel_reason, o.version
+           o.cancelled_at, o.cancel_reason, o.prep_minutes, o.food_ready_at, o.version
     FROM orders o";
 
 /// The order with this id, if any.

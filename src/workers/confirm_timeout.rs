@@ -27,6 +27,7 @@ pub async fn run(job: ConfirmTimeout, ctx: Data<JobContext>) -> Result<(), BoxDy
             reason: Some(CONFIRM_TIMEOUT_REASON.to_owned()),
             expected_version: None,
             only_from: Some(OrderStatus::Placed),
+            prep_minutes: None,
         };
         match transition::execute(&ctx.db, &ctx.dispatch.location, &request).await {
             Ok(_) => {

@@ -13,7 +13,7 @@ use crate::workflows::matching::{self, MatchError};
 /// The handler.
 pub async fn run(job: MatchDriver, ctx: Data<JobContext>) -> Result<(), BoxDynError> {
     bounded(MatchDriver::QUEUE, async {
-        match matching::run_round(&ctx.dispatch, job.order_id, job.round).await {
+        match matching::run_job(&ctx.dispatch, &job).await {
             Ok(outcome) => {
                 tracing::debug!(
                     order_id = job.order_id.get(),

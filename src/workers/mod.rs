@@ -255,6 +255,11 @@ pub fn monitor(ctx: JobContext, drain: Duration) -> Monitor {
 /// Runs the job workers and cron until `token` is cancelled, then lets running jobs finish
 /// within the monitor's drain time.
 pub async fn run(ctx: JobContext, token: CancellationToken, drain: Duration) -> anyhow::Result<()> {
+    // The dispatch cycles of the markets that use them run beside the job workers.
+    let cycles = tokio::spawn(crate::workflows::cycle::run(
+        ctx.dispatch.clone(),
+        token.clone(),
+    ));
     let monitor = monitor(ctx, drain);
     tracing::info!("job workers started");
     let signal = token.clone();
@@ -264,6 +269,7 @@ pub async fn run(ctx: JobContext, token: CancellationToken, drain: Duration) -> 
             Ok(())
         })
         .await?;
+    let _ = cycles.await;
     tracing::info!("job workers stopped");
     Ok(())
 }

@@ -13,8 +13,9 @@ use sqlx::{PgConnection, PgPool};
 use crate::dispatch::batch::NewOrder;
 use crate::dispatch::matcher::{OrderRow, Search, load_order};
 use crate::dispatch::score::{Breakdown, Candidate};
-use crate::dispatch::{Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, retry_delay};
+use crate::dispatch::{Dispatcher, EXPANDED_RADIUS_KM, OFFERS_TOTAL, handover, retry_delay};
 use crate::domain::{DriverId, OfferId, OrderId};
+use crate::jobs::messages::MatchDriver;
 use crate::workflows::effects::{self, EffectError};
 use crate::workflows::steps::{self, EmptyRound, OfferTerms};
 
@@ -35,6 +36,9 @@ pub enum RoundOutcome {
     },
     /// Nobody could take the order; `round` is scheduled after `delay`.
     Rescheduled { round: u32, delay: Duration },
+    /// The order's market dispatches by cycle: the cycle offers it, and this round runs as
+    /// the fallback after `fallback_in` if it has not.
+    HandedToCycle { fallback_in: Duration },
 }
 
 /// Why a round failed; the job retries it.
@@ -51,24 +55,40 @@ pub enum MatchError {
 }
 
 async fn load(
+    dispatcher: &Dispatcher,
     conn: &mut PgConnection,
     order_id: OrderId,
     lock: bool,
 ) -> Result<OrderRow, MatchError> {
-    load_order(conn, order_id, lock)
-        .await?
-        .ok_or(MatchError::NotFound(order_id))
+    load_order(
+        conn,
+        order_id,
+        lock,
+        dispatcher.settings.cycle_stale_after(),
+    )
+    .await?
+    .ok_or(MatchError::NotFound(order_id))
 }
 
-/// Runs matching round `round` for `order_id`.
+/// Runs matching round `round` for `order_id` (a first job, not a cycle's fallback).
 pub async fn run_round(
     dispatcher: &Dispatcher,
     order_id: OrderId,
     round: u32,
 ) -> Result<RoundOutcome, MatchError> {
+    run_job(dispatcher, &MatchDriver::new(order_id, round)).await
+}
+
+/// Runs the matching round of a `match_driver` job; in a market that dispatches by cycle,
+/// first hands the order to the cycle ([`crate::dispatch::handover`]).
+pub async fn run_job(
+    dispatcher: &Dispatcher,
+    job: &MatchDriver,
+) -> Result<RoundOutcome, MatchError> {
+    let (order_id, round, after_cycle) = (job.order_id, job.round, job.after_cycle);
     let order = {
         let mut conn = dispatcher.db.acquire().await?;
-        load(&mut conn, order_id, false).await?
+        load(dispatcher, &mut conn, order_id, false).await?
     };
     if !order.waiting() {
         return Ok(RoundOutcome::NotWaiting);
@@ -76,10 +96,27 @@ pub async fn run_round(
     if order.offer_pending() {
         return Ok(RoundOutcome::OfferPending);
     }
+    let (by_cycle, cycle_live) = order.cycle();
+    if let Some(fallback_in) = handover(
+        &dispatcher.settings,
+        by_cycle,
+        cycle_live,
+        order.prep_remaining(),
+        after_cycle,
+    ) {
+        let mut tx = crate::store::begin(&dispatcher.db).await?;
+        effects::write(
+            &mut tx,
+            steps::handed_to_cycle(order_id, round, fallback_in),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(RoundOutcome::HandedToCycle { fallback_in });
+    }
     let search = dispatcher.search(order_id, &order).await;
 
     let mut tx = crate::store::begin(&dispatcher.db).await?;
-    let locked = load(&mut tx, order_id, true).await?;
+    let locked = load(dispatcher, &mut tx, order_id, true).await?;
     if !locked.waiting() {
         return Ok(RoundOutcome::NotWaiting);
     }
@@ -97,6 +134,7 @@ pub async fn run_round(
                 round: current_round,
                 radius_km,
                 found,
+                cycle: None,
             };
             match offer(
                 dispatcher,
@@ -135,22 +173,7 @@ pub async fn run_round(
     };
     tx.commit().await?;
     match &outcome {
-        RoundOutcome::Offered {
-            offer_id,
-            driver_id,
-            score,
-        } => {
-            let market = dispatcher.location.market_label(order.restaurant());
-            metrics::counter!(OFFERS_TOTAL, "outcome" => "offered", "market" => market)
-                .increment(1);
-            tracing::info!(
-                order_id = order_id.get(),
-                offer_id = offer_id.get(),
-                driver_id = driver_id.get(),
-                score,
-                "order offered"
-            );
-        }
+        RoundOutcome::Offered { .. } => offered(dispatcher, order_id, &order, &outcome, None),
         RoundOutcome::Rescheduled { round, delay } => {
             tracing::info!(order_id = order_id.get(), next_round = round, delay = ?delay, "no driver; next round scheduled");
         }
@@ -159,11 +182,95 @@ pub async fn run_round(
     Ok(outcome)
 }
 
+/// Counts and logs an offer once committed.
+fn offered(
+    dispatcher: &Dispatcher,
+    order_id: OrderId,
+    order: &OrderRow,
+    outcome: &RoundOutcome,
+    cycle: Option<i64>,
+) {
+    let RoundOutcome::Offered {
+        offer_id,
+        driver_id,
+        score,
+    } = outcome
+    else {
+        return;
+    };
+    let market = dispatcher.location.market_label(order.restaurant());
+    metrics::counter!(OFFERS_TOTAL, "outcome" => "offered", "market" => market).increment(1);
+    tracing::info!(
+        order_id = order_id.get(),
+        offer_id = offer_id.get(),
+        driver_id = driver_id.get(),
+        score,
+        cycle,
+        "order offered"
+    );
+}
+
+/// Offers `order_id` to the driver a dispatch cycle paired it with, in one transaction under
+/// the order's lock, as a round's offer is made (the same checks of the driver under its lock,
+/// the same record, the same effects), its record naming the cycle and why (`note`). `None`
+/// when the order or the driver moved on since the cycle read them (the next cycle sees them
+/// as they are).
+pub async fn offer_from_cycle(
+    dispatcher: &Dispatcher,
+    order_id: OrderId,
+    pairing: &(Candidate, Breakdown),
+    note: CycleNote,
+) -> Result<Option<RoundOutcome>, MatchError> {
+    let mut tx = crate::store::begin(&dispatcher.db).await?;
+    let locked = load(dispatcher, &mut tx, order_id, true).await?;
+    if !locked.waiting() || locked.offer_pending() {
+        return Ok(None);
+    }
+    let cycle = note.id;
+    let facts = RoundFacts {
+        round: locked.match_round(),
+        radius_km: crate::dispatch::assign::MAX_PAIR_KM,
+        found: note.drivers_available,
+        cycle: Some(note),
+    };
+    let outcome = offer(
+        dispatcher,
+        &mut tx,
+        order_id,
+        locked.new_order(),
+        &facts,
+        std::slice::from_ref(pairing),
+    )
+    .await?;
+    match outcome {
+        Some(outcome @ RoundOutcome::Offered { .. }) => {
+            tx.commit().await?;
+            offered(dispatcher, order_id, &locked, &outcome, Some(cycle));
+            Ok(Some(outcome))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A dispatch cycle's account of one of its offers.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CycleNote {
+    /// The cycle (`dispatch_cycles.id`).
+    pub id: i64,
+    pub orders_pooled: usize,
+    pub drivers_available: usize,
+    /// Why this driver: the pair's weight and the food's wait it implies.
+    #[serde(flatten)]
+    pub why: crate::dispatch::assign::Why,
+}
+
 /// The round an offer is made in, for its record.
 struct RoundFacts {
     round: u32,
     radius_km: f64,
     found: usize,
+    /// The dispatch cycle that made it, if one did.
+    cycle: Option<CycleNote>,
 }
 
 async fn offer(
@@ -188,8 +295,28 @@ async fn offer(
     } else {
         settings.first_offer_ttl
     };
+    let why = match &facts.cycle {
+        Some(cycle) => format!(
+            "cycle {}: the market-wide assignment of {} orders to {} drivers gave this driver \
+             (weight {:.1}: score {:.1} less the food's wait of {:.1} min)",
+            cycle.id,
+            cycle.orders_pooled,
+            cycle.drivers_available,
+            cycle.why.weight,
+            breakdown.total,
+            cycle.why.late_minutes
+        ),
+        None => format!(
+            "best score ({:.1}) of {} eligible drivers",
+            breakdown.total,
+            ranked.len()
+        ),
+    };
     let details = json!({
         "round": facts.round,
+        "dispatch": if facts.cycle.is_some() { "cycle" } else { "per_order" },
+        "cycle": facts.cycle,
+        "why": why,
         "radius_km": facts.radius_km,
         "candidates_found": facts.found,
         "candidates_eligible": ranked.len(),

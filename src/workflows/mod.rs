@@ -14,13 +14,16 @@
 //! - [`events`]: the audit and outbox rows of an order.
 //! - [`place`]: order creation with prices from the menu and idempotency in Postgres.
 //! - [`transition`]: one action on one order.
-//! - [`matching`]: one matching round; reviving matching.
+//! - [`matching`]: one matching round; reviving matching; a cycle's offer.
+//! - [`cycle`]: a market's dispatch cycle (all its waiting orders at once) and its loop.
+//! - [`prep`]: the restaurant's estimate of the food's preparation.
 //! - [`offers`]: accept (assignment), decline, expiry, cancellation of offers.
 //! - [`eta`]: the stored ETA.
 //! - [`payment`]: the payment's authorisation, capture and release, and their outcomes.
 //! - [`refund`]: operators' refunds and write-offs.
 //! - [`review`]: the review request.
 
+pub mod cycle;
 pub mod effects;
 pub mod eta;
 pub mod events;
@@ -29,6 +32,7 @@ pub mod matching;
 pub mod offers;
 pub mod payment;
 pub mod place;
+pub mod prep;
 pub mod pricing;
 pub mod refund;
 pub mod review;

@@ -268,6 +268,7 @@ fn system_request(
         reason: reason.map(str::to_owned),
         expected_version: None,
         only_from,
+        prep_minutes: None,
     }
 }
 

@@ -25,6 +25,8 @@
 //! | driver assigned | `refresh_eta` | customer |
 //! | round found nobody | `match_driver` (next round) after the backoff | — |
 //! | matching revived | `match_driver` (current round) at once | — |
+//! | handed to the market's dispatch cycle | `match_driver` (same round, the fallback) when the order is due, plus the grace | — |
+//! | prep estimate updated | `refresh_eta` | — |
 //! | capture failed, retryable | `capture_payment` (next attempt) after the backoff | — |
 //! | review due | — | customer |
 //! | ETA changed | — | — |
@@ -222,7 +224,7 @@ pub fn entered(order_id: OrderId, parties: &Parties, status: OrderStatus) -> Vec
     let driver = parties.driver_id.map(DriverId::get);
     let mut effects = match status {
         OrderStatus::Confirmed => vec![
-            Effect::job(MatchDriver { order_id, round: 1 }, MATCH_DELAY),
+            Effect::job(MatchDriver::new(order_id, 1), MATCH_DELAY),
             Effect::job(RefreshEta { order_id }, Duration::ZERO),
             notify(
                 order_id,
@@ -413,7 +415,7 @@ pub fn offer_ended(
         "offer_declined"
     };
     vec![
-        Effect::job(MatchDriver { order_id, round }, Duration::ZERO),
+        Effect::job(MatchDriver::new(order_id, round), Duration::ZERO),
         dispatch_event(
             order_id,
             event_type,
@@ -479,13 +481,7 @@ pub struct EmptyRound<'a> {
 pub fn round_empty(order_id: OrderId, empty: &EmptyRound<'_>) -> Vec<Effect> {
     let next = empty.round.saturating_add(1);
     let mut effects = vec![
-        Effect::job(
-            MatchDriver {
-                order_id,
-                round: next,
-            },
-            empty.retry_in,
-        ),
+        Effect::job(MatchDriver::new(order_id, next), empty.retry_in),
         dispatch_event(
             order_id,
             "match_round_empty",
@@ -525,8 +521,35 @@ pub fn matching_revived(order_id: OrderId, round: u32, via: Option<&str>) -> Vec
         fields.insert("via".to_owned(), via.into());
     }
     vec![
-        Effect::job(MatchDriver { order_id, round }, Duration::ZERO),
+        Effect::job(MatchDriver::new(order_id, round), Duration::ZERO),
         dispatch_event(order_id, "matching_revived", Actor::System, details, false),
+    ]
+}
+
+/// Round `round` of an order in a market that dispatches by cycle: the cycle will offer it;
+/// the per-order round runs after `delay` (the order's due time plus the grace) only if it
+/// has not.
+pub fn handed_to_cycle(order_id: OrderId, round: u32, delay: Duration) -> Vec<Effect> {
+    vec![Effect::job(
+        MatchDriver {
+            after_cycle: true,
+            ..MatchDriver::new(order_id, round)
+        },
+        delay,
+    )]
+}
+
+/// The restaurant changed its estimate of the food's preparation: the ETA follows.
+pub fn prep_estimated(order_id: OrderId, minutes: i32, actor: Actor) -> Vec<Effect> {
+    vec![
+        Effect::job(RefreshEta { order_id }, Duration::ZERO),
+        dispatch_event(
+            order_id,
+            "prep_estimate_updated",
+            actor,
+            json!({ "prep_minutes": minutes }),
+            true,
+        ),
     ]
 }
 

@@ -22,7 +22,7 @@ use crate::location::LocationService;
 use crate::workflows::effects::{self, AfterCommit, Effect, EffectError};
 use crate::workflows::events::{Change, RequestMeta, record_change};
 use crate::workflows::machine::{self, Parties, PaymentStanding, Refusal};
-use crate::workflows::{offers, steps};
+use crate::workflows::{offers, prep, steps};
 
 /// One action on one order.
 #[derive(Clone, Debug)]
@@ -38,6 +38,9 @@ pub struct TransitionRequest {
     /// For a system job that may act in one state only (the confirm timeout cancels only a
     /// PLACED order): in any other state the action is refused.
     pub only_from: Option<OrderStatus>,
+    /// The restaurant's estimate of the food's preparation, with a confirmation (else its
+    /// usual prep time): [`crate::workflows::prep`].
+    pub prep_minutes: Option<i32>,
 }
 
 /// The result of an applied transition.
@@ -179,6 +182,9 @@ pub async fn apply_in(
     .await?;
     if updated.rows_affected() == 0 {
         return Err(TransitionError::Conflict);
+    }
+    if to == OrderStatus::Confirmed {
+        prep::on_confirm(&mut *tx, request.order_id, request.prep_minutes).await?;
     }
     record_change(
         &mut *tx,

@@ -7,6 +7,7 @@ mod architecture;
 mod auth;
 mod cluster;
 mod cron;
+mod dispatch_cycle;
 mod driver_load;
 mod errors;
 mod eta;

@@ -584,6 +584,7 @@ async fn try_complete(app: &TestApp, order: i64) -> Result<(), TransitionError> 
         reason: None,
         expected_version: None,
         only_from: None,
+        prep_minutes: None,
     };
     transition::execute(&app.db, &app.state.location, &request)
         .await
