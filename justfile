@@ -92,6 +92,11 @@ bench-location *ARGS: (_bench "courier_bench" "bench:" "location" ARGS)
 # the workflow by `courier serve` and `courier worker`, e.g. `just bench-e2e --duration 60s`.
 bench-e2e *ARGS: (_bench "courier_bench_e2e" "bench-e2e:" "e2e" ARGS)
 
+# Dispatch: the cycle's solve at 500 orders × 2,000 drivers against the per-order choice, then
+# the simulated city under per-order matching and under cycles (same seed), e.g.
+# `just bench-dispatch` or `just bench-dispatch --solve-only`.
+bench-dispatch *ARGS: (_bench "courier_bench_dispatch" "bench-dispatch:" "dispatch" ARGS)
+
 # Live clients: 2,000 SSE connections on one `courier serve` while orders move, e.g.
 # `just bench-sse --clients 2000 --duration 30s`.
 bench-sse *ARGS: (_bench "courier_bench_sse" "bench-sse:" "sse" ARGS)

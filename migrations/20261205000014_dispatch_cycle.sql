@@ -7,12 +7,13 @@ ALTER TABLE markets
         CONSTRAINT markets_dispatch_mode CHECK (dispatch IN ('per_order', 'cycle')),
     ADD COLUMN dispatch_cycle_at TIMESTAMPTZ;
 
--- The restaurant's estimate of the food's preparation, given when it confirms and updated
--- while it cooks; `food_ready_at` is when the food is expected ready (confirmation plus the
--- estimate, or the update's time plus the new one). NULL for orders confirmed before this.
+-- The restaurant's estimate of the food's preparation in minutes (fractions allowed), given
+-- when it confirms and updated while it cooks; `food_ready_at` is when the food is expected
+-- ready (confirmation plus the estimate, or the update's time plus the new one). NULL for
+-- orders confirmed before this.
 ALTER TABLE orders
-    ADD COLUMN prep_minutes INTEGER
-        CONSTRAINT orders_prep_minutes_range CHECK (prep_minutes BETWEEN 1 AND 180),
+    ADD COLUMN prep_minutes DOUBLE PRECISION
+        CONSTRAINT orders_prep_minutes_range CHECK (prep_minutes > 0 AND prep_minutes <= 180),
     ADD COLUMN food_ready_at TIMESTAMPTZ;
 
 -- One row per dispatch cycle: what it saw, what it offered, how long it took. Operators read

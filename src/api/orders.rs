@@ -340,30 +340,28 @@ impl From<TransitionError> for ApiError {
 }
 
 /// Optional body of a transition: why (cancellations); with a confirmation, the kitchen's
-/// estimate of the food's preparation in minutes (1–180; the restaurant's usual prep time
-/// when absent).
+/// estimate of the food's preparation in minutes (0 < minutes ≤ 180, fractions allowed; the
+/// restaurant's usual prep time when absent).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransitionBody {
     reason: Option<Text>,
-    prep_minutes: Option<i64>,
+    prep_minutes: Option<f64>,
 }
 
 /// A prep estimate in the accepted range, or 422 `invalid_field`.
-fn prep_minutes(raw: i64) -> Result<i32, ApiError> {
-    i32::try_from(raw)
-        .ok()
-        .filter(|m| prep::PREP_MINUTES.contains(m))
-        .ok_or_else(|| {
-            ApiError::unprocessable(
-                "invalid_field",
-                format!(
-                    "prep_minutes must be {} to {}",
-                    prep::PREP_MINUTES.start(),
-                    prep::PREP_MINUTES.end()
-                ),
-            )
-        })
+fn prep_minutes(raw: f64) -> Result<f64, ApiError> {
+    if prep::valid_minutes(raw) {
+        Ok(raw)
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_field",
+            format!(
+                "prep_minutes must be more than 0 and at most {}",
+                prep::MAX_PREP_MINUTES
+            ),
+        ))
+    }
 }
 
 /// `If-Match: <version>`: the version the client saw.
@@ -451,7 +449,7 @@ macro_rules! transition_handler {
                 ("id" = i64, Path, description = "The order's id"),
                 ("If-Match" = Option<i32>, Header, description = "The order's version the client saw; 409 `conflict` if it changed"),
             ),
-            request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why (kept with a cancellation); `prep_minutes`, only when confirming: the kitchen's estimate (1–180, default the restaurant's prep time)"),
+            request_body(content = Option<TransitionBody>, description = "Optional: `reason`, why (kept with a cancellation); `prep_minutes`, only when confirming: the kitchen's estimate (0 < minutes ≤ 180, default the restaurant's prep time)"),
             responses((status = 200, description = "The order as it now is", body = OrderView)),
             security(("bearer" = [$($role),+])),
             extensions(("x-error-codes" = json!(["not_found", "invalid_transition", "conflict", "invalid_if_match", "invalid_field", "jobs_unavailable"]))),
@@ -499,8 +497,8 @@ transition_handler!(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PrepBody {
-    /// Minutes from now until the food is ready (1–180).
-    prep_minutes: i64,
+    /// Minutes from now until the food is ready (more than 0, at most 180; fractions allowed).
+    prep_minutes: f64,
 }
 
 /// The kitchen's new estimate: the food will be ready `prep_minutes` from now. Allowed while

@@ -36,7 +36,7 @@ pub struct OrderView {
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
     /// The kitchen's estimate of the food's preparation, in minutes (set on confirmation).
-    pub prep_minutes: Option<i32>,
+    pub prep_minutes: Option<f64>,
     /// When the food is expected ready, by that estimate.
     pub food_ready_at: Option<DateTime<Utc>>,
     pub version: i32,

@@ -9,8 +9,14 @@ use crate::domain::{Actor, OrderId, OrderStatus};
 use crate::workflows::effects::{self, EffectError};
 use crate::workflows::steps;
 
-/// Fewest and most minutes an estimate may give (`orders_prep_minutes_range`).
-pub const PREP_MINUTES: std::ops::RangeInclusive<i32> = 1..=180;
+/// Most minutes an estimate may give (`orders_prep_minutes_range`); it must be more than 0.
+pub const MAX_PREP_MINUTES: f64 = 180.0;
+
+/// Whether `minutes` is an estimate the order may hold: more than 0, at most
+/// [`MAX_PREP_MINUTES`] (fractions allowed).
+pub fn valid_minutes(minutes: f64) -> bool {
+    minutes.is_finite() && minutes > 0.0 && minutes <= MAX_PREP_MINUTES
+}
 
 /// Why an estimate was not changed. Nothing was written in any case.
 #[derive(Debug, thiserror::Error)]
@@ -32,12 +38,12 @@ pub enum PrepError {
 pub async fn on_confirm(
     tx: &mut PgConnection,
     order_id: OrderId,
-    minutes: Option<i32>,
+    minutes: Option<f64>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE orders o
-         SET prep_minutes = COALESCE($2, r.prep_time_minutes),
-             food_ready_at = now() + make_interval(mins => COALESCE($2, r.prep_time_minutes))
+         SET prep_minutes = COALESCE($2, r.prep_time_minutes::float8),
+             food_ready_at = now() + make_interval(secs => 60 * COALESCE($2, r.prep_time_minutes::float8))
          FROM restaurants r WHERE o.id = $1 AND r.id = o.restaurant_id",
     )
     .bind(order_id)
@@ -53,7 +59,7 @@ pub async fn update(
     db: &PgPool,
     order_id: OrderId,
     actor: Actor,
-    minutes: i32,
+    minutes: f64,
 ) -> Result<(), PrepError> {
     let mut tx = crate::store::begin(db).await?;
     let current: Option<(String, i64)> =
@@ -77,7 +83,7 @@ pub async fn update(
         return Err(PrepError::NotCooking(status));
     }
     sqlx::query(
-        "UPDATE orders SET prep_minutes = $2, food_ready_at = now() + make_interval(mins => $2),
+        "UPDATE orders SET prep_minutes = $2, food_ready_at = now() + make_interval(secs => 60 * $2),
                 updated_at = now()
          WHERE id = $1",
     )

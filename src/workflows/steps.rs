@@ -540,7 +540,7 @@ pub fn handed_to_cycle(order_id: OrderId, round: u32, delay: Duration) -> Vec<Ef
 }
 
 /// The restaurant changed its estimate of the food's preparation: the ETA follows.
-pub fn prep_estimated(order_id: OrderId, minutes: i32, actor: Actor) -> Vec<Effect> {
+pub fn prep_estimated(order_id: OrderId, minutes: f64, actor: Actor) -> Vec<Effect> {
     vec![
         Effect::job(RefreshEta { order_id }, Duration::ZERO),
         dispatch_event(

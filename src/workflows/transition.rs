@@ -40,7 +40,7 @@ pub struct TransitionRequest {
     pub only_from: Option<OrderStatus>,
     /// The restaurant's estimate of the food's preparation, with a confirmation (else its
     /// usual prep time): [`crate::workflows::prep`].
-    pub prep_minutes: Option<i32>,
+    pub prep_minutes: Option<f64>,
 }
 
 /// The result of an applied transition.

@@ -411,6 +411,7 @@ pub async fn run(config: &Config, opts: &E2eBench) -> anyhow::Result<()> {
             customers: opts.customers,
             drivers: opts.drivers,
             cities: 1,
+            dispatch: None,
         },
         orders_per_second: opts.orders_per_second,
         duration: opts.duration,

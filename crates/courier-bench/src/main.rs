@@ -9,9 +9,12 @@
 //! - `e2e` ([`e2e`]): a whole city at peak — thousands of drivers reporting, orders carried
 //!   through the whole workflow — with every process's CPU;
 //! - `sse` ([`sse`]): thousands of live SSE clients on one server while orders move: memory
-//!   per connection and commit→client latency, against the stream read directly.
+//!   per connection and commit→client latency, against the stream read directly;
+//! - `dispatch` ([`dispatch`]): the dispatch cycle's solve at 500 × 2,000 against the
+//!   per-order choice, and the simulator's city under per-order matching and under cycles.
 
 mod cpu;
+mod dispatch;
 mod e2e;
 mod jobs;
 mod location;
@@ -52,6 +55,9 @@ enum Command {
     /// Live clients: thousands of SSE connections on one server while orders move, against
     /// the same events read straight from the Valkey stream.
     Sse(sse::SseBench),
+    /// Dispatch: the cycle's solve against the per-order choice, and the simulated city under
+    /// per-order matching and under cycles, on one seed.
+    Dispatch(dispatch::DispatchBench),
 }
 
 #[tokio::main]
@@ -65,6 +71,7 @@ async fn main() -> ExitCode {
             Command::Jobs(options) => jobs::run_jobs(&config, options).await,
             Command::E2e(options) => e2e::run(&config, options).await,
             Command::Sse(options) => sse::run(&config, options).await,
+            Command::Dispatch(options) => dispatch::run(&config, options).await,
         }
     };
     match outcome.await {

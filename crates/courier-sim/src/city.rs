@@ -63,6 +63,29 @@ pub struct Plan {
     /// it; more lay out that many cities of the same shape side by side, eastwards, four sides
     /// apart, each a market the run creates, and spread everyone over them in turn.
     pub cities: usize,
+    /// How the run's markets dispatch: with a mode, every city is a market the run creates
+    /// with it (even one city); without, markets dispatch as the server's default.
+    pub dispatch: Option<Dispatch>,
+}
+
+/// A market's dispatch mode (`markets.dispatch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatch {
+    /// Each order matched on its own as it is confirmed.
+    PerOrder,
+    /// A cycle every few seconds assigns the market's waiting orders together.
+    Cycle,
+}
+
+impl Dispatch {
+    /// As the API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerOrder => "per_order",
+            Self::Cycle => "cycle",
+        }
+    }
 }
 
 impl Plan {
@@ -101,17 +124,20 @@ const DISHES: [(&str, i64); 5] = [
 ];
 
 /// Creates one market per city of `plan`: its circle reaches the corners of the city's square,
-/// and its slug is the run's tag and the city's number.
+/// its slug is the run's tag and the city's number, and it dispatches as the plan says.
 async fn create_markets(api: &Api, operator: As, plan: &Plan, tag: &str) -> anyhow::Result<()> {
     for k in 0..plan.cities {
         let center = plan.center_of(k);
-        let body = json!({
+        let mut body = json!({
             "slug": format!("{}-{k}", market_prefix(tag)),
             "name": format!("{tag} city {k}"),
             "time_zone": "America/New_York",
             "center": {"lat": center.lat, "lon": center.lon},
             "radius_km": plan.side_m * 0.75 / 1_000.0,
         });
+        if let Some(dispatch) = plan.dispatch {
+            body["dispatch"] = dispatch.as_str().into();
+        }
         let _: serde_json::Value = api
             .post(operator, "/markets", &body)
             .await?
@@ -141,7 +167,7 @@ pub async fn build(
     rng: &mut StdRng,
 ) -> anyhow::Result<City> {
     let operator = As::Operator(operator);
-    if plan.cities > 1 {
+    if plan.cities > 1 || plan.dispatch.is_some() {
         create_markets(api, operator, plan, tag).await?;
     }
     let restaurant_specs: Vec<(Spot, u64, &str)> = (0..plan.restaurants)

@@ -47,6 +47,8 @@ struct State {
     decisions: Decisions,
     /// Simulated time drivers spent carrying an order, in total.
     busy: Duration,
+    /// Each wait of a driver at a restaurant for the food (real time).
+    waits: Vec<Duration>,
 }
 
 impl Ledger {
@@ -72,6 +74,16 @@ impl Ledger {
 
     pub fn assigned(&self, order: i64) {
         self.with(|s| s.orders.entry(order).or_default().assigned = Some(Utc::now()));
+    }
+
+    /// A driver waited `real` at a restaurant before the food was ready.
+    pub fn waited(&self, real: Duration) {
+        self.with(|s| s.waits.push(real));
+    }
+
+    /// Every driver's waits at restaurants (real time).
+    pub fn waits(&self) -> Vec<Duration> {
+        self.with(|s| s.waits.clone()).unwrap_or_default()
     }
 
     pub fn busy_for(&self, simulated: Duration) {

@@ -57,6 +57,10 @@ struct Cli {
     lat: f64,
     #[arg(long, default_value_t = -74.0060)]
     lon: f64,
+    /// Every city a market the run creates, dispatching this way (`per-order` or `cycle`);
+    /// without it, markets dispatch as the server's do.
+    #[arg(long, value_enum)]
+    dispatch: Option<courier_sim::city::Dispatch>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
     settings.plan.restaurants = cli.restaurants;
     settings.plan.customers = cli.customers;
     settings.plan.cities = usize::from(cli.markets);
+    settings.plan.dispatch = cli.dispatch;
     settings.orders_per_minute = cli.orders_per_minute;
     settings.duration = cli.duration;
     settings.speed = cli.speed;

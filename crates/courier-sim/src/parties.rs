@@ -315,9 +315,13 @@ async fn carry(
     if !drive(ctx, driver, at, pickup).await {
         return Ok(());
     }
+    let arrived = std::time::Instant::now();
     loop {
         match status_of(ctx, driver, order).await?.as_str() {
-            "READY_FOR_PICKUP" => break,
+            "READY_FOR_PICKUP" => {
+                ctx.ledger.waited(arrived.elapsed());
+                break;
+            }
             "CANCELLED" | "COMPLETED" | "DELIVERED" | "PICKED_UP" => return Ok(()),
             _ => {
                 if !ctx.tick().await {
@@ -387,22 +391,28 @@ pub async fn restaurant(ctx: Ctx, restaurant: Restaurant, mut rng: StdRng) {
     }
 }
 
-/// Confirm, prepare, ready; stops at the first refusal (the order was cancelled meanwhile).
+/// Confirm (with the kitchen's estimate of the food, within 10% of the truth), prepare,
+/// ready; stops at the first refusal (the order was cancelled meanwhile).
 async fn cook(ctx: Ctx, restaurant: Restaurant, order: i64, mut rng: StdRng) {
     let me = As::Restaurant(restaurant.id);
     let prep = restaurant.prep.mul_f64(rng.random_range(0.8..1.3));
+    let start = seconds(&mut rng, 5, 30);
+    // The server keeps real time: the estimate is in real minutes.
+    let estimate = ctx.clock.real(start + prep).as_secs_f64() * rng.random_range(0.9..1.1) / 60.0;
+    let confirm =
+        json!({ "prep_minutes": (estimate * 100.0).round().clamp(1.0, 18_000.0) / 100.0 });
     let steps = [
-        ("confirm", seconds(&mut rng, 10, 60)),
-        ("start-preparing", seconds(&mut rng, 5, 30)),
-        ("ready", prep),
+        ("confirm", seconds(&mut rng, 10, 60), confirm),
+        ("start-preparing", start, json!({})),
+        ("ready", prep, json!({})),
     ];
-    for (action, delay) in steps {
+    for (action, delay, body) in steps {
         if !ctx.pause(delay).await {
             return;
         }
         match ctx
             .api
-            .post(me, &format!("/orders/{order}/{action}"), &json!({}))
+            .post(me, &format!("/orders/{order}/{action}"), &body)
             .await
         {
             Ok(answer) if answer.status.is_success() => {}

@@ -37,6 +37,7 @@ impl OrderView {
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Spread {
     pub count: u64,
+    pub mean_sim_min: f64,
     pub p50_sim_min: f64,
     pub p90_sim_min: f64,
     pub p99_sim_min: f64,
@@ -61,6 +62,7 @@ impl Spread {
         let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
         Spread {
             count: histogram.len(),
+            mean_sim_min: histogram.mean() / 1_000.0 * speed / 60.0,
             p50_sim_min: at(0.5) * speed / 60.0,
             p90_sim_min: at(0.9) * speed / 60.0,
             p99_sim_min: at(0.99) * speed / 60.0,
@@ -78,6 +80,9 @@ fn first_few<T: std::fmt::Display>(items: &[T]) -> String {
         more => format!("{} and {more} more", shown.join(", ")),
     }
 }
+
+/// The delivery-time target orders are counted against (simulated minutes).
+pub const TARGET_MINUTES: f64 = 40.0;
 
 /// The whole report (`--json` prints it as is).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,7 +104,12 @@ pub struct Report {
     /// has ended (listed with an active order, or answered `unavailable` when online).
     pub drivers_holding_orders: Vec<i64>,
     pub click_to_door: Spread,
+    /// Delivered orders whose click-to-door took more than [`TARGET_MINUTES`] simulated.
+    pub orders_over_target: u64,
+    /// Food waiting for its driver: ready to picked up.
     pub ready_to_pickup: Spread,
+    /// Drivers waiting for the food: arrival at the restaurant to the food ready.
+    pub driver_wait: Spread,
     pub placed_to_first_offer: Spread,
     pub placed_to_assigned: Spread,
     pub offers_per_order: f64,
@@ -129,6 +139,8 @@ pub struct Gathered<'a> {
     pub tracks: &'a HashMap<i64, Track>,
     pub decisions: &'a Decisions,
     pub busy: Duration,
+    /// Each wait of a driver at a restaurant for the food (real time).
+    pub driver_waits: &'a [Duration],
     pub drivers_holding: Vec<i64>,
     pub http: BTreeMap<u16, u64>,
     pub transport_errors: u64,
@@ -196,8 +208,13 @@ impl Report {
             cancelled,
             not_terminal_after_drain: not_terminal,
             drivers_holding_orders: g.drivers_holding,
+            orders_over_target: click_to_door
+                .iter()
+                .filter(|d| d.as_secs_f64() * g.speed / 60.0 > TARGET_MINUTES)
+                .count() as u64,
             click_to_door: Spread::of(&click_to_door, g.speed),
             ready_to_pickup: Spread::of(&ready_to_pickup, g.speed),
+            driver_wait: Spread::of(g.driver_waits, g.speed),
             placed_to_first_offer: Spread::of(&first_offer, g.speed),
             placed_to_assigned: Spread::of(&assigned, g.speed),
             offers_per_order: if offered == 0 {
@@ -275,12 +292,17 @@ impl Report {
             "food waiting (ready→pickup)",
             &self.ready_to_pickup,
         ));
+        out.push_str(&spread("driver waiting for food", &self.driver_wait));
         out.push_str(&spread("placed → first offer", &self.placed_to_first_offer));
         out.push_str(&spread("placed → assigned", &self.placed_to_assigned));
         out.push('\n');
         out.push_str(&format!(
             "orders: {} placed, {} delivered, {} completed, cancelled {:?}\n",
             self.orders_placed, self.orders_delivered, self.orders_completed, self.cancelled
+        ));
+        out.push_str(&format!(
+            "click to door: mean {:.1} min, {} orders over {TARGET_MINUTES} min\n",
+            self.click_to_door.mean_sim_min, self.orders_over_target
         ));
         out.push_str(&format!(
             "offers per order {:.2}; orders per driver-hour {:.2}; driver utilisation {:.0} %\n",
@@ -368,6 +390,7 @@ mod tests {
             tracks,
             decisions,
             busy: Duration::from_secs(300),
+            driver_waits: &[],
             drivers_holding: Vec::new(),
             http: BTreeMap::from([(200, 10)]),
             transport_errors: 0,
@@ -386,6 +409,29 @@ mod tests {
         assert_eq!(report.cancelled.get("changed my mind"), Some(&1));
         assert_eq!(report.click_to_door.count, 1);
         assert!(report.violations().is_empty(), "{:?}", report.violations());
+    }
+
+    #[test]
+    fn orders_over_40_minutes_the_mean_and_driver_waits_are_in_simulated_time() {
+        let (tracks, decisions) = (HashMap::new(), Decisions::default());
+        // At 10x, 3 and 5 real minutes are 30 and 50 simulated.
+        let views = [view(1, "COMPLETED", Some(3)), view(2, "COMPLETED", Some(5))];
+        let waits = [Duration::from_secs(30), Duration::from_secs(90)];
+        let report = Report::build(Gathered {
+            driver_waits: &waits,
+            ..gathered(&views, &tracks, &decisions)
+        });
+        assert_eq!(report.orders_over_target, 1);
+        assert!(
+            (report.click_to_door.mean_sim_min - 40.0).abs() < 0.1,
+            "{report:?}"
+        );
+        assert_eq!(report.driver_wait.count, 2);
+        assert!(
+            (report.driver_wait.mean_sim_min - 10.0).abs() < 0.1,
+            "{report:?}"
+        );
+        assert!(report.table().contains("1 orders over 40 min"));
     }
 
     #[test]

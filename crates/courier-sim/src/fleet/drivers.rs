@@ -41,6 +41,8 @@ pub(super) enum Phase {
         dropoff: Spot,
         check: Instant,
         since: Instant,
+        /// When it reached the restaurant.
+        arrived: Instant,
     },
     ToCustomer {
         order: i64,
@@ -230,6 +232,7 @@ async fn step_driver(agent: &mut Agent, lane: &mut Lane, shared: &Shared, rng: &
                 dropoff,
                 check: now,
                 since,
+                arrived: now,
             };
         }
         Phase::Waiting {
@@ -237,6 +240,7 @@ async fn step_driver(agent: &mut Agent, lane: &mut Lane, shared: &Shared, rng: &
             dropoff,
             check,
             since,
+            arrived,
         } if now >= check => {
             let path = format!("/v1/orders/{order}");
             let Some(view) = lane
@@ -248,11 +252,13 @@ async fn step_driver(agent: &mut Agent, lane: &mut Lane, shared: &Shared, rng: &
                     dropoff,
                     check: now + s.restaurant_poll,
                     since,
+                    arrived,
                 };
                 return;
             };
             match view["status"].as_str() {
                 Some("READY_FOR_PICKUP") => {
+                    lane.tally.waits.push(now.duration_since(arrived));
                     let path = format!("/v1/orders/{order}/pickup");
                     let picked = lane
                         .call(Kind::Other, "POST", &path, &agent.bearer, &[], Some("{}"))
@@ -270,6 +276,7 @@ async fn step_driver(agent: &mut Agent, lane: &mut Lane, shared: &Shared, rng: &
                             dropoff,
                             check: now + s.restaurant_poll,
                             since,
+                            arrived,
                         }
                     };
                 }
@@ -279,6 +286,7 @@ async fn step_driver(agent: &mut Agent, lane: &mut Lane, shared: &Shared, rng: &
                         dropoff,
                         check: now + s.restaurant_poll,
                         since,
+                        arrived,
                     };
                 }
                 _ => {

@@ -36,6 +36,8 @@ pub(super) struct Tally {
     pub(super) tracks: HashMap<i64, Track>,
     pub(super) placed: Vec<i64>,
     pub(super) busy: Duration,
+    /// Each wait of a driver at a restaurant for the food (real time).
+    pub(super) waits: Vec<Duration>,
 }
 
 impl Tally {
@@ -53,6 +55,7 @@ impl Tally {
             tracks: HashMap::new(),
             placed: Vec::new(),
             busy: Duration::ZERO,
+            waits: Vec::new(),
         })
     }
 
@@ -89,6 +92,7 @@ impl Tally {
         }
         self.placed.extend(other.placed);
         self.busy += other.busy;
+        self.waits.extend(other.waits);
     }
 }
 

@@ -449,6 +449,7 @@ pub async fn run(
         tracks: &tally.tracks,
         decisions: &tally.decisions,
         busy: tally.busy,
+        driver_waits: &tally.waits,
         drivers_holding,
         http: statuses,
         transport_errors: api.transport_errors() + tally.transport_errors,
