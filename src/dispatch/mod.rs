@@ -1,7 +1,8 @@
 //! Driver matching: who can be offered an order, and how they rank.
 //!
 //! Pure decisions live in their own modules and have no I/O: [`score`] (the spec's seven
-//! factors), [`batch`] (may a carrying driver take a second order) and [`retry_delay`]. The
+//! factors), [`batch`] (may a carrying driver take a second order), [`assign`] (a dispatch
+//! cycle's assignment of a whole market), [`retry_delay`] and [`handover`]. The
 //! reads are [`matcher`] (candidates: lookup through the circuit breaker, eligibility,
 //! ranking, the candidate's lock), [`carried`] (what drivers carry) and [`offers`] (offers as
 //! drivers see them). Making offers and answering them change the order: that is the
@@ -18,6 +19,14 @@
 //! 3. A round that finds nobody schedules the next round after [`retry_delay`] (15 s, 30 s,
 //!    60 s, … capped); after [`DispatchSettings::alert_after_rounds`] it flags the order for
 //!    operators (audit row and outbox event) and keeps retrying at the cap.
+//!
+//! # Per order, or by cycle
+//! A market dispatches `per_order` (above) or by `cycle`: every few seconds one process
+//! assigns all the market's waiting orders together ([`assign`], run by
+//! [`crate::workflows::cycle`]) and offers only the pairs that are due — the driver would
+//! arrive close to the food's readiness. There, a `match_driver` job hands the order to the
+//! cycle and runs the round above only as a fallback ([`handover`]). Both offer through the
+//! same code under the same locks, so the invariants below hold whoever offers.
 //!
 //! # Invariants, and what holds them
 //! - One pending offer per order: a partial unique index, and the order row lock every
