@@ -32,8 +32,11 @@ use pathfinding::kuhn_munkres::kuhn_munkres;
 use pathfinding::matrix::Matrix;
 use serde::Serialize;
 
-use crate::dispatch::batch::{self, CarriedOrder, Conditions, MAX_ORDERS, NewOrder};
+use crate::dispatch::batch::{
+    self, CarriedOrder, Conditions, MAX_ORDERS, MAX_RESTAURANT_GAP_M, NewOrder,
+};
 use crate::dispatch::score::{self, Breakdown, Candidate, OrderFacts};
+use crate::eta::estimator::Estimator;
 use crate::geo::{Point, haversine_m};
 
 /// Farthest a driver may be from the restaurant (the spec's expanded search radius).
@@ -176,13 +179,19 @@ pub fn pairs<'a>(
                         && haversine_m(d.position, order.order.restaurant) <= MAX_PAIR_KM * 1_000.0
                 })
                 .filter_map(|(i, d)| {
-                    let batch = if d.carrying.is_empty() {
-                        None
-                    } else {
-                        Some(
+                    let batch = match d.carrying.first() {
+                        None => None,
+                        // The spec's first batching rule, checked before the costlier rest.
+                        Some(first)
+                            if haversine_m(first.restaurant, order.order.restaurant)
+                                > MAX_RESTAURANT_GAP_M =>
+                        {
+                            return None;
+                        }
+                        Some(_) => Some(
                             batch::check(&conditions(d.position), &d.carrying, &order.order)
                                 .ok()?,
-                        )
+                        ),
                     };
                     let candidate = Candidate {
                         driver_id: d.driver_id,
@@ -206,11 +215,38 @@ pub fn pairs<'a>(
                     })
                 })
                 .collect();
-            found.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.driver.cmp(&b.driver)));
+            let best_first = |a: &Pairing, b: &Pairing| {
+                b.weight.total_cmp(&a.weight).then(a.driver.cmp(&b.driver))
+            };
+            if found.len() > settings.candidates_per_order && settings.candidates_per_order > 0 {
+                found.select_nth_unstable_by(settings.candidates_per_order - 1, best_first);
+            }
             found.truncate(settings.candidates_per_order);
+            found.sort_by(best_first);
             found
         })
         .collect()
+}
+
+/// [`pairs`] with driving times and batching conditions from `estimator` alone, without
+/// traffic: what the benchmark and the tests solve.
+pub fn estimated_pairs(
+    orders: &[PoolOrder],
+    drivers: &[PoolDriver],
+    estimator: &Estimator,
+    settings: &CycleSettings,
+) -> Vec<Vec<Pairing>> {
+    let arrival = |d: usize, o: usize| {
+        estimator
+            .route(drivers[d].position, orders[o].order.restaurant)
+            .duration
+    };
+    let conditions = |driver: Point| Conditions {
+        driver,
+        estimator,
+        traffic: 1.0,
+    };
+    pairs(orders, drivers, arrival, conditions, settings)
 }
 
 /// The assignment of the whole pool: see the module docs.
@@ -314,7 +350,6 @@ pub fn total_weight(pairs: &[Pairing]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eta::estimator::Estimator;
 
     const EAST: Point = Point {
         lat: 40.7128,
@@ -358,22 +393,10 @@ mod tests {
     }
 
     fn solve(orders: &[PoolOrder], drivers: &[PoolDriver]) -> (Vec<Vec<Pairing>>, Plan) {
-        let estimator = Estimator::DEFAULT;
-        let arrival = |d: usize, o: usize| {
-            estimator
-                .route(drivers[d].position, orders[o].order.restaurant)
-                .duration
-        };
-        let conditions = |driver: Point| Conditions {
-            driver,
-            estimator: &Estimator::DEFAULT,
-            traffic: 1.0,
-        };
-        let pairs = pairs(
+        let pairs = estimated_pairs(
             orders,
             drivers,
-            arrival,
-            conditions,
+            &Estimator::DEFAULT,
             &CycleSettings::default(),
         );
         let plan = plan(pairs.clone(), orders.len());
