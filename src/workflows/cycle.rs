@@ -7,7 +7,8 @@
 //!    cycles`) and the offers can name it.
 //! 2. The pool: the market's orders waiting for a driver with no pending offer (one query,
 //!    with the drivers each may not be offered again yet), and its available drivers (one
-//!    Valkey script call) with their facts and the orders they carry (two queries).
+//!    Valkey script call, through the candidate lookup's circuit breaker) with their facts and
+//!    the orders they carry (two queries).
 //! 3. Driving times of every driver to every pooled restaurant: one routing table request,
 //!    or the built-in estimator when there is no engine or it failed.
 //! 4. The plan: pairs, the solve, and which pairs are due.
@@ -40,6 +41,7 @@ use chrono::Utc;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::breaker::BreakerError;
 use crate::dispatch::assign::{self, PoolDriver, PoolOrder};
 use crate::dispatch::batch::NewOrder;
 use crate::dispatch::carried::{carried_orders, conditions};
@@ -79,8 +81,10 @@ pub struct CycleReport {
 pub enum CycleError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("valkey error: {0}")]
-    Valkey(#[from] redis::RedisError),
+    /// The driver lookup failed, timed out, or its circuit breaker is open (the one the
+    /// per-order rounds use).
+    #[error("driver lookup: {0}")]
+    Lookup(#[from] BreakerError<redis::RedisError>),
     #[error("offer failed: {0}")]
     Offer(#[from] MatchError),
 }
@@ -156,8 +160,12 @@ async fn pool_drivers(
     market_id: i64,
 ) -> Result<Vec<PoolDriver>, CycleError> {
     let nearby = dispatcher
-        .location
-        .available_in(market_id, MAX_POOL_DRIVERS)
+        .breaker
+        .call(
+            dispatcher
+                .location
+                .available_in(market_id, MAX_POOL_DRIVERS),
+        )
         .await?;
     if nearby.is_empty() {
         return Ok(Vec::new());

@@ -7,25 +7,36 @@
 use std::time::Duration;
 
 use courier::auth::Role;
-use courier::dispatch::DispatchSettings;
+use courier::dispatch::{DispatchSettings, Dispatcher};
 use courier::domain::OrderId;
 use courier::jobs::Job;
 use courier::jobs::messages::MatchDriver;
+use courier::location::{LocationService, history};
+use courier::valkey::{Valkey, ValkeySettings};
 use courier::workflows::cycle;
 use courier::workflows::matching::{self, RoundOutcome};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Cast, M_PER_DEG, RESTAURANT_AT, TestApp, assert_error, cast, eventually, fast_dispatch,
-    insert_item, insert_restaurant, spawn_app,
+    Cast, M_PER_DEG, RESTAURANT_AT, TestApp, assert_error, cast, dead_port, eventually,
+    fast_dispatch, insert_item, insert_restaurant, spawn_app,
 };
 
 const OPERATOR: i64 = 1;
 /// The migrated default market every test's restaurants are in.
 const MARKET: i64 = 1;
 
-/// Switches the default market to cycle dispatch through the API.
+/// Switches the default market to cycle dispatch through the API (after an unknown mode is
+/// refused).
 async fn use_cycles(app: &TestApp) {
+    let unknown = app
+        .request(reqwest::Method::PATCH, &format!("/v1/markets/{MARKET}"))
+        .bearer_auth(app.token(Role::Operator, OPERATOR))
+        .json(&json!({"dispatch": "batch"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(unknown, 422, "invalid_body").await;
     let response = app
         .request(reqwest::Method::PATCH, &format!("/v1/markets/{MARKET}"))
         .bearer_auth(app.token(Role::Operator, OPERATOR))
@@ -205,6 +216,11 @@ async fn an_order_is_held_until_its_driver_would_arrive_close_to_the_food_and_th
     // Bad estimates change nothing.
     let path = format!("/v1/orders/{order}/prep-estimate");
     for minutes in [json!(0), json!(180.5), json!(-5), json!("ten")] {
+        let code = if minutes.is_number() {
+            "invalid_field"
+        } else {
+            "invalid_body"
+        };
         assert_error(
             app.post_as(
                 &path,
@@ -214,7 +230,7 @@ async fn an_order_is_held_until_its_driver_would_arrive_close_to_the_food_and_th
             )
             .await,
             422,
-            "invalid_field",
+            code,
         )
         .await;
     }
@@ -272,18 +288,19 @@ async fn an_order_is_held_until_its_driver_would_arrive_close_to_the_food_and_th
             .expect("order");
     assert_eq!(unchanged, ready_at);
 
-    // The kitchen is faster than it thought: a minute and a half. The order is due, the cycle offers it.
+    // The kitchen is faster than it thought: a minute and a half. The order is due, and the
+    // cycle offers it.
     let updated = app
         .post_as(
             &path,
             Role::Restaurant,
             cast.restaurant,
-            &json!({"prep_minutes": 2}),
+            &json!({"prep_minutes": 1.5}),
         )
         .await;
     assert_eq!(updated.status().as_u16(), 200);
     let body: Value = updated.json().await.expect("json");
-    assert_eq!(body["prep_minutes"], 2);
+    assert_eq!(body["prep_minutes"].as_f64(), Some(1.5));
     assert_eq!(app.outbox_events(order, "prep_estimate_updated").await, 1);
     let offered = cycle::run_if_free(&dispatcher, MARKET)
         .await
@@ -396,6 +413,62 @@ async fn the_fallback_of_a_due_order_the_cycle_did_not_offer_runs_the_round() {
         ..MatchDriver::new(OrderId(order), 1)
     };
     let outcome = matching::run_job(&app.dispatcher(fast_dispatch()), &fallback)
+        .await
+        .expect("job");
+    assert!(
+        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if driver_id.get() == driver),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cycle_that_cannot_read_its_drivers_fails_on_record_and_the_market_is_matched_per_order()
+{
+    let app = spawn_app().await;
+    use_cycles(&app).await;
+    let cast = cast(&app.db).await;
+    let driver = app.online_driver_at(300.0).await;
+    let order = confirmed_with_prep(&app, &cast, 1).await;
+    let stale = "UPDATE markets SET dispatch_cycle_at = now() - interval '1 minute' WHERE id = $1";
+    sqlx::query(stale)
+        .bind(MARKET)
+        .execute(&app.db)
+        .await
+        .expect("last cycle a minute ago");
+    // A dispatcher whose Valkey is down.
+    let dead = Valkey::new(&ValkeySettings {
+        url: format!("redis://127.0.0.1:{}", dead_port()).into(),
+        cluster_nodes: Vec::new(),
+        key_prefix: "dead:".to_owned(),
+    })
+    .expect("valid url");
+    let (sender, _history) = history::spawn(app.db.clone());
+    let broken = Dispatcher::new(
+        app.db.clone(),
+        LocationService::new(dead, app.db.clone(), sender),
+        app.state.routing.clone(),
+        fast_dispatch(),
+    );
+    let failed = cycle::run_if_free(&broken, MARKET).await;
+    assert!(
+        matches!(failed, Err(cycle::CycleError::Lookup(_))),
+        "{failed:?}"
+    );
+    let cycles = crate::admin::ok(&app, &["dispatch", "cycles"]).await;
+    assert_eq!(cycles.json["cycles"][0]["status"], "failed");
+    let error = cycles.json["cycles"][0]["error"].as_str().expect("error");
+    assert!(error.starts_with("driver lookup"), "{error}");
+    assert!(pending(&app).await.is_empty());
+    // The failed cycle did not count as one that ran: the order's job matches it itself.
+    let live: bool = sqlx::query_scalar(
+        "SELECT dispatch_cycle_at > now() - interval '30 seconds' FROM markets WHERE id = $1",
+    )
+    .bind(MARKET)
+    .fetch_one(&app.db)
+    .await
+    .expect("market");
+    assert!(!live);
+    let outcome = matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(order), 1)
         .await
         .expect("job");
     assert!(
