@@ -7,19 +7,17 @@
 use std::time::Duration;
 
 use courier::auth::Role;
-use courier::dispatch::{DispatchSettings, Dispatcher};
+use courier::dispatch::DispatchSettings;
 use courier::domain::OrderId;
 use courier::jobs::Job;
 use courier::jobs::messages::MatchDriver;
-use courier::location::{LocationService, history};
-use courier::valkey::{Valkey, ValkeySettings};
 use courier::workflows::cycle;
 use courier::workflows::matching::{self, RoundOutcome};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Cast, M_PER_DEG, RESTAURANT_AT, TestApp, assert_error, cast, dead_port, eventually,
-    fast_dispatch, insert_item, insert_restaurant, spawn_app,
+    Cast, M_PER_DEG, RESTAURANT_AT, TestApp, assert_error, cast, eventually, fast_dispatch,
+    insert_item, insert_restaurant, spawn_app,
 };
 
 const OPERATOR: i64 = 1;
@@ -213,73 +211,71 @@ async fn an_order_is_held_until_its_driver_would_arrive_close_to_the_food_and_th
     );
     assert!(pending(&app).await.is_empty());
 
-    // Bad estimates change nothing.
+    // Bad estimates change nothing: out of range, not a number, an unknown field, another
+    // restaurant's order (it does not exist for it), a customer, and `prep_minutes` on
+    // another step than confirm.
     let path = format!("/v1/orders/{order}/prep-estimate");
-    for minutes in [json!(0), json!(180.5), json!(-5), json!("ten")] {
-        let code = if minutes.is_number() {
-            "invalid_field"
-        } else {
-            "invalid_body"
-        };
-        assert_error(
-            app.post_as(
-                &path,
-                Role::Restaurant,
-                cast.restaurant,
-                &json!({"prep_minutes": minutes}),
-            )
-            .await,
-            422,
-            code,
-        )
-        .await;
-    }
-    assert_error(
-        app.post_as(
-            &path,
-            Role::Restaurant,
-            cast.restaurant,
-            &json!({"minutes": 3}),
-        )
-        .await,
-        422,
-        "invalid_body",
-    )
-    .await;
-    // Another restaurant's order does not exist for it; a customer may not.
     let other = insert_restaurant(&app.db, "Other", "thai", 40.7, -74.0).await;
-    assert_error(
-        app.post_as(&path, Role::Restaurant, other, &json!({"prep_minutes": 2}))
-            .await,
-        404,
-        "not_found",
-    )
-    .await;
-    assert_error(
-        app.post_as(
+    let start = format!("/v1/orders/{order}/start-preparing");
+    let (kitchen, customer) = (
+        (Role::Restaurant, cast.restaurant),
+        (Role::Customer, cast.customer),
+    );
+    let refusals = [
+        (
             &path,
-            Role::Customer,
-            cast.customer,
-            &json!({"prep_minutes": 2}),
-        )
-        .await,
-        403,
-        "forbidden",
-    )
-    .await;
-    // prep_minutes belongs to confirm only.
-    assert_error(
-        app.post_as(
-            &format!("/v1/orders/{order}/start-preparing"),
-            Role::Restaurant,
-            cast.restaurant,
-            &json!({"prep_minutes": 5}),
-        )
-        .await,
-        422,
-        "invalid_field",
-    )
-    .await;
+            kitchen,
+            json!({"prep_minutes": 0}),
+            422,
+            "invalid_field",
+        ),
+        (
+            &path,
+            kitchen,
+            json!({"prep_minutes": 180.5}),
+            422,
+            "invalid_field",
+        ),
+        (
+            &path,
+            kitchen,
+            json!({"prep_minutes": -5}),
+            422,
+            "invalid_field",
+        ),
+        (
+            &path,
+            kitchen,
+            json!({"prep_minutes": "ten"}),
+            422,
+            "invalid_body",
+        ),
+        (&path, kitchen, json!({"minutes": 3}), 422, "invalid_body"),
+        (
+            &path,
+            (Role::Restaurant, other),
+            json!({"prep_minutes": 2}),
+            404,
+            "not_found",
+        ),
+        (
+            &path,
+            customer,
+            json!({"prep_minutes": 2}),
+            403,
+            "forbidden",
+        ),
+        (
+            &start,
+            kitchen,
+            json!({"prep_minutes": 5}),
+            422,
+            "invalid_field",
+        ),
+    ];
+    for (at, (role, subject), body, status, code) in refusals {
+        assert_error(app.post_as(at, role, subject, &body).await, status, code).await;
+    }
     let unchanged: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT food_ready_at FROM orders WHERE id = $1")
             .bind(order)
@@ -435,20 +431,7 @@ async fn a_cycle_that_cannot_read_its_drivers_fails_on_record_and_the_market_is_
         .execute(&app.db)
         .await
         .expect("last cycle a minute ago");
-    // A dispatcher whose Valkey is down.
-    let dead = Valkey::new(&ValkeySettings {
-        url: format!("redis://127.0.0.1:{}", dead_port()).into(),
-        cluster_nodes: Vec::new(),
-        key_prefix: "dead:".to_owned(),
-    })
-    .expect("valid url");
-    let (sender, _history) = history::spawn(app.db.clone());
-    let broken = Dispatcher::new(
-        app.db.clone(),
-        LocationService::new(dead, app.db.clone(), sender),
-        app.state.routing.clone(),
-        fast_dispatch(),
-    );
+    let broken = app.dispatcher_without_valkey(fast_dispatch());
     let failed = cycle::run_if_free(&broken, MARKET).await;
     assert!(
         matches!(failed, Err(cycle::CycleError::Lookup(_))),
@@ -519,6 +502,20 @@ async fn the_workers_run_the_cycle_and_its_offer_is_accepted_as_any_other() {
     let cast = cast(&app.db).await;
     let driver = app.online_driver_at(300.0).await;
     let _workers = app.spawn_workers_with(cycle_dispatch());
+    // Until the market's first cycle finishes, its orders are matched per order.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT dispatch_cycle_at IS NOT NULL FROM markets WHERE id = $1",
+            )
+            .bind(MARKET)
+            .fetch_one(&app.db)
+            .await
+            .expect("market")
+        })
+        .await,
+        "no cycle finished"
+    );
     let order = confirmed_with_prep(&app, &cast, 1).await;
     assert!(
         eventually(Duration::from_secs(20), || async {

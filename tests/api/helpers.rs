@@ -746,6 +746,24 @@ impl TestApp {
         self.dispatcher_on(self.db.clone(), settings)
     }
 
+    /// A dispatcher on this app's database whose Valkey is down (nothing listens on its port):
+    /// every driver lookup fails.
+    pub fn dispatcher_without_valkey(&self, settings: DispatchSettings) -> Dispatcher {
+        let dead = courier::valkey::Valkey::new(&courier::valkey::ValkeySettings {
+            url: format!("redis://127.0.0.1:{}", dead_port()).into(),
+            cluster_nodes: Vec::new(),
+            key_prefix: "dead:".to_owned(),
+        })
+        .expect("valid url");
+        let (sender, _history) = courier::location::history::spawn(self.db.clone());
+        Dispatcher::new(
+            self.db.clone(),
+            courier::location::LocationService::new(dead, self.db.clone(), sender),
+            self.state.routing.clone(),
+            settings,
+        )
+    }
+
     /// A dispatcher on `db` and this app's Valkey.
     fn dispatcher_on(&self, db: sqlx::PgPool, settings: DispatchSettings) -> Dispatcher {
         Dispatcher::new(

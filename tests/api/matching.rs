@@ -6,21 +6,17 @@ use std::time::Duration;
 
 use courier::auth::Role;
 use courier::breaker::{BreakerSettings, BreakerState};
-use courier::dispatch::{DispatchSettings, Dispatcher};
+use courier::dispatch::DispatchSettings;
 use courier::domain::{OfferId, OrderId};
 use courier::jobs::Job;
 use courier::jobs::messages::MatchDriver;
 use courier::jobs::messages::OfferTimeout;
-use courier::location::{LocationService, history};
-use courier::valkey::Valkey;
-use courier::valkey::ValkeySettings;
 use courier::workflows::matching::{self, RoundOutcome};
 use courier::workflows::offers;
 use serde_json::json;
 
 use crate::helpers::{
-    RESTAURANT_AT, TestApp, assert_error, cast, dead_port, eventually, fast_dispatch,
-    insert_driver, spawn_app,
+    RESTAURANT_AT, TestApp, assert_error, cast, eventually, fast_dispatch, insert_driver, spawn_app,
 };
 
 /// `(offer id, driver id, status)` of every offer of `order`, oldest first.
@@ -770,28 +766,14 @@ async fn an_open_breaker_schedules_a_retry_instead_of_failing_hot() {
     let app = spawn_app().await;
     let cast = cast(&app.db).await;
     let order = app.confirmed_order(&cast).await;
-    // A location service whose Valkey is down.
-    let dead = Valkey::new(&ValkeySettings {
-        url: format!("redis://127.0.0.1:{}", dead_port()).into(),
-        cluster_nodes: Vec::new(),
-        key_prefix: "dead:".to_owned(),
-    })
-    .expect("valid url");
-    let (sender, _history) = history::spawn(app.db.clone());
-    let location = LocationService::new(dead, app.db.clone(), sender);
-    let dispatcher = Dispatcher::new(
-        app.db.clone(),
-        location,
-        app.state.routing.clone(),
-        DispatchSettings {
-            breaker: BreakerSettings {
-                timeout: Duration::from_secs(2),
-                min_calls: 2,
-                ..BreakerSettings::default()
-            },
-            ..fast_dispatch()
+    let dispatcher = app.dispatcher_without_valkey(DispatchSettings {
+        breaker: BreakerSettings {
+            timeout: Duration::from_secs(2),
+            min_calls: 2,
+            ..BreakerSettings::default()
         },
-    );
+        ..fast_dispatch()
+    });
     // Two failed lookups (one per round) open the breaker.
     for round in 1..=2 {
         let outcome = matching::run_round(&dispatcher, OrderId(order), round)
