@@ -56,6 +56,23 @@ pub struct NewOrder {
     pub customer: Point,
 }
 
+impl NewOrder {
+    /// An order picked up at (`r_lat`, `r_lon`) and delivered to (`c_lat`, `c_lon`), as the
+    /// matching queries read them.
+    pub fn at(r_lat: f64, r_lon: f64, c_lat: f64, c_lon: f64) -> Self {
+        Self {
+            restaurant: Point {
+                lat: r_lat,
+                lon: r_lon,
+            },
+            customer: Point {
+                lat: c_lat,
+                lon: c_lon,
+            },
+        }
+    }
+}
+
 /// The figures a batching decision rests on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchMetrics {

@@ -90,16 +90,7 @@ impl OrderRow {
 
     /// Where it is picked up and delivered.
     pub fn new_order(&self) -> NewOrder {
-        NewOrder {
-            restaurant: Point {
-                lat: self.r_lat,
-                lon: self.r_lon,
-            },
-            customer: Point {
-                lat: self.c_lat,
-                lon: self.c_lon,
-            },
-        }
+        NewOrder::at(self.r_lat, self.r_lon, self.c_lat, self.c_lon)
     }
 }
 

@@ -110,16 +110,7 @@ impl PoolRow {
         };
         PoolOrder {
             order_id: self.id,
-            order: NewOrder {
-                restaurant: Point {
-                    lat: self.r_lat,
-                    lon: self.r_lon,
-                },
-                customer: Point {
-                    lat: self.c_lat,
-                    lon: self.c_lon,
-                },
-            },
+            order: NewOrder::at(self.r_lat, self.r_lon, self.c_lat, self.c_lon),
             prep_remaining: Duration::try_from_secs_f64(prep_remaining).unwrap_or(Duration::ZERO),
             excluded: self.excluded.clone(),
         }

@@ -103,6 +103,14 @@ async fn offer_made(app: &TestApp, order: i64) -> Vec<Value> {
     .expect("audit")
 }
 
+/// Asserts that a round offered the order to `driver`.
+fn assert_offered_to(outcome: &RoundOutcome, driver: i64) {
+    assert!(
+        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if driver_id.get() == driver),
+        "{outcome:?}"
+    );
+}
+
 /// Matching settings with the cycle's loop fast.
 fn cycle_dispatch() -> DispatchSettings {
     DispatchSettings {
@@ -385,10 +393,7 @@ async fn match_driver_hands_a_cycle_markets_order_over_and_falls_back_when_cycle
     let outcome = matching::run_round(&dispatcher, OrderId(order), 1)
         .await
         .expect("job");
-    assert!(
-        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if driver_id.get() == driver),
-        "{outcome:?}"
-    );
+    assert_offered_to(&outcome, driver);
     assert_eq!(offer_made(&app, order).await[0]["dispatch"], "per_order");
 }
 
@@ -411,10 +416,7 @@ async fn the_fallback_of_a_due_order_the_cycle_did_not_offer_runs_the_round() {
     let outcome = matching::run_job(&app.dispatcher(fast_dispatch()), &fallback)
         .await
         .expect("job");
-    assert!(
-        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if driver_id.get() == driver),
-        "{outcome:?}"
-    );
+    assert_offered_to(&outcome, driver);
 }
 
 #[tokio::test]
@@ -454,10 +456,7 @@ async fn a_cycle_that_cannot_read_its_drivers_fails_on_record_and_the_market_is_
     let outcome = matching::run_round(&app.dispatcher(fast_dispatch()), OrderId(order), 1)
         .await
         .expect("job");
-    assert!(
-        matches!(outcome, RoundOutcome::Offered { driver_id, .. } if driver_id.get() == driver),
-        "{outcome:?}"
-    );
+    assert_offered_to(&outcome, driver);
 }
 
 #[tokio::test]
